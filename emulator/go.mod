@@ -1,0 +1,3 @@
+module github.com/pushmesh/pushmesh/emulator
+
+go 1.26

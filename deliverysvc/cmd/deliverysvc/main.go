@@ -1,0 +1,26 @@
+// Command deliverysvc runs the pushmesh deliverysvc gRPC service.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/server"
+	"github.com/pushmesh/pushmesh/servicekit/service"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "deliverysvc:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	return service.Run(ctx, server.Spec(), args, os.Stderr)
+}

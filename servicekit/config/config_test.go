@@ -1,0 +1,55 @@
+package config
+
+import (
+	"flag"
+	"testing"
+	"time"
+)
+
+func TestApplyEnvFlagBeatsEnvBeatsDefault(t *testing.T) {
+	env := map[string]string{
+		"PROFILESVC_LISTEN":           "0.0.0.0:9000",
+		"PROFILESVC_DATA_DIR":         "/from/env",
+		"PROFILESVC_SHUTDOWN_TIMEOUT": "3s",
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	var c Common
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Register(fs, "127.0.0.1:7001", "data")
+	if err := fs.Parse([]string{"--data-dir", "/from/flag"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyEnv(fs, "profilesvc", lookup); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "0.0.0.0:9000" {
+		t.Errorf("listen: got %q, want the environment's", c.Listen)
+	}
+	if c.DataDir != "/from/flag" {
+		t.Errorf("data-dir: got %q, want the flag's", c.DataDir)
+	}
+	if c.ShutdownTimeout != 3*time.Second {
+		t.Errorf("shutdown-timeout: got %v, want 3s", c.ShutdownTimeout)
+	}
+	if c.LogLevel != "info" {
+		t.Errorf("log-level: got %q, want the default", c.LogLevel)
+	}
+}
+
+func TestApplyEnvRejectsBadValue(t *testing.T) {
+	var c Common
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Register(fs, ":0", "data")
+	_ = fs.Parse(nil)
+	err := ApplyEnv(fs, "x", func(k string) (string, bool) { return "soon", k == "X_SHUTDOWN_TIMEOUT" })
+	if err == nil {
+		t.Fatal("got nil, want an error naming X_SHUTDOWN_TIMEOUT")
+	}
+}
+
+func TestLoggerRejectsUnknownLevel(t *testing.T) {
+	c := Common{LogLevel: "loud", LogFormat: "text"}
+	if _, err := c.Logger(nil); err == nil {
+		t.Error("got nil, want an error")
+	}
+}

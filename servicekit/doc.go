@@ -1,0 +1,7 @@
+// Package servicekit is the shared runtime of the pushmesh services: one gRPC
+// server bootstrap (health, reflection, OpenTelemetry, tenancy, graceful
+// shutdown), one client dialer, one telemetry setup, one mapping from domain
+// errors to gRPC status, and small helpers for configuration and bbolt.
+//
+// Domain packages depend only on the gRPC-free parts: fault and tenant.
+package servicekit

@@ -1,0 +1,91 @@
+// Package service runs a pushmesh service binary: flags with environment
+// fallbacks, structured logs, telemetry, the gRPC server, graceful shutdown.
+// Each cmd/<svc>/main.go only describes its service in a Spec.
+package service
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/pushmesh/pushmesh/servicekit/config"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/telemetry"
+)
+
+// Spec describes one service.
+type Spec struct {
+	// Name of the service and its binary, e.g. "profilesvc". Its upper-cased
+	// form prefixes the environment variables backing its flags.
+	Name string
+	// DefaultListen is the default --listen address.
+	DefaultListen string
+	// Flags registers the service's own flags, beyond the common ones.
+	Flags func(fs *flag.FlagSet)
+	// Start opens the service's stores and registers its gRPC services on s.
+	// ctx lives as long as the service serves. The returned stop runs after
+	// the server has stopped, to close stores and flush work.
+	Start func(ctx context.Context, s *grpc.Server, common config.Common, log *slog.Logger) (stop func() error, err error)
+}
+
+// Run parses args, starts the service and serves until ctx ends, then shuts
+// down gracefully and flushes telemetry. Logs go to stderr.
+func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var common config.Common
+	common.Register(fs, spec.DefaultListen, spec.Name+"-data")
+	if spec.Flags != nil {
+		spec.Flags(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := config.ApplyEnv(fs, spec.Name, os.LookupEnv); err != nil {
+		return err
+	}
+	log, err := common.Logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	shutdownTelemetry, err := telemetry.Setup(ctx, spec.Name)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTelemetry(flushCtx); err != nil {
+			log.Warn("flushing telemetry", "err", err)
+		}
+	}()
+
+	srv, err := grpcserver.New(grpcserver.Config{
+		Name:            spec.Name,
+		Listen:          common.Listen,
+		Logger:          log,
+		ShutdownTimeout: common.ShutdownTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	stop, err := spec.Start(ctx, srv.GRPC(), common, log)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	serveErr := srv.Serve(ctx)
+	var stopErr error
+	if stop != nil {
+		stopErr = stop()
+	}
+	log.Info("stopped")
+	return errors.Join(serveErr, stopErr)
+}

@@ -1,0 +1,26 @@
+// Command trackingsvc runs the pushmesh trackingsvc gRPC service.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/trackingsvc/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "trackingsvc:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	return service.Run(ctx, server.Spec(), args, os.Stderr)
+}

@@ -1,0 +1,23 @@
+# pushmesh: the common commands. Everything is plain Go underneath.
+
+.PHONY: test check gen tools build bench dev
+
+## test: every test of every module, with the race detector
+test:
+	./scripts/test.sh
+
+## check: generated code fresh, buf lint, gofmt, go vet, modules build alone
+check:
+	./scripts/check.sh
+
+## gen: regenerate gen/ from proto/ (offline, pinned plugins)
+gen:
+	./scripts/gen.sh
+
+## tools: install the pinned buf and protoc plugins
+tools:
+	./scripts/tools.sh
+
+## build: the three service binaries into bin/
+build:
+	go build -o bin/ ./profilesvc/cmd/profilesvc ./deliverysvc/cmd/deliverysvc ./trackingsvc/cmd/trackingsvc

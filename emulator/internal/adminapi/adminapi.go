@@ -1,0 +1,63 @@
+// Package adminapi holds the small JSON helpers behind the emulators' admin
+// endpoints (under /_emulator/). The admin API is meant for loopback use by
+// tests and scripts, but every input is still validated: a malformed call
+// fails with 400 and a message instead of silently doing nothing.
+package adminapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+)
+
+// maxBody bounds admin request bodies.
+const maxBody = 1 << 20
+
+// Decode reads one JSON value into v, rejecting unknown fields, trailing data
+// and bodies over 1 MiB.
+func Decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid JSON body: %w", err)
+	}
+	if dec.More() {
+		return errors.New("invalid JSON body: trailing data")
+	}
+	return nil
+}
+
+// JSON writes v with status.
+func JSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// Error writes {"error": msg} with status.
+func Error(w http.ResponseWriter, status int, msg string) {
+	JSON(w, status, map[string]string{"error": msg})
+}
+
+// OK writes {"ok": true}.
+func OK(w http.ResponseWriter) {
+	JSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// Limit parses the optional "limit" query parameter (0 = no limit).
+func Limit(r *http.Request) (int, error) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("limit %q is not a non-negative integer", s)
+	}
+	return n, nil
+}

@@ -701,3 +701,12 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("reset: got %d and %d received after, want 200 and 0", status, srv.Count().Received)
 	}
 }
+
+func mustKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}

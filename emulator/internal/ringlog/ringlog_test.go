@@ -77,3 +77,20 @@ func TestLogConcurrentAppend(t *testing.T) {
 		t.Errorf("Len = %d, %d, want 100, 8000", retained, total)
 	}
 }
+
+func TestLogAcrossChunks(t *testing.T) {
+	const max = chunkSize*2 + 10
+	l := New[int](max)
+	for i := 1; i <= max+chunkSize+3; i++ {
+		l.Append(i)
+	}
+	got := l.Snapshot(nil, 0)
+	if len(got) != max {
+		t.Fatalf("got %d entries, want %d", len(got), max)
+	}
+	for k, v := range got {
+		if want := chunkSize + 3 + k + 1; v != want {
+			t.Fatalf("entry %d: got %d, want %d", k, v, want)
+		}
+	}
+}

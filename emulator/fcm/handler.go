@@ -79,7 +79,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+	body, err := readBody(r, maxRequestBody)
 	if err != nil {
 		return // the client went away
 	}
@@ -91,9 +91,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	req, rp := parseSend(body)
 	d.ValidateOnly = req.ValidateOnly
 	d.Message = body
+	if len(req.RawMessage) > 0 {
+		d.Message = req.RawMessage // a sub-slice of body: no copy
+	}
 	if m := req.Message; m != nil {
 		d.Token, d.Topic, d.Condition = m.Token, m.Topic, m.Condition
-		d.Message = m.raw
 	}
 	if rp != nil {
 		s.refuse(w, &d, rp)
@@ -182,4 +184,15 @@ func (s *Server) refuse(w http.ResponseWriter, d *Delivery, rp *reply) {
 	d.Status, d.ErrorCode = rp.status, rp.code()
 	writeReply(w, rp)
 	s.record(*d)
+}
+
+// readBody reads at most limit+1 bytes: in one exact allocation when the
+// client sent a Content-Length (firebase does), growing a buffer otherwise.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 && n <= limit {
+		body := make([]byte, n)
+		_, err := io.ReadFull(r.Body, body)
+		return body, err
+	}
+	return io.ReadAll(io.LimitReader(r.Body, limit+1))
 }

@@ -15,25 +15,16 @@ import (
 // schema the emulator does not check are kept as raw JSON.
 
 type sendRequest struct {
-	ValidateOnly      bool         `json:"validate_only"`
-	ValidateOnlyCamel bool         `json:"validateOnly"`
-	Message           *messageJSON `json:"message"`
-}
+	ValidateOnly      bool            `json:"validate_only"`
+	ValidateOnlyCamel bool            `json:"validateOnly"`
+	RawMessage        json.RawMessage `json:"message"`
 
-// messageJSON keeps the message's raw bytes for the inspection log next to
-// the decoded message, decoding only once.
-type messageJSON struct {
-	raw []byte
-	message
-}
-
-// UnmarshalJSON decodes strictly: json.Decoder's DisallowUnknownFields does
-// not reach into a custom unmarshaler, so it is set again here.
-func (m *messageJSON) UnmarshalJSON(b []byte) error {
-	m.raw = append([]byte(nil), b...)
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(&m.message)
+	// Message is RawMessage decoded, nil when absent or undecodable. The
+	// two decodes run one after the other rather than nested (as a custom
+	// UnmarshalJSON would): encoding/json recursion is stack-hungry, and
+	// every HTTP/2 request runs on a fresh goroutine whose stack would
+	// otherwise be grown and copied on each request.
+	Message *message `json:"-"`
 }
 
 type message struct {
@@ -104,19 +95,33 @@ const (
 // request (possibly partial) and a reply when the request is refused.
 func parseSend(body []byte) (*sendRequest, *reply) {
 	var req sendRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return &req, decodeReply(err)
-	}
-	if dec.More() {
-		return &req, malformed("", "Invalid JSON payload received. Unexpected token after the request.")
+	if r := decodeStrict(body, &req); r != nil {
+		return &req, r
 	}
 	req.ValidateOnly = req.ValidateOnly || req.ValidateOnlyCamel
-	if req.Message == nil {
+	if len(req.RawMessage) == 0 || string(req.RawMessage) == "null" {
 		return &req, invalid("message", "Request contains an invalid argument: message is required.")
 	}
-	return &req, validateMessage(&req.Message.message)
+	var m message
+	if r := decodeStrict(req.RawMessage, &m); r != nil {
+		return &req, r
+	}
+	req.Message = &m
+	return &req, validateMessage(&m)
+}
+
+// decodeStrict decodes one JSON value, refusing unknown fields and trailing
+// data, as Google's JSON mapping does.
+func decodeStrict(b []byte, v any) *reply {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeReply(err)
+	}
+	if dec.More() {
+		return malformed("", "Invalid JSON payload received. Unexpected token after the value.")
+	}
+	return nil
 }
 
 // decodeReply words a JSON decoding error the way Google's front end does.
@@ -127,8 +132,8 @@ func decodeReply(err error) *reply {
 	switch {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
-		if !strings.HasPrefix(field, "message") && field != "validate_only" && field != "validateOnly" {
-			field = "message." + field // decoded by messageJSON, which only knows the inner path
+		if field != "validate_only" && field != "validateOnly" {
+			field = "message." + field // the message is decoded on its own, without its path
 		}
 		return malformed(field, fmt.Sprintf("Invalid value at '%s' (%s)", field, typeErr.Value))
 	case errors.As(err, &syntaxErr):

@@ -93,6 +93,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 	if !pool.AppendCertsFromPEM(pem) {
 		t.Fatal("CA file holds no certificate")
 	}
+	// Each transport gets its own copy: net/http adds its ALPN protocols to
+	// the config it is given.
 	tlsConf := &tls.Config{RootCAs: pool}
 
 	t.Run("APNs", func(t *testing.T) {
@@ -102,7 +104,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		}
 		c := apns2.NewTokenClient(&token.Token{AuthKey: key, KeyID: inf.APNsKeyID, TeamID: inf.APNsTeamID})
 		c.Host = inf.APNsURL
-		c.HTTPClient = &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsConf}}
+		c.HTTPClient = &http.Client{Transport: &http2.Transport{TLSClientConfig: tlsConf.Clone()}}
 		res, err := c.Push(&apns2.Notification{DeviceToken: strings.Repeat("ab", 32), Topic: "com.example.other", Payload: []byte(`{"aps":{}}`)})
 		if err != nil || res.StatusCode != 200 {
 			t.Errorf("push: got %v %+v, want 200", err, res)
@@ -113,7 +115,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		base := &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true}
+		base := &http.Transport{TLSClientConfig: tlsConf.Clone(), ForceAttemptHTTP2: true}
 		tctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Transport: base})
 		creds, err := google.CredentialsFromJSONWithTypeAndParams(tctx, saJSON, google.ServiceAccount,
 			google.CredentialsParams{Scopes: []string{"https://www.googleapis.com/auth/firebase.messaging"}})
@@ -135,7 +137,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("admin counts", func(t *testing.T) {
-		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf}}
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf.Clone()}}
 		for _, url := range []string{inf.APNsAdminURL + "counts", inf.FCMAdminURL + "counts"} {
 			res, err := hc.Get(url)
 			if err != nil {

@@ -46,6 +46,13 @@ type Options struct {
 	// MaxLog bounds the inspection log; default 1,000,000 entries. Older
 	// entries are dropped; Count stays exact.
 	MaxLog int
+	// MaxTokenUpdates is how many times one connection may switch to a
+	// different provider token within 20 minutes; the next switch is
+	// answered 429 TooManyProviderTokenUpdates. 0 means
+	// DefaultMaxTokenUpdates (2); negative disables the check. apns2
+	// renews its token every 50 minutes and never hits it; a client that
+	// signs a new token per request does, as it would with Apple.
+	MaxTokenUpdates int
 }
 
 // Delivery is one request received on /3/device/, accepted or not.
@@ -106,8 +113,9 @@ type Server struct {
 	// re-verify provider tokens they had cached.
 	credGen atomic.Uint64
 
-	faults    *fault.Injector
-	available atomic.Bool
+	faults          *fault.Injector
+	available       atomic.Bool
+	maxTokenUpdates int
 
 	log      *ringlog.Log[Delivery]
 	received atomic.Int64
@@ -147,6 +155,11 @@ func Start(opts Options) (*Server, error) {
 		faults:   fault.NewInjector(opts.Seed),
 		log:      ringlog.New[Delivery](opts.MaxLog),
 		rejected: make(map[string]int64),
+
+		maxTokenUpdates: opts.MaxTokenUpdates,
+	}
+	if s.maxTokenUpdates == 0 {
+		s.maxTokenUpdates = DefaultMaxTokenUpdates
 	}
 	s.available.Store(true)
 	s.admin = s.adminHandler()

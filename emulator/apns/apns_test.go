@@ -710,3 +710,42 @@ func mustKey(tb testing.TB) *ecdsa.PrivateKey {
 	}
 	return k
 }
+
+func TestTooManyProviderTokenUpdates(t *testing.T) {
+	srv := startServer(t, apns.Options{})
+	_, key, err := srv.NewProviderKey(teamID, keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.RegisterTopic(teamID, bundleID)
+	shared := srv.CA().HTTP2Client() // one connection for every token below
+	now := time.Now()
+	var got []string
+	for i := 0; i < 5; i++ {
+		// A fresh JWT each time (different iat), as a client that signs a
+		// token per request would send.
+		c := clientWithBearer(srv, signJWT(t, key, teamID, keyID, now.Add(-time.Duration(i)*time.Second)))
+		c.HTTPClient = shared
+		got = append(got, push(t, c, alert(deviceToken(1))).Reason)
+	}
+	want := []string{"", "", "", apns2.ReasonTooManyProviderTokenUpdates, apns2.ReasonTooManyProviderTokenUpdates}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("got reasons %q, want %q: two switches allowed, then 429", got, want)
+	}
+
+	// The check can be switched off.
+	srv2 := startServer(t, apns.Options{MaxTokenUpdates: -1})
+	_, key2, err := srv2.NewProviderKey(teamID, keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2.RegisterTopic(teamID, bundleID)
+	shared2 := srv2.CA().HTTP2Client()
+	for i := 0; i < 5; i++ {
+		c := clientWithBearer(srv2, signJWT(t, key2, teamID, keyID, now.Add(-time.Duration(i)*time.Second)))
+		c.HTTPClient = shared2
+		if res := push(t, c, alert(deviceToken(1))); res.StatusCode != 200 {
+			t.Errorf("with the check off, token %d: got %d %q, want 200", i, res.StatusCode, res.Reason)
+		}
+	}
+}

@@ -17,6 +17,10 @@ type connState struct {
 	mu   sync.Mutex
 	team string // bound on the first valid provider token; Apple serves one team per connection
 
+	// updates holds when the connection switched to a different provider
+	// token, for TooManyProviderTokenUpdates; guarded by mu.
+	updates []time.Time
+
 	// last is the provider token most recently verified on this
 	// connection. apns2 sends the same JWT for about 50 minutes, so almost
 	// every request is a string comparison instead of an ECDSA verify.
@@ -62,6 +66,24 @@ func (s *Server) authenticate(cs *connState, values []string, now time.Time) (*v
 			// Apple answers a second team's token on a connection with
 			// 403 InvalidProviderToken.
 			return nil, ReasonInvalidProviderToken
+		}
+		if prev := cs.last.Load(); prev != nil && prev.raw != v.raw && s.maxTokenUpdates >= 0 {
+			// Apple: "APNs reports an error if you recreate your tokens
+			// more than once every 20 minutes"; in practice a few
+			// switches are tolerated, then the connection is refused
+			// new tokens for a while.
+			recent := cs.updates[:0]
+			for _, t := range cs.updates {
+				if now.Sub(t) < tokenUpdateWindow {
+					recent = append(recent, t)
+				}
+			}
+			cs.updates = recent
+			if len(recent) >= s.maxTokenUpdates {
+				cs.mu.Unlock()
+				return nil, ReasonTooManyProviderTokenUpdates
+			}
+			cs.updates = append(cs.updates, now)
 		}
 		cs.team = v.team
 		cs.last.Store(v)

@@ -1,5 +1,7 @@
 package apns
 
+import "time"
+
 // APNs reasons, as Apple documents them in "Handling notification responses
 // from APNs" and as apns2 names them.
 const (
@@ -108,4 +110,11 @@ const (
 	// Provider tokens issued further in the future than this are refused as
 	// invalid: clocks on one machine agree, so this only forgives rounding.
 	maxTokenSkew = 60
+	// tokenUpdateWindow is the period over which provider token switches
+	// on one connection are counted.
+	tokenUpdateWindow = 20 * time.Minute
+	// DefaultMaxTokenUpdates is how many times a connection may switch to a
+	// different provider token within 20 minutes before APNs answers 429
+	// TooManyProviderTokenUpdates.
+	DefaultMaxTokenUpdates = 2
 )

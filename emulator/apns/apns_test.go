@@ -749,3 +749,56 @@ func TestTooManyProviderTokenUpdates(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryReasonReachesApns2 sets each reason Apple documents as a token
+// outcome and checks apns2 reports exactly that status and reason.
+func TestEveryReasonReachesApns2(t *testing.T) {
+	srv, c := setup(t, apns.Options{})
+	reasons := []string{
+		apns2.ReasonBadCollapseID, apns2.ReasonBadDeviceToken, apns2.ReasonBadExpirationDate, apns2.ReasonBadMessageID,
+		apns2.ReasonBadPriority, apns2.ReasonBadTopic, apns2.ReasonDeviceTokenNotForTopic, apns2.ReasonDuplicateHeaders,
+		apns2.ReasonIdleTimeout, apns2.ReasonInvalidPushType, apns2.ReasonMissingDeviceToken, apns2.ReasonMissingTopic,
+		apns2.ReasonPayloadEmpty, apns2.ReasonTopicDisallowed, apns2.ReasonBadCertificate, apns2.ReasonBadCertificateEnvironment,
+		apns2.ReasonExpiredProviderToken, apns2.ReasonForbidden, apns2.ReasonInvalidProviderToken, apns2.ReasonMissingProviderToken,
+		apns2.ReasonBadPath, apns2.ReasonMethodNotAllowed, apns2.ReasonExpiredToken, apns2.ReasonUnregistered,
+		apns2.ReasonPayloadTooLarge, apns2.ReasonTooManyProviderTokenUpdates, apns2.ReasonTooManyRequests,
+		apns2.ReasonInternalServerError, apns2.ReasonServiceUnavailable, apns2.ReasonShutdown,
+	}
+	wantStatus := func(reason string) int {
+		switch reason {
+		case apns2.ReasonBadCertificate, apns2.ReasonBadCertificateEnvironment, apns2.ReasonExpiredProviderToken,
+			apns2.ReasonForbidden, apns2.ReasonInvalidProviderToken, apns2.ReasonMissingProviderToken:
+			return 403
+		case apns2.ReasonBadPath:
+			return 404
+		case apns2.ReasonMethodNotAllowed:
+			return 405
+		case apns2.ReasonExpiredToken, apns2.ReasonUnregistered:
+			return 410
+		case apns2.ReasonPayloadTooLarge:
+			return 413
+		case apns2.ReasonTooManyProviderTokenUpdates, apns2.ReasonTooManyRequests:
+			return 429
+		case apns2.ReasonInternalServerError:
+			return 500
+		case apns2.ReasonServiceUnavailable, apns2.ReasonShutdown:
+			return 503
+		}
+		return 400
+	}
+	for i, reason := range reasons {
+		t.Run(reason, func(t *testing.T) {
+			tok := deviceToken(1000 + i)
+			if err := srv.SetTokenOutcome(tok, reason); err != nil {
+				t.Fatal(err)
+			}
+			res := push(t, c, alert(tok))
+			if res.StatusCode != wantStatus(reason) || res.Reason != reason {
+				t.Errorf("got %d %q, want %d %q", res.StatusCode, res.Reason, wantStatus(reason), reason)
+			}
+			if got := res.StatusCode == 410; got == res.Timestamp.IsZero() {
+				t.Errorf("got timestamp %v with status %d, want one exactly on 410", res.Timestamp.Time, res.StatusCode)
+			}
+		})
+	}
+}

@@ -1,0 +1,815 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"firebase.google.com/go/v4/messaging"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/semaphore"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
+)
+
+const tracerName = "github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+
+// Config tunes the pipeline. The zero value is usable.
+type Config struct {
+	// MaxInFlight bounds the work in flight across all sessions, in tokens
+	// (a profile message counts 1 until resolved); default 10,000.
+	MaxInFlight int64
+	// RetryInitial and RetryMax bound the exponential backoff between
+	// retries of a retryable failure; default 500 ms and 1 minute. A
+	// gateway's Retry-After wins when it is longer.
+	RetryInitial time.Duration
+	RetryMax     time.Duration
+	// ResolveAttempts bounds the calls to profilesvc for one profile
+	// target before the message fails with NETWORK; default 4.
+	ResolveAttempts int
+	// Logger receives the pipeline's warnings; default slog.Default().
+	Logger *slog.Logger
+	// TracerProvider makes the send spans; default the global one.
+	TracerProvider trace.TracerProvider
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 10_000
+	}
+	if c.RetryInitial <= 0 {
+		c.RetryInitial = 500 * time.Millisecond
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = time.Minute
+	}
+	if c.RetryMax < c.RetryInitial {
+		c.RetryMax = c.RetryInitial
+	}
+	if c.ResolveAttempts <= 0 {
+		c.ResolveAttempts = 4
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Deps are the pipeline's collaborators; all are required.
+type Deps struct {
+	Apps     Apps
+	Resolver Resolver
+	Recorder Recorder
+	Feedback Feedback
+	Dedupe   Dedupe
+}
+
+// Pipeline sends messages. It is safe for concurrent use; one Pipeline
+// serves every session of the process.
+type Pipeline struct {
+	cfg    Config
+	deps   Deps
+	log    *slog.Logger
+	tracer trace.Tracer
+	sem    *semaphore.Weighted
+
+	mu       sync.Mutex
+	inflight map[string]*flight // tenant \x00 idempotency key → first message
+}
+
+// flight is a message being sent; later messages with its key wait for it.
+type flight struct {
+	// admitted closes when the first message holds pipeline capacity.
+	admitted chan struct{}
+	done     chan struct{}
+	// results is set before done closes when the outcome was remembered;
+	// nil means the message did not complete (invalid or cancelled), so a
+	// waiter sends its own copy.
+	results []Result
+}
+
+// New returns a pipeline.
+func New(cfg Config, deps Deps) *Pipeline {
+	cfg.defaults()
+	return &Pipeline{
+		cfg:      cfg,
+		deps:     deps,
+		log:      cfg.Logger,
+		tracer:   cfg.TracerProvider.Tracer(tracerName),
+		sem:      semaphore.NewWeighted(cfg.MaxInFlight),
+		inflight: make(map[string]*flight),
+	}
+}
+
+// Session is one caller's stream of messages; see the package documentation.
+type Session struct {
+	p      *Pipeline
+	ctx    context.Context
+	tenant string
+	emit   func(Result)
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// Open starts a session in the tenant of ctx. Cancelling ctx cancels its
+// pending work. emit receives every result; see the package documentation.
+func (p *Pipeline) Open(ctx context.Context, emit func(Result)) *Session {
+	return &Session{p: p, ctx: ctx, tenant: tenant.FromContext(ctx), emit: emit}
+}
+
+// Submit admits a batch of messages. It returns a *fault.ValidationError
+// when the batch itself is unusable (size, idempotency keys), and ctx's error
+// when the session is cancelled before every message was admitted; messages
+// admitted by then still complete. Per-message problems are reported as
+// results, never as an error.
+func (s *Session) Submit(msgs []Message) error {
+	if err := CheckBatch(msgs, "messages"); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrSessionClosed
+	}
+	// Counted before Close can run Wait, so Close waits for this batch.
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	p := s.p
+	// Claim every key first, then look the first claims up in one go: a
+	// message that completes between the lookup and the claim is then
+	// impossible, as completion is remembered before its claim is released.
+	jobs := make([]job, len(msgs))
+	var lookup []string
+	for i := range msgs {
+		j := &jobs[i]
+		j.msg = msgs[i]
+		j.field = fmt.Sprintf("messages[%d]", i)
+		j.flight, j.first = p.claim(s.tenant, j.msg.IdempotencyKey)
+		if j.first {
+			lookup = append(lookup, j.msg.IdempotencyKey)
+		}
+	}
+	// abandon gives back the claims of jobs[from:] that were not started.
+	abandon := func(from int) {
+		for k := from; k < len(jobs); k++ {
+			if jobs[k].first && !jobs[k].started {
+				p.release(s.tenant, jobs[k].msg.IdempotencyKey, jobs[k].flight, nil)
+			}
+		}
+	}
+	stored, err := p.deps.Dedupe.Lookup(s.ctx, lookup)
+	if err != nil {
+		abandon(0)
+		return fmt.Errorf("idempotency lookup: %w", err)
+	}
+	for i := range jobs {
+		j := &jobs[i]
+		if j.first {
+			if prev, ok := stored[j.msg.IdempotencyKey]; ok {
+				// Completed before: answer from the store, send nothing.
+				j.started = true
+				p.release(s.tenant, j.msg.IdempotencyKey, j.flight, prev)
+				s.emitDuplicates(prev)
+				continue
+			}
+		} else {
+			// A waiter takes capacity only once the message it waits for
+			// holds its own, so waiters can never fill the pipeline with
+			// work that cannot progress.
+			select {
+			case <-j.flight.admitted:
+			case <-j.flight.done:
+			case <-s.ctx.Done():
+				abandon(i)
+				return s.ctx.Err()
+			}
+		}
+		weight := int64(1)
+		if j.first {
+			weight = min(int64(max(1, len(j.msg.Tokens))), p.cfg.MaxInFlight)
+		}
+		if err := p.sem.Acquire(s.ctx, weight); err != nil {
+			abandon(i)
+			return err
+		}
+		j.started = true
+		if j.first {
+			close(j.flight.admitted)
+		}
+		s.wg.Add(1)
+		go func(j job) {
+			defer s.wg.Done()
+			defer p.sem.Release(weight)
+			if j.first {
+				s.run(&j)
+			} else {
+				s.await(&j)
+			}
+		}(*j)
+	}
+	return nil
+}
+
+// Close waits for every admitted message to complete. Submit fails after
+// Close.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+type job struct {
+	msg     Message
+	field   string
+	flight  *flight
+	first   bool
+	started bool
+}
+
+func flightKey(tenantID, key string) string { return tenantID + "\x00" + key }
+
+// claim registers the first message with a key, or returns the one in
+// flight.
+func (p *Pipeline) claim(tenantID, key string) (*flight, bool) {
+	k := flightKey(tenantID, key)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f, ok := p.inflight[k]; ok {
+		return f, false
+	}
+	f := &flight{admitted: make(chan struct{}), done: make(chan struct{})}
+	p.inflight[k] = f
+	return f, true
+}
+
+// release ends a claim; results are the remembered outcome, or nil.
+func (p *Pipeline) release(tenantID, key string, f *flight, results []Result) {
+	p.mu.Lock()
+	delete(p.inflight, flightKey(tenantID, key))
+	p.mu.Unlock()
+	f.results = results
+	close(f.done)
+}
+
+// await handles a message whose key is in flight: it returns the first
+// message's outcome, or sends this one if the first did not complete.
+func (s *Session) await(j *job) {
+	for {
+		select {
+		case <-j.flight.done:
+		case <-s.ctx.Done():
+			s.emitCancelled(&j.msg)
+			return
+		}
+		if j.flight.results != nil {
+			s.emitDuplicates(j.flight.results)
+			return
+		}
+		f, first := s.p.claim(s.tenant, j.msg.IdempotencyKey)
+		if first {
+			// The first message did not complete and nothing was
+			// remembered since (the claim would have been held).
+			j.flight, j.first = f, true
+			close(f.admitted)
+			s.run(j)
+			return
+		}
+		j.flight = f
+	}
+}
+
+func (s *Session) emitDuplicates(prev []Result) {
+	for i, r := range prev {
+		r.Duplicate = true
+		r.MessageDone = i == len(prev)-1
+		s.emit(r)
+	}
+}
+
+func (s *Session) emitCancelled(m *Message) {
+	s.emit(Result{
+		IdempotencyKey: m.IdempotencyKey, MessageID: messageID(m), JourneyID: m.JourneyID,
+		Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_CANCELLED,
+		Detail: "the session ended before the message was sent", Time: s.p.cfg.Now(), MessageDone: true,
+	})
+}
+
+func messageID(m *Message) string {
+	if m.MessageID != "" {
+		return m.MessageID
+	}
+	return m.IdempotencyKey
+}
+
+// run sends a first-claimed message and releases its claim.
+func (s *Session) run(j *job) {
+	p := s.p
+	m := &j.msg
+	var remembered []Result
+	defer func() { p.release(s.tenant, m.IdempotencyKey, j.flight, remembered) }()
+
+	now := p.cfg.Now()
+	if err := ValidateMessage(m, j.field, now); err != nil {
+		s.emit(Result{
+			IdempotencyKey: m.IdempotencyKey, MessageID: messageID(m), JourneyID: m.JourneyID,
+			Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE,
+			Detail: err.Error(), Time: now, MessageDone: true,
+		})
+		return
+	}
+	ctx, span := p.tracer.Start(s.ctx, "delivery.message", trace.WithAttributes(
+		attribute.String("pushmesh.tenant", s.tenant),
+		attribute.String("pushmesh.message_id", messageID(m)),
+		attribute.String("pushmesh.journey_id", m.JourneyID),
+	))
+	defer span.End()
+
+	mr := &messageRun{s: s, ctx: ctx, span: span, msg: m, now: now}
+	mr.ttl = m.TTL
+	if mr.ttl == 0 {
+		mr.ttl = DefaultTTL
+	}
+	mr.deadline = now.Add(mr.ttl)
+	mr.tr = tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: traceParent(span.SpanContext())}
+
+	complete := mr.send()
+	span.SetAttributes(
+		attribute.Int("pushmesh.results", len(mr.all)),
+		attribute.Int("pushmesh.sent", mr.sent),
+		attribute.Int("pushmesh.failed", mr.failed),
+	)
+	if complete {
+		p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
+		remembered = mr.all
+	} else {
+		span.SetStatus(codes.Error, "cancelled")
+	}
+}
+
+// traceParent formats a W3C traceparent header value.
+func traceParent(sc trace.SpanContext) string {
+	if !sc.IsValid() {
+		return ""
+	}
+	tid, sid := sc.TraceID(), sc.SpanID()
+	b := make([]byte, 0, 55)
+	b = append(b, "00-"...)
+	b = appendHex(b, tid[:])
+	b = append(b, '-')
+	b = appendHex(b, sid[:])
+	b = append(b, '-')
+	b = appendHex(b, []byte{byte(sc.TraceFlags())})
+	return string(b)
+}
+
+func appendHex(b, src []byte) []byte {
+	for _, c := range src {
+		b = append(b, hexDigits[c>>4], hexDigits[c&0xf])
+	}
+	return b
+}
+
+// messageRun is the state of one message being sent.
+type messageRun struct {
+	s        *Session
+	ctx      context.Context
+	span     trace.Span
+	msg      *Message
+	now      time.Time
+	ttl      time.Duration
+	deadline time.Time
+	tr       tracking
+
+	all          []Result
+	sent, failed int
+	cancelled    bool
+	groupsLeft   int
+
+	// Payloads are built once per message: APNs per app (the topic differs),
+	// FCM once.
+	apns           map[string]*APNsPush
+	apnsPayloadErr error // APNs payload too large (the same for every app)
+	fcm            *messaging.Message
+	fcmErr         error
+}
+
+func (mr *messageRun) base(t Target) Result {
+	return Result{
+		IdempotencyKey: mr.msg.IdempotencyKey, MessageID: mr.tr.messageID, JourneyID: mr.msg.JourneyID,
+		Target: t, TraceParent: mr.tr.traceParent,
+	}
+}
+
+// send resolves the targets and sends to each app in turn. It reports
+// whether the message completed (false when cancelled).
+func (mr *messageRun) send() bool {
+	targets, explicit, res, ok := mr.resolve()
+	if !ok {
+		mr.finish([]Result{res}, true)
+		return !mr.cancelled
+	}
+	groups := groupByApp(targets)
+	mr.groupsLeft = len(groups)
+	for _, g := range groups {
+		results := mr.sendGroup(g, explicit)
+		mr.groupsLeft--
+		mr.finish(results, mr.groupsLeft == 0)
+	}
+	return !mr.cancelled
+}
+
+// finish records, reports and emits results, then adds them to the
+// message's outcome.
+func (mr *messageRun) finish(results []Result, last bool) {
+	p := mr.s.p
+	ctx := context.WithoutCancel(mr.ctx) // the pushes happened: record them even if the caller left
+	var record []Result
+	var dead []DeadToken
+	for i := range results {
+		r := &results[i]
+		if r.Time.IsZero() {
+			r.Time = p.cfg.Now()
+		}
+		switch {
+		case r.Status == StatusSent:
+			mr.sent++
+		case r.Status == StatusFailed:
+			mr.failed++
+		}
+		if r.Reason == commonv1.FailureReason_FAILURE_REASON_CANCELLED {
+			mr.cancelled = true
+			continue
+		}
+		record = append(record, *r)
+		if ClassOf(r.Reason) == ClassToken && r.Attempts > 0 {
+			dead = append(dead, DeadToken{Target: r.Target, Reason: r.Reason, GatewayTime: r.GatewayTime})
+		}
+	}
+	if len(record) > 0 {
+		if err := p.deps.Recorder.Record(ctx, record); err != nil {
+			p.log.ErrorContext(ctx, "recording send outcomes failed", "message_id", mr.tr.messageID, "err", err)
+		}
+	}
+	if len(dead) > 0 {
+		if err := p.deps.Feedback.ReportDead(ctx, dead); err != nil {
+			p.log.ErrorContext(ctx, "reporting dead tokens failed", "message_id", mr.tr.messageID, "err", err)
+		}
+	}
+	for i := range results {
+		results[i].MessageDone = last && i == len(results)-1
+		mr.s.emit(results[i])
+	}
+	mr.all = append(mr.all, results...)
+}
+
+// resolve returns the message's targets. When there is nothing to send it
+// returns ok=false and the message-level result.
+func (mr *messageRun) resolve() (targets []Target, explicit bool, res Result, ok bool) {
+	m := mr.msg
+	if m.Profile == nil {
+		return m.Tokens, true, Result{}, true
+	}
+	p := mr.s.p
+	res = mr.base(Target{ProfileID: m.Profile.ProfileID})
+	var err error
+	for attempt := 1; ; attempt++ {
+		targets, err = p.deps.Resolver.ProfileTokens(mr.ctx, *m.Profile)
+		if err == nil || errors.Is(err, ErrProfileNotFound) || mr.ctx.Err() != nil || attempt >= p.cfg.ResolveAttempts {
+			break
+		}
+		if !mr.sleep(p.backoff(attempt, 0)) {
+			break
+		}
+	}
+	switch {
+	case mr.ctx.Err() != nil:
+		res.Status, res.Reason, res.Detail = StatusFailed, commonv1.FailureReason_FAILURE_REASON_CANCELLED, "cancelled while resolving the profile's tokens"
+		return nil, false, res, false
+	case errors.Is(err, ErrProfileNotFound):
+		res.Status, res.Exclusion, res.Detail = StatusExcluded, commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, fmt.Sprintf("profile %q not found", m.Profile.ProfileID)
+		return nil, false, res, false
+	case err != nil:
+		res.Status, res.Reason, res.Detail = StatusFailed, commonv1.FailureReason_FAILURE_REASON_NETWORK, "resolving the profile's tokens: "+err.Error()
+		return nil, false, res, false
+	case len(targets) == 0:
+		res.Status, res.Exclusion, res.Detail = StatusExcluded, commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, "the profile has no active token for the requested apps and platforms"
+		return nil, false, res, false
+	}
+	for i := range targets {
+		if targets[i].ProfileID == "" {
+			targets[i].ProfileID = m.Profile.ProfileID
+		}
+	}
+	return targets, false, Result{}, true
+}
+
+// appGroup is the targets of one app, in message order.
+type appGroup struct {
+	key     AppKey
+	targets []Target
+}
+
+func groupByApp(targets []Target) []appGroup {
+	var groups []appGroup
+	index := make(map[AppKey]int, 2)
+	for _, t := range targets {
+		k := AppKey{Platform: t.Platform, AppID: t.AppID}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, appGroup{key: k})
+		}
+		groups[i].targets = append(groups[i].targets, t)
+	}
+	return groups
+}
+
+// sendGroup sends the message to the tokens of one app, with retries.
+func (mr *messageRun) sendGroup(g appGroup, explicit bool) []Result {
+	p := mr.s.p
+	results := make([]Result, len(g.targets))
+	for i, t := range g.targets {
+		results[i] = mr.base(t)
+	}
+	failAll := func(idx []int, status Status, reason commonv1.FailureReason, detail string) {
+		for _, i := range idx {
+			results[i].Status, results[i].Reason, results[i].Detail = status, reason, detail
+		}
+	}
+	all := make([]int, len(g.targets))
+	for i := range all {
+		all[i] = i
+	}
+
+	app, err := p.deps.Apps.App(mr.ctx, g.key)
+	switch {
+	case errors.Is(err, ErrAppNotFound) && explicit:
+		failAll(all, StatusFailed, commonv1.FailureReason_FAILURE_REASON_APP_NOT_FOUND, fmt.Sprintf("app %q is not registered for %s", g.key.AppID, platformName(g.key.Platform)))
+		return results
+	case errors.Is(err, ErrAppNotFound):
+		for _, i := range all {
+			results[i].Status, results[i].Exclusion = StatusExcluded, commonv1.ExclusionReason_EXCLUSION_REASON_APP_NOT_REGISTERED
+			results[i].Detail = fmt.Sprintf("app %q is not registered for %s", g.key.AppID, platformName(g.key.Platform))
+		}
+		return results
+	case err != nil:
+		failAll(all, StatusFailed, commonv1.FailureReason_FAILURE_REASON_INTERNAL, "looking up the app: "+err.Error())
+		return results
+	case app.Suspended:
+		failAll(all, StatusFailed, commonv1.FailureReason_FAILURE_REASON_APP_SUSPENDED, suspendedDetail(app))
+		return results
+	}
+
+	// Build the pushes; tokens that cannot be sent fail here.
+	pushes := make([]Push, len(g.targets))
+	var pending []int
+	for i := range g.targets {
+		t := &g.targets[i]
+		if problem := tokenProblem(t); problem != "" {
+			results[i].Status, results[i].Reason, results[i].Detail = StatusFailed, commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN, problem
+			continue
+		}
+		push, err := mr.push(t)
+		if err != nil {
+			results[i].Status, results[i].Reason, results[i].Detail = StatusFailed, commonv1.FailureReason_FAILURE_REASON_PAYLOAD_TOO_LARGE, err.Error()
+			continue
+		}
+		pushes[i] = push
+		pending = append(pending, i)
+	}
+
+	var lastReason commonv1.FailureReason
+	var lastDetail string
+	for attempt := 1; len(pending) > 0; attempt++ {
+		if attempt > 1 {
+			// Re-read the app: it may have been suspended, rotated or
+			// deleted while this message waited.
+			app, err = p.deps.Apps.App(mr.ctx, g.key)
+			switch {
+			case errors.Is(err, ErrAppNotFound):
+				failAll(pending, StatusFailed, commonv1.FailureReason_FAILURE_REASON_APP_NOT_FOUND, fmt.Sprintf("app %q was deleted", g.key.AppID))
+				return results
+			case err != nil:
+				failAll(pending, StatusFailed, commonv1.FailureReason_FAILURE_REASON_INTERNAL, "looking up the app: "+err.Error())
+				return results
+			case app.Suspended:
+				failAll(pending, StatusFailed, commonv1.FailureReason_FAILURE_REASON_APP_SUSPENDED, suspendedDetail(app))
+				return results
+			}
+		}
+		if reason, detail := mr.waitRate(app, len(pending)); reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+			failAll(pending, StatusFailed, reason, detail)
+			return results
+		}
+		batch := make([]Push, len(pending))
+		for k, i := range pending {
+			batch[k] = pushes[i]
+		}
+		attempts := app.Sender.Send(mr.ctx, batch)
+		var retry []int
+		var retryAfter time.Duration
+		suspended := false
+		for k, i := range pending {
+			a := attempts[k]
+			r := &results[i]
+			r.Attempts = attempt
+			r.Time = p.cfg.Now()
+			switch ClassOf(a.Reason) {
+			case ClassNone:
+				r.Status, r.GatewayID, r.Reason, r.Detail = StatusSent, a.GatewayID, a.Reason, ""
+			case ClassRetryable:
+				if mr.ctx.Err() != nil {
+					r.Status, r.Reason, r.Detail = StatusFailed, commonv1.FailureReason_FAILURE_REASON_CANCELLED, "cancelled: "+a.Detail
+					continue
+				}
+				retry = append(retry, i)
+				retryAfter = max(retryAfter, a.RetryAfter)
+				lastReason, lastDetail = a.Reason, a.Detail
+			case ClassCredentials:
+				r.Status, r.Reason, r.Detail = StatusFailed, a.Reason, a.Detail
+				if !suspended {
+					suspended = true
+					if err := p.deps.Apps.Suspend(context.WithoutCancel(mr.ctx), g.key, a.Reason, a.Detail); err != nil {
+						p.log.ErrorContext(mr.ctx, "suspending app failed", "platform", platformName(g.key.Platform), "app_id", g.key.AppID, "err", err)
+					}
+				}
+			case ClassToken:
+				r.Status, r.Reason, r.Detail = StatusFailed, a.Reason, a.Detail
+				r.GatewayTime = a.GatewayTime
+				if r.GatewayTime.IsZero() {
+					r.GatewayTime = r.Time
+				}
+			default:
+				r.Status, r.Reason, r.Detail = StatusFailed, a.Reason, a.Detail
+			}
+		}
+		if len(retry) == 0 {
+			break
+		}
+		wait := p.backoff(attempt, retryAfter)
+		if p.cfg.Now().Add(wait).After(mr.deadline) {
+			failAll(retry, StatusFailed, lastReason, fmt.Sprintf("%s; gave up after %d attempts: the next retry (in %s) would pass the message's TTL", lastDetail, attempt, wait.Round(time.Millisecond)))
+			break
+		}
+		mr.span.AddEvent("retry", trace.WithAttributes(attribute.Int("pushmesh.pushes", len(retry)), attribute.Int64("pushmesh.wait_ms", wait.Milliseconds())))
+		if !mr.sleep(wait) {
+			failAll(retry, StatusFailed, commonv1.FailureReason_FAILURE_REASON_CANCELLED, "cancelled while waiting to retry: "+lastDetail)
+			break
+		}
+		pending = retry
+	}
+	return results
+}
+
+// waitRate takes n tokens from the app's rate limiter, waiting no longer
+// than the message's TTL.
+func (mr *messageRun) waitRate(app App, n int) (commonv1.FailureReason, string) {
+	if app.Limiter == nil {
+		return commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, ""
+	}
+	ctx, cancel := context.WithDeadline(mr.ctx, mr.deadline)
+	defer cancel()
+	burst := max(1, app.Limiter.Burst())
+	for n > 0 {
+		take := min(n, burst)
+		if err := app.Limiter.WaitN(ctx, take); err != nil {
+			if mr.ctx.Err() != nil {
+				return commonv1.FailureReason_FAILURE_REASON_CANCELLED, "cancelled while waiting for the app's rate limit"
+			}
+			return commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, "the app's rate limit would hold the message past its TTL"
+		}
+		n -= take
+	}
+	return commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, ""
+}
+
+// push builds the push of the message for one token.
+func (mr *messageRun) push(t *Target) (Push, error) {
+	switch t.Platform {
+	case commonv1.Platform_PLATFORM_APNS:
+		if mr.apnsPayloadErr != nil {
+			return Push{}, mr.apnsPayloadErr
+		}
+		a := mr.apns[t.AppID]
+		if a == nil {
+			var err error
+			a, err = buildAPNs(mr.msg, t.AppID, mr.tr, mr.deadline, mr.now)
+			if err != nil {
+				mr.apnsPayloadErr = err
+				return Push{}, err
+			}
+			if mr.apns == nil {
+				mr.apns = make(map[string]*APNsPush, 1)
+			}
+			mr.apns[t.AppID] = a
+		}
+		return Push{Target: *t, APNs: a}, nil
+	default:
+		if mr.fcm == nil && mr.fcmErr == nil {
+			mr.fcm, mr.fcmErr = buildFCM(mr.msg, mr.tr, mr.deadline.Sub(mr.now))
+		}
+		if mr.fcmErr != nil {
+			return Push{}, mr.fcmErr
+		}
+		msg := *mr.fcm
+		msg.Token = t.Token
+		return Push{Target: *t, FCM: &msg}, nil
+	}
+}
+
+// sleep waits d or until the session is cancelled; it reports whether it
+// slept the whole time.
+func (mr *messageRun) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-mr.ctx.Done():
+		return false
+	}
+}
+
+// backoff is the wait before retry number attempt (from 1): exponential
+// with "equal jitter" (half fixed, half random), so synchronized failures
+// spread out, and never shorter than the gateway's Retry-After.
+func (p *Pipeline) backoff(attempt int, retryAfter time.Duration) time.Duration {
+	d := p.cfg.RetryInitial
+	for i := 1; i < attempt && d < p.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, p.cfg.RetryMax)
+	d = d/2 + rand.N(d/2+1)
+	return max(d, retryAfter)
+}
+
+func suspendedDetail(app App) string {
+	d := "the app is suspended after the gateway rejected its credentials"
+	if app.SuspendedReason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+		d += " (" + app.SuspendedReason.String() + ")"
+	}
+	if app.SuspendedDetail != "" {
+		d += ": " + app.SuspendedDetail
+	}
+	return d + "; update its credentials and validate it to resume"
+}
+
+func platformName(p commonv1.Platform) string {
+	switch p {
+	case commonv1.Platform_PLATFORM_APNS:
+		return "APNs"
+	case commonv1.Platform_PLATFORM_FCM:
+		return "FCM"
+	}
+	return p.String()
+}
+
+// tokenProblem says why a token cannot be a token of its platform, or "".
+func tokenProblem(t *Target) string {
+	switch t.Platform {
+	case commonv1.Platform_PLATFORM_APNS:
+		n := len(t.Token)
+		if n < minAPNsTokenLen || n > maxAPNsTokenLen || n%2 != 0 {
+			return fmt.Sprintf("an APNs token is an even number of hex digits, %d to %d, got %d characters", minAPNsTokenLen, maxAPNsTokenLen, n)
+		}
+		for i := 0; i < n; i++ {
+			c := t.Token[i]
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return fmt.Sprintf("an APNs token is hex digits only, got %q at %d", c, i)
+			}
+		}
+	case commonv1.Platform_PLATFORM_FCM:
+		if len(t.Token) > maxFCMTokenLen {
+			return fmt.Sprintf("an FCM token is at most %d bytes, got %d", maxFCMTokenLen, len(t.Token))
+		}
+		for i := 0; i < len(t.Token); i++ {
+			c := t.Token[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == ':' || c == '.') {
+				return fmt.Sprintf("an FCM token is made of letters, digits and -_:. only, got %q at %d", c, i)
+			}
+		}
+	}
+	return ""
+}

@@ -375,7 +375,10 @@ func (s *Server) SetAvailable(up bool) {
 	s.logger.Info("availability set", "available", up)
 }
 
-// Received returns the retained log, oldest first.
+// Received returns a copy of the retained log, oldest first. The Message
+// byte slices are shared with the log: read them, do not modify them. On a
+// full log this copies up to MaxLog entries under the log's lock; prefer
+// ReceivedFor (or the admin API's limit) while traffic is flowing.
 func (s *Server) Received() []Delivery { return s.log.Snapshot(nil, 0) }
 
 // ReceivedFor returns the retained requests for one registration token,

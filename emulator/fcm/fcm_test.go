@@ -658,7 +658,8 @@ func TestAvailabilitySwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		time.Sleep(200 * time.Millisecond)
+		// Well before firebase's retry, which waits the 1 s Retry-After.
+		time.Sleep(500 * time.Millisecond)
 		srv.SetAvailable(true)
 	}()
 	if _, err := mc.Send(context.Background(), msg("device-1")); err != nil {

@@ -5,22 +5,76 @@ package server
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/buckets"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/dedupe"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/gateway"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/grpcapi"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/outbox"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/remote"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/secret"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/config"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/service"
 )
 
 // DefaultListen is the service's default gRPC address.
 const DefaultListen = "127.0.0.1:7102"
 
+// CredentialsKeyEnv holds the credentials key (base64 of 32 bytes) when no
+// key file is given. It is read from the environment only, never from a flag,
+// so the key does not show in process listings.
+const CredentialsKeyEnv = "DELIVERYSVC_CREDENTIALS_KEY"
+
+// DevKeyFile is the key file --dev-insecure-generate-key writes in the data
+// dir.
+const DevKeyFile = "credentials.key"
+
 // Config is the service's own configuration, beyond the common flags.
 type Config struct {
+	// ProfileAddr and TrackingAddr are the gRPC addresses of profilesvc
+	// and trackingsvc.
+	ProfileAddr  string
+	TrackingAddr string
+
+	// APNsURL replaces Apple's hosts (sandbox and production), e.g. the
+	// emulator's https://127.0.0.1:PORT.
+	APNsURL string
+	// FCMEndpoint replaces FCM's endpoint, e.g. https://127.0.0.1:PORT/v1.
+	FCMEndpoint string
+	// GatewayCAFile is a PEM file of extra CAs to trust for the gateways.
+	GatewayCAFile string
+	// GatewayCAPEM is the same as PEM bytes, for in-process runs.
+	GatewayCAPEM []byte
+
+	// CredentialsKeyFile holds the base64 AES-256 key sealing credentials.
+	CredentialsKeyFile string
+	// CredentialsKey is the base64 key itself (from DELIVERYSVC_CREDENTIALS_KEY
+	// for the binary); used when CredentialsKeyFile is empty.
+	CredentialsKey string
+	// DevInsecureGenerateKey, with neither of the above, uses (and creates
+	// on first start) DevKeyFile in the data dir. For development only.
+	DevInsecureGenerateKey bool
+
+	// APNsConnections is the number of HTTP/2 connections per APNs app.
+	APNsConnections int
+	// MaxInFlight bounds the tokens being sent at once across all streams.
+	MaxInFlight int
 }
 
 // Spec describes the service to servicekit/service.
@@ -31,22 +85,155 @@ func Spec() service.Spec {
 		DefaultListen: DefaultListen,
 		Flags:         cfg.register,
 		Start: func(ctx context.Context, s *grpc.Server, common config.Common, log *slog.Logger) (func() error, error) {
+			if cfg.CredentialsKey == "" {
+				cfg.CredentialsKey = os.Getenv(CredentialsKeyEnv)
+			}
 			return Start(ctx, s, common.DataDir, cfg, log)
 		},
 	}
 }
 
-func (c *Config) register(fs *flag.FlagSet) {}
+func (c *Config) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.ProfileAddr, "profile-addr", "127.0.0.1:7101", "profilesvc gRPC address (token resolution and dead-token feedback)")
+	fs.StringVar(&c.TrackingAddr, "tracking-addr", "127.0.0.1:7103", "trackingsvc gRPC address (send outcomes)")
+	fs.StringVar(&c.APNsURL, "apns-url", "", "APNs base URL replacing Apple's sandbox and production hosts (e.g. an emulator's https://127.0.0.1:PORT)")
+	fs.StringVar(&c.FCMEndpoint, "fcm-endpoint", "", "FCM endpoint replacing Google's (e.g. an emulator's https://127.0.0.1:PORT/v1)")
+	fs.StringVar(&c.GatewayCAFile, "gateway-ca-file", "", "PEM file of extra CA certificates to trust for the gateways (e.g. the emulators' CA)")
+	fs.StringVar(&c.CredentialsKeyFile, "credentials-key-file", "", "file holding the base64 AES-256 key that encrypts app credentials at rest (or set "+CredentialsKeyEnv+")")
+	fs.BoolVar(&c.DevInsecureGenerateKey, "dev-insecure-generate-key", false, "development only: without a key, use (and create on first start) "+DevKeyFile+" in the data dir")
+	fs.IntVar(&c.APNsConnections, "apns-connections", 4, "HTTP/2 connections per APNs app")
+	fs.IntVar(&c.MaxInFlight, "max-in-flight", 10_000, "tokens being sent at once, across all Send streams")
+}
+
+// credentialsKey finds the key: file, then value, then (development) the
+// generated key file in the data dir.
+func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error) {
+	switch {
+	case cfg.CredentialsKeyFile != "":
+		return secret.ReadKeyFile(cfg.CredentialsKeyFile)
+	case cfg.CredentialsKey != "":
+		key, err := secret.ParseKey([]byte(cfg.CredentialsKey))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", CredentialsKeyEnv, err)
+		}
+		return key, nil
+	case cfg.DevInsecureGenerateKey:
+		path := filepath.Join(dataDir, DevKeyFile)
+		key, created, err := secret.LoadOrCreateKeyFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if created {
+			log.Warn("generated a credentials key next to the data it protects: for development only", "file", path)
+		}
+		return key, nil
+	}
+	return nil, errors.New("refusing to start without a credentials key: give --credentials-key-file or set " +
+		CredentialsKeyEnv + " (base64 of 32 bytes, e.g. `openssl rand -base64 32`), or pass --dev-insecure-generate-key for a development run")
+}
 
 // Start opens the store in dataDir and registers the service's APIs on s.
-// The returned stop closes what Start opened.
+// Background work (outbox forwarding) runs until the returned stop, which
+// closes what Start opened.
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
+	var closers []func() error
+	stop = func() error {
+		var errs []error
+		for i := len(closers) - 1; i >= 0; i-- {
+			errs = append(errs, closers[i]())
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if err != nil {
+			_ = stop()
+			stop = nil
+		}
+	}()
+
+	key, err := credentialsKey(dataDir, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	box, err := secret.NewBox(key)
+	if err != nil {
+		return nil, err
+	}
+	caPEM := cfg.GatewayCAPEM
+	if cfg.GatewayCAFile != "" {
+		if caPEM, err = gateway.LoadCAFile(cfg.GatewayCAFile); err != nil {
+			return nil, err
+		}
+	}
+	gw, err := gateway.New(gateway.Config{
+		APNsURL:         cfg.APNsURL,
+		FCMEndpoint:     cfg.FCMEndpoint,
+		ExtraCAPEM:      caPEM,
+		APNsConnections: cfg.APNsConnections,
+		Logger:          log,
+	})
+	if err != nil {
+		return nil, err
+	}
+
 	db, err := boltdb.Open(dataDir, "deliverysvc.db")
 	if err != nil {
 		return nil, err
 	}
-	deliveryv1.RegisterAppServiceServer(s, deliveryv1.UnimplementedAppServiceServer{})
-	deliveryv1.RegisterDeliveryServiceServer(s, deliveryv1.UnimplementedDeliveryServiceServer{})
+	closers = append(closers, db.Close)
+	if err := buckets.Create(db); err != nil {
+		return nil, err
+	}
+	store, err := apps.OpenStore(db, box)
+	if err != nil {
+		return nil, err
+	}
+	appService := apps.NewService(store, gw, log)
+	closers = append(closers, func() error { appService.Close(); return nil })
+
+	profileConn, err := grpcclient.Dial(cfg.ProfileAddr)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, profileConn.Close)
+	trackingConn, err := grpcclient.Dial(cfg.TrackingAddr)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, trackingConn.Close)
+	profiles := profilev1.NewProfileServiceClient(profileConn)
+	tracking := trackingv1.NewTrackingServiceClient(trackingConn)
+
+	deps, closeDeps := dependencies(db, profiles, tracking, log)
+	closers = append(closers, closeDeps)
+	deps.Apps = appService
+
+	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
+	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
+	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{Pipeline: pipeline, Log: log})
 	deliveryv1.RegisterJourneyServiceServer(s, deliveryv1.UnimplementedJourneyServiceServer{})
-	return db.Close, nil
+	return stop, nil
+}
+
+// dependencies builds the pipeline's stores and remote links over db: the
+// idempotency store, the tracking and feedback outboxes (forwarding
+// started) and the profile resolver. Apps is left for the caller. close
+// flushes and stops them.
+func dependencies(db *bolt.DB, profiles profilev1.ProfileServiceClient, tracking trackingv1.TrackingServiceClient, log *slog.Logger) (delivery.Deps, func() error) {
+	trackingBox := outbox.New(db, buckets.TrackingOutbox, remote.Ingest(tracking, log), outbox.Config{Name: "tracking", Logger: log})
+	feedbackBox := outbox.New(db, buckets.FeedbackOutbox, remote.ReportFeedback(profiles, log), outbox.Config{Name: "feedback", Logger: log})
+	trackingBox.Start()
+	feedbackBox.Start()
+	dd := dedupe.Open(db, dedupe.Config{Logger: log})
+	deps := delivery.Deps{
+		Resolver: &remote.Profiles{Client: profiles},
+		Recorder: &remote.Tracking{Outbox: trackingBox},
+		Feedback: &remote.Feedback{Outbox: feedbackBox},
+		Dedupe:   dd,
+	}
+	return deps, func() error {
+		trackingBox.Close()
+		feedbackBox.Close()
+		return dd.Close()
+	}
 }

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -367,10 +368,17 @@ func (s *Session) run(j *job) {
 	}
 }
 
-// traceParent formats a W3C traceparent header value.
+// traceParent formats the W3C traceparent of the message's send span. When
+// tracing is off (no SDK tracer provider) the span has no ids; the push then
+// carries random, unsampled ids, so apps can rely on the key being there.
 func traceParent(sc trace.SpanContext) string {
 	if !sc.IsValid() {
-		return ""
+		var tid trace.TraceID
+		var sid trace.SpanID
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], rand.Uint64()|1)
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64()|1)
+		sc = trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid})
 	}
 	tid, sid := sc.TraceID(), sc.SpanID()
 	b := make([]byte, 0, 55)

@@ -1,0 +1,216 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+)
+
+// DeliveryServer implements deliveryv1.DeliveryServiceServer over the
+// delivery pipeline.
+type DeliveryServer struct {
+	deliveryv1.UnimplementedDeliveryServiceServer
+	Pipeline *delivery.Pipeline
+	Log      *slog.Logger
+}
+
+// maxResultsPerResponse bounds one SendResponse; under load the writer packs
+// results together, at low load it sends each as soon as it is known.
+const maxResultsPerResponse = 500
+
+// Send implements deliveryv1.DeliveryServiceServer. The stream reads a batch,
+// admits it into the pipeline (which blocks while the pipeline is full, so
+// the next batch is only read when there is room), and a writer streams the
+// results back. When the client closes its side, Send waits for every
+// admitted message and ends.
+func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+
+	// Small on purpose: results waiting for a slow reader hold pipeline
+	// capacity, which is what slows the sender down.
+	results := make(chan delivery.Result, 256)
+	writeErr := make(chan error, 1)
+	go func() {
+		err := writeResults(stream, results)
+		if err != nil {
+			cancel() // nobody reads: stop the session's pending work
+		}
+		writeErr <- err
+	}()
+	session := s.Pipeline.Open(ctx, func(r delivery.Result) {
+		select {
+		case results <- r:
+		case <-ctx.Done():
+		}
+	})
+
+	var streamErr error
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			// The client is gone: cancel what is still pending.
+			streamErr = err
+			cancel()
+			break
+		}
+		if err := session.Submit(messages(req.GetMessages())); err != nil {
+			// An unusable batch ends the stream with its error, after the
+			// messages admitted before it have completed and been reported.
+			streamErr = err
+			break
+		}
+	}
+	session.Close()
+	close(results)
+	werr := <-writeErr
+	switch {
+	case streamErr != nil:
+		return Status(stream.Context(), s.Log, streamErr)
+	case werr != nil:
+		return Status(stream.Context(), s.Log, werr)
+	}
+	return nil
+}
+
+// writeResults streams results until the channel closes, packing the ones
+// already waiting into one response.
+func writeResults(stream deliveryv1.DeliveryService_SendServer, results <-chan delivery.Result) error {
+	failed := false
+	var err error
+	for first := range results {
+		if failed {
+			continue // drain, so the pipeline never blocks on us
+		}
+		resp := &deliveryv1.SendResponse{}
+		add := func(r delivery.Result) {
+			resp.Results = append(resp.Results, resultProto(&r))
+			if r.MessageDone {
+				resp.CompletedKeys = append(resp.CompletedKeys, r.IdempotencyKey)
+			}
+		}
+		add(first)
+	more:
+		for len(resp.Results) < maxResultsPerResponse {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					break more
+				}
+				add(r)
+			default:
+				break more
+			}
+		}
+		if err = stream.Send(resp); err != nil {
+			failed = true
+		}
+	}
+	return err
+}
+
+func resultProto(r *delivery.Result) *deliveryv1.SendResult {
+	return &deliveryv1.SendResult{
+		IdempotencyKey:  r.IdempotencyKey,
+		Token:           r.Target.Token,
+		Platform:        r.Target.Platform,
+		AppId:           r.Target.AppID,
+		ProfileId:       r.Target.ProfileID,
+		Status:          deliveryv1.SendStatus(r.Status),
+		GatewayId:       r.GatewayID,
+		Reason:          r.Reason,
+		ExclusionReason: r.Exclusion,
+		Detail:          r.Detail,
+		Attempts:        int32(r.Attempts),
+		Duplicate:       r.Duplicate,
+		Time:            timestamppb.New(r.Time),
+	}
+}
+
+// messages converts a request's messages. Values the domain cannot
+// represent (an invalid duration) become values its validation rejects,
+// so the client learns which field is wrong.
+func messages(in []*deliveryv1.Message) []delivery.Message {
+	out := make([]delivery.Message, len(in))
+	for i, m := range in {
+		out[i] = message(m)
+	}
+	return out
+}
+
+func message(m *deliveryv1.Message) delivery.Message {
+	out := delivery.Message{
+		IdempotencyKey: m.GetIdempotencyKey(),
+		MessageID:      m.GetMessageId(),
+		JourneyID:      m.GetJourneyId(),
+		TTL:            duration(m.GetTtl()),
+	}
+	switch t := m.GetTarget().(type) {
+	case *deliveryv1.Message_Profile:
+		out.Profile = &delivery.ProfileTarget{
+			ProfileID: t.Profile.GetProfileId(),
+			AppIDs:    t.Profile.GetAppIds(),
+			Platforms: t.Profile.GetPlatforms(),
+		}
+	case *deliveryv1.Message_Tokens:
+		out.Tokens = make([]delivery.Target, len(t.Tokens.GetTokens()))
+		for j, tok := range t.Tokens.GetTokens() {
+			out.Tokens[j] = delivery.Target{Token: tok.GetToken(), Platform: tok.GetPlatform(), AppID: tok.GetAppId(), ProfileID: tok.GetProfileId()}
+		}
+	}
+	if n := m.GetNotification(); n != nil {
+		out.Notification = delivery.Notification{
+			Title: n.GetTitle(), Subtitle: n.GetSubtitle(), Body: n.GetBody(), ImageURL: n.GetImageUrl(),
+			Sound: n.GetSound(), Badge: n.Badge, Data: n.GetData(), Category: n.GetCategory(),
+			ThreadID: n.GetThreadId(), DeepLink: n.GetDeepLink(),
+		}
+	}
+	if a := m.GetApns(); a != nil {
+		out.APNs = delivery.APNsOptions{
+			PushType:         delivery.APNsPushType(a.GetPushType()),
+			Priority:         int(a.GetPriority()),
+			CollapseID:       a.GetCollapseId(),
+			MutableContent:   a.GetMutableContent(),
+			ContentAvailable: a.GetContentAvailable(),
+		}
+		if e := a.GetExpiration(); e != nil {
+			if e.IsValid() {
+				out.APNs.Expiration = e.AsTime()
+			} else {
+				out.APNs.Expiration = time.Unix(1, 0) // in the past: rejected by validation
+			}
+		}
+	}
+	if f := m.GetFcm(); f != nil {
+		out.FCM = delivery.FCMOptions{
+			Priority:    delivery.FCMPriority(f.GetPriority()),
+			TTL:         duration(f.GetTtl()),
+			CollapseKey: f.GetCollapseKey(),
+			ChannelID:   f.GetChannelId(),
+		}
+	}
+	return out
+}
+
+// duration converts a protobuf duration; an invalid one becomes -1, which
+// validation rejects.
+func duration(d *durationpb.Duration) time.Duration {
+	if d == nil {
+		return 0
+	}
+	if !d.IsValid() {
+		return -1
+	}
+	return d.AsDuration()
+}

@@ -5,12 +5,15 @@ package server
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 
 	"google.golang.org/grpc"
 
-	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	"github.com/pushmesh/pushmesh/profilesvc/internal/grpcapi"
+	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/service"
@@ -19,8 +22,14 @@ import (
 // DefaultListen is the service's default gRPC address.
 const DefaultListen = "127.0.0.1:7101"
 
-// Config is the service's own configuration, beyond the common flags.
+// DBFile is the name of the service's bbolt file inside its data dir.
+const DBFile = "profilesvc.db"
+
+// Config is the service's own configuration, beyond the common flags. The
+// zero value uses the defaults.
 type Config struct {
+	// ImportBatchRows is how many CRM rows go into one write transaction.
+	ImportBatchRows int
 }
 
 // Spec describes the service to servicekit/service.
@@ -36,15 +45,30 @@ func Spec() service.Spec {
 	}
 }
 
-func (c *Config) register(fs *flag.FlagSet) {}
+func (c *Config) register(fs *flag.FlagSet) {
+	fs.IntVar(&c.ImportBatchRows, "import-batch-rows", store.DefaultImportBatchRows,
+		"CRM import rows per write transaction: bigger is faster, smaller holds the writer lock for less time")
+}
 
 // Start opens the store in dataDir and registers the service's APIs on s.
 // The returned stop closes what Start opened.
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
-	db, err := boltdb.Open(dataDir, "profilesvc.db")
+	if cfg.ImportBatchRows < 0 {
+		return nil, fmt.Errorf("import-batch-rows must not be negative, got %d", cfg.ImportBatchRows)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	db, err := boltdb.Open(dataDir, DBFile)
 	if err != nil {
 		return nil, err
 	}
-	profilev1.RegisterProfileServiceServer(s, profilev1.UnimplementedProfileServiceServer{})
-	return db.Close, nil
+	st, err := store.Open(db, store.Options{ImportBatchRows: cfg.ImportBatchRows})
+	if err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	grpcapi.New(st, log).Register(s)
+	return func() error {
+		return errors.Join(st.Close(), db.Close())
+	}, nil
 }

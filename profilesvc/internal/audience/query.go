@@ -1,0 +1,245 @@
+package audience
+
+import (
+	"context"
+	"slices"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
+)
+
+const tracerName = "github.com/pushmesh/pushmesh/profilesvc/internal/audience"
+
+// Batch sizes (members per message).
+const (
+	DefaultBatchSize = 500
+	MaxBatchSize     = 5000
+)
+
+const (
+	// scanChunk is how many profiles one read transaction visits.
+	scanChunk = 4096
+	// maxBatchBytes flushes a batch early when its members get big, well
+	// under gRPC's default 4 MiB receive limit.
+	maxBatchBytes = 2 << 20
+	// progressEvery sends a (possibly empty) batch after this many profiles
+	// scanned without one, so callers see progress and a fresh resume point
+	// even when few profiles qualify.
+	progressEvery = 100_000
+)
+
+// ExclusionReason says why a qualified profile cannot be reached. The
+// numbers match pushmesh.common.v1.ExclusionReason.
+type ExclusionReason uint8
+
+// Exclusion reasons.
+const (
+	ExcludedNoActiveToken ExclusionReason = 1
+	ExcludedNoConsent     ExclusionReason = 2
+)
+
+// Query is one audience query.
+type Query struct {
+	Condition *Condition
+	// AppIDs and Platforms filter the tokens streamed; empty means all.
+	AppIDs    []string
+	Platforms []profile.Platform
+	// RequireExplicitConsent treats unspecified consent as no consent.
+	RequireExplicitConsent bool
+	// StartAfter resumes after this profile id when HasStart.
+	StartAfter profile.ID
+	HasStart   bool
+	// BatchSize is the number of members per batch (DefaultBatchSize when 0).
+	BatchSize int
+	// Limit stops after this many qualified profiles; 0 means no limit.
+	Limit int64
+}
+
+// Validate checks the query's numbers; fields are named as in the API.
+func (q *Query) Validate() error {
+	var v fault.ValidationError
+	if q.BatchSize < 0 || q.BatchSize > MaxBatchSize {
+		v.Add("batch_size", "must be between 0 (default %d) and %d, got %d", DefaultBatchSize, MaxBatchSize, q.BatchSize)
+	}
+	if q.Limit < 0 {
+		v.Add("limit", "must not be negative, got %d", q.Limit)
+	}
+	return v.Err()
+}
+
+// Member is one qualified profile.
+type Member struct {
+	ID profile.ID
+	// Attributes, Identities and Tokens are only set for members that are
+	// not excluded: an excluded member is not sent anything.
+	Attributes map[string]any
+	Identities []profile.Identity
+	// Tokens are the active tokens of the requested apps and platforms.
+	Tokens   []profile.Token
+	Excluded bool
+	Reason   ExclusionReason
+}
+
+// Stats are a query's running totals.
+type Stats struct {
+	Scanned   int64
+	Qualified int64
+	// Excluded counts excluded members by reason (index: ExclusionReason).
+	Excluded [3]int64
+	Tokens   int64
+}
+
+// Batch is one message of the stream.
+type Batch struct {
+	Members []Member
+	Stats   Stats
+	// ResumeAfter is the last profile scanned: resuming after it continues
+	// exactly where this batch ends. Zero when nothing was scanned.
+	ResumeAfter profile.ID
+}
+
+// Scanner reads profiles in id order; the store implements it.
+type Scanner interface {
+	ScanChunk(ctx context.Context, after profile.ID, first bool, max int,
+		visit func(id profile.ID, v *profile.View) (bool, error)) (last profile.ID, visited int, end bool, err error)
+}
+
+// Run streams q's audience to emit, batch by batch. Only one batch is held
+// in memory, whatever the audience size; emit must not keep the batch after
+// it returns. It stops at the end of the profiles, at the limit, or when ctx
+// ends.
+func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) error {
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "audience.query",
+		trace.WithAttributes(attribute.Int("audience.condition_len", len(q.Condition.String()))))
+	defer span.End()
+
+	batchSize := q.BatchSize
+	if batchSize == 0 {
+		batchSize = DefaultBatchSize
+	}
+	apps := make(map[string]struct{}, len(q.AppIDs))
+	for _, a := range q.AppIDs {
+		apps[a] = struct{}{}
+	}
+	act := newActivation()
+	var (
+		batch         Batch
+		batchBytes    int
+		sinceEmit     int64
+		after         = q.StartAfter
+		first         = !q.HasStart
+		limitReached  bool
+		attrsForEmpty = map[string]any{}
+	)
+	wantToken := func(h *profile.TokenHead) bool {
+		if !h.Active {
+			return false
+		}
+		if len(q.Platforms) > 0 && !slices.Contains(q.Platforms, h.Platform) {
+			return false
+		}
+		if len(apps) > 0 {
+			if _, ok := apps[string(h.AppID)]; !ok {
+				return false
+			}
+		}
+		return true
+	}
+
+	visit := func(id profile.ID, v *profile.View) (bool, error) {
+		batch.Stats.Scanned++
+		sinceEmit++
+		act.reset(id, v)
+		ok := q.Condition.match(act)
+		if act.err != nil {
+			return false, act.err
+		}
+		if !ok {
+			return true, nil
+		}
+		batch.Stats.Qualified++
+		m := Member{ID: id}
+		switch {
+		case v.Consent == profile.ConsentOptedOut || (v.Consent == profile.ConsentUnspecified && q.RequireExplicitConsent):
+			m.Excluded, m.Reason = true, ExcludedNoConsent
+		default:
+			var err error
+			err = v.EachTokenHead(func(h *profile.TokenHead) bool {
+				if !wantToken(h) {
+					return true
+				}
+				t, terr := h.Full()
+				if terr != nil {
+					err = terr
+					return false
+				}
+				t.History = nil
+				m.Tokens = append(m.Tokens, t)
+				batchBytes += h.Size()
+				return true
+			})
+			if err != nil {
+				return false, err
+			}
+			if len(m.Tokens) == 0 {
+				m.Excluded, m.Reason = true, ExcludedNoActiveToken
+				break
+			}
+			if m.Attributes = act.attributes(); m.Attributes == nil {
+				m.Attributes = attrsForEmpty
+			}
+			if m.Identities, err = v.Identities(); err != nil {
+				return false, err
+			}
+			if act.err != nil {
+				return false, act.err
+			}
+			batchBytes += v.DetailBytes()
+		}
+		if m.Excluded {
+			batch.Stats.Excluded[m.Reason]++
+		}
+		batch.Stats.Tokens += int64(len(m.Tokens))
+		batch.Members = append(batch.Members, m)
+		batchBytes += 32
+		if q.Limit > 0 && batch.Stats.Qualified >= q.Limit {
+			limitReached = true
+			return false, nil
+		}
+		return len(batch.Members) < batchSize && batchBytes < maxBatchBytes, nil
+	}
+
+	for {
+		last, n, end, err := sc.ScanChunk(ctx, after, first, scanChunk, visit)
+		if err != nil {
+			span.RecordError(err)
+			return err
+		}
+		if n > 0 {
+			after, first = last, false
+		}
+		stop := end || limitReached
+		if stop || len(batch.Members) >= batchSize || batchBytes >= maxBatchBytes || sinceEmit >= progressEvery {
+			if !first {
+				batch.ResumeAfter = after
+			}
+			if err := emit(&batch); err != nil {
+				return err
+			}
+			// Keep the running stats, drop the members.
+			clear(batch.Members)
+			batch.Members = batch.Members[:0]
+			batchBytes, sinceEmit = 0, 0
+		}
+		if stop {
+			span.SetAttributes(
+				attribute.Int64("audience.scanned", batch.Stats.Scanned),
+				attribute.Int64("audience.qualified", batch.Stats.Qualified))
+			return nil
+		}
+	}
+}

@@ -1,0 +1,474 @@
+package profile
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+)
+
+// The stored record of a profile is a hand-rolled binary encoding, chosen
+// over JSON or reflection-based encodings because QueryAudience decodes
+// hundreds of thousands of records a second. Every section carries its
+// length, so a scan reads the consent and the head of each token and skips
+// the rest (device details, history) without decoding it.
+//
+//	record   = version:1 create:varint update:varint consent:1 consentTime:varint
+//	           len(identities):uvarint identities
+//	           len(attributes):uvarint attributes
+//	           tokenCount:uvarint { len(token):uvarint token }
+//	identities = count:uvarint { namespace:str value:str }
+//	attributes = count:uvarint { key:str time:varint value }
+//	token    = platform:1 appID:str token:str sourceTime:varint sourceTie:8
+//	           deactivatedAt:varint reason:1
+//	           env:1 envTime:varint envTie:8
+//	           deviceID:str model:str os:str appVersion:str locale:str tz:str
+//	           deviceTime:varint deviceTie:8
+//	           create:varint update:varint
+//	           historyCount:uvarint { from:16 to:16 time:varint source:str }
+//	str      = len:uvarint bytes
+//	value    = kind:1 payload (see appendValue)
+const recordVersion = 1
+
+// Value kinds.
+const (
+	kindNull   = 0
+	kindNumber = 1 // float64 bits, 8 bytes little endian
+	kindString = 2
+	kindFalse  = 3
+	kindTrue   = 4
+	kindList   = 5 // count:uvarint values
+	kindMap    = 6 // count:uvarint { key:str value }, keys sorted
+)
+
+// ErrCorrupt says a stored record cannot be decoded.
+var ErrCorrupt = errors.New("corrupt profile record")
+
+// Encode appends p's record to dst.
+func Encode(dst []byte, p *Profile) []byte {
+	dst = append(dst, recordVersion)
+	dst = binary.AppendVarint(dst, p.CreateTime)
+	dst = binary.AppendVarint(dst, p.UpdateTime)
+	dst = append(dst, byte(p.Consent))
+	dst = binary.AppendVarint(dst, p.ConsentTime)
+
+	var sec []byte
+	sec = binary.AppendUvarint(sec, uint64(len(p.Identities)))
+	for _, idn := range p.Identities {
+		sec = appendStr(sec, idn.Namespace)
+		sec = appendStr(sec, idn.Value)
+	}
+	dst = appendBytes(dst, sec)
+
+	sec = sec[:0]
+	sec = binary.AppendUvarint(sec, uint64(len(p.Attributes)))
+	for _, a := range p.Attributes {
+		sec = appendStr(sec, a.Key)
+		sec = binary.AppendVarint(sec, a.Time)
+		sec = appendValue(sec, a.Value)
+	}
+	dst = appendBytes(dst, sec)
+
+	dst = binary.AppendUvarint(dst, uint64(len(p.Tokens)))
+	for i := range p.Tokens {
+		sec = appendToken(sec[:0], &p.Tokens[i])
+		dst = appendBytes(dst, sec)
+	}
+	return dst
+}
+
+func appendToken(dst []byte, t *Token) []byte {
+	dst = append(dst, byte(t.Platform))
+	dst = appendStr(dst, t.AppID)
+	dst = appendStr(dst, t.Token)
+	dst = appendStamp(dst, t.SourceStamp)
+	dst = binary.AppendVarint(dst, t.DeactivatedAt)
+	dst = append(dst, byte(t.Reason))
+	dst = append(dst, byte(t.Env))
+	dst = appendStamp(dst, t.EnvStamp)
+	dst = appendStr(dst, t.DeviceID)
+	dst = appendStr(dst, t.Device.Model)
+	dst = appendStr(dst, t.Device.OSVersion)
+	dst = appendStr(dst, t.Device.AppVersion)
+	dst = appendStr(dst, t.Device.Locale)
+	dst = appendStr(dst, t.Device.TimeZone)
+	dst = appendStamp(dst, t.DeviceStamp)
+	dst = binary.AppendVarint(dst, t.CreateTime)
+	dst = binary.AppendVarint(dst, t.UpdateTime)
+	dst = binary.AppendUvarint(dst, uint64(len(t.History)))
+	for _, m := range t.History {
+		dst = append(dst, m.From[:]...)
+		dst = append(dst, m.To[:]...)
+		dst = binary.AppendVarint(dst, m.Time)
+		dst = appendStr(dst, m.Source)
+	}
+	return dst
+}
+
+func appendStamp(dst []byte, s Stamp) []byte {
+	dst = binary.AppendVarint(dst, s.Time)
+	return binary.LittleEndian.AppendUint64(dst, s.Tie)
+}
+
+func appendStr(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+// appendValue encodes a JSON-like value; map keys are written sorted so equal
+// values always encode to equal bytes (merges compare encodings).
+func appendValue(dst []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(dst, kindNull)
+	case float64:
+		dst = append(dst, kindNumber)
+		return binary.LittleEndian.AppendUint64(dst, math.Float64bits(x))
+	case string:
+		dst = append(dst, kindString)
+		return appendStr(dst, x)
+	case bool:
+		if x {
+			return append(dst, kindTrue)
+		}
+		return append(dst, kindFalse)
+	case []any:
+		dst = append(dst, kindList)
+		dst = binary.AppendUvarint(dst, uint64(len(x)))
+		for _, e := range x {
+			dst = appendValue(dst, e)
+		}
+		return dst
+	case map[string]any:
+		dst = append(dst, kindMap)
+		dst = binary.AppendUvarint(dst, uint64(len(x)))
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			dst = appendStr(dst, k)
+			dst = appendValue(dst, x[k])
+		}
+		return dst
+	}
+	// Validation only lets the types above through; a stray type is stored
+	// as null rather than corrupting the record.
+	return append(dst, kindNull)
+}
+
+func encodedValueSize(v any) int { return len(appendValue(nil, v)) }
+
+// reader decodes a record; the first error sticks and later reads return
+// zero values, so decoders check r.err once at the end.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail() {
+	if r.err == nil {
+		r.err = ErrCorrupt
+	}
+	r.b = nil
+}
+
+func (r *reader) byte() byte {
+	if len(r.b) < 1 {
+		r.fail()
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *reader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) uint64() uint64 {
+	if len(r.b) < 8 {
+		r.fail()
+		return 0
+	}
+	v := binary.LittleEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+
+// bytes returns the next length-prefixed bytes without copying.
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if uint64(len(r.b)) < n {
+		r.fail()
+		return nil
+	}
+	b := r.b[:n:n]
+	r.b = r.b[n:]
+	return b
+}
+
+func (r *reader) str() string { return string(r.bytes()) }
+
+func (r *reader) stamp() Stamp { return Stamp{Time: r.varint(), Tie: r.uint64()} }
+
+func (r *reader) id() ID {
+	var id ID
+	if len(r.b) < len(id) {
+		r.fail()
+		return id
+	}
+	copy(id[:], r.b)
+	r.b = r.b[len(id):]
+	return id
+}
+
+// count reads an element count and rejects counts that cannot fit in the
+// remaining bytes (each element takes at least min bytes), so a corrupt
+// count never triggers a huge allocation.
+func (r *reader) count(min int) int {
+	n := r.uvarint()
+	if n > uint64(len(r.b)/min) {
+		r.fail()
+		return 0
+	}
+	return int(n)
+}
+
+func (r *reader) value(depth int) any {
+	if depth > MaxAttributeDepth+1 {
+		r.fail()
+		return nil
+	}
+	switch r.byte() {
+	case kindNull:
+		return nil
+	case kindNumber:
+		return math.Float64frombits(r.uint64())
+	case kindString:
+		return r.str()
+	case kindFalse:
+		return false
+	case kindTrue:
+		return true
+	case kindList:
+		n := r.count(1)
+		l := make([]any, n)
+		for i := range l {
+			l[i] = r.value(depth + 1)
+		}
+		return l
+	case kindMap:
+		n := r.count(2)
+		m := make(map[string]any, n)
+		for i := 0; i < n; i++ {
+			k := r.str()
+			m[k] = r.value(depth + 1)
+		}
+		return m
+	}
+	r.fail()
+	return nil
+}
+
+// Decode decodes a record stored under id. The result shares no memory with
+// b, so it can outlive the transaction b came from.
+func Decode(id ID, b []byte) (*Profile, error) {
+	v, err := ParseView(b)
+	if err != nil {
+		return nil, err
+	}
+	p := &Profile{ID: id, CreateTime: v.CreateTime, UpdateTime: v.UpdateTime, Consent: v.Consent, ConsentTime: v.ConsentTime}
+	if p.Identities, err = v.Identities(); err != nil {
+		return nil, err
+	}
+	if p.Attributes, err = v.allAttributes(); err != nil {
+		return nil, err
+	}
+	p.Tokens = make([]Token, 0, v.TokenCount)
+	r := reader{b: v.tokens}
+	for i := 0; i < v.TokenCount; i++ {
+		t, err := decodeToken(r.bytes())
+		if err != nil {
+			return nil, err
+		}
+		p.Tokens = append(p.Tokens, t)
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("profile %s: %w", id, r.err)
+	}
+	return p, nil
+}
+
+func decodeToken(b []byte) (Token, error) {
+	r := reader{b: b}
+	var t Token
+	t.Platform = Platform(r.byte())
+	t.AppID = r.str()
+	t.Token = r.str()
+	t.SourceStamp = r.stamp()
+	t.DeactivatedAt = r.varint()
+	t.Reason = InactiveReason(r.byte())
+	t.Env = Environment(r.byte())
+	t.EnvStamp = r.stamp()
+	t.DeviceID = r.str()
+	t.Device.Model = r.str()
+	t.Device.OSVersion = r.str()
+	t.Device.AppVersion = r.str()
+	t.Device.Locale = r.str()
+	t.Device.TimeZone = r.str()
+	t.DeviceStamp = r.stamp()
+	t.CreateTime = r.varint()
+	t.UpdateTime = r.varint()
+	if n := r.count(34); n > 0 {
+		t.History = make([]Move, n)
+		for i := range t.History {
+			t.History[i] = Move{From: r.id(), To: r.id(), Time: r.varint(), Source: r.str()}
+		}
+	}
+	return t, r.err
+}
+
+// View is a record parsed just enough to evaluate audience conditions: the
+// fixed fields are decoded, sections are located, and everything else is
+// decoded on demand. A View borrows b; nothing it returns does.
+type View struct {
+	CreateTime  int64
+	UpdateTime  int64
+	Consent     Consent
+	ConsentTime int64
+	TokenCount  int
+
+	identities []byte
+	attributes []byte
+	tokens     []byte
+}
+
+// ParseView locates the sections of a record.
+func ParseView(b []byte) (View, error) {
+	r := reader{b: b}
+	var v View
+	if r.byte() != recordVersion {
+		return v, ErrCorrupt
+	}
+	v.CreateTime = r.varint()
+	v.UpdateTime = r.varint()
+	v.Consent = Consent(r.byte())
+	v.ConsentTime = r.varint()
+	v.identities = r.bytes()
+	v.attributes = r.bytes()
+	v.TokenCount = r.count(1)
+	v.tokens = r.b
+	return v, r.err
+}
+
+// DetailBytes approximates the size of the identities and attributes, to
+// bound the size of messages carrying them.
+func (v *View) DetailBytes() int { return len(v.identities) + len(v.attributes) }
+
+// Identities decodes the identities.
+func (v *View) Identities() ([]Identity, error) {
+	r := reader{b: v.identities}
+	n := r.count(2)
+	ids := make([]Identity, n)
+	for i := range ids {
+		ids[i] = Identity{Namespace: r.str(), Value: r.str()}
+	}
+	return ids, r.err
+}
+
+func (v *View) allAttributes() ([]Attribute, error) {
+	r := reader{b: v.attributes}
+	n := r.count(3)
+	attrs := make([]Attribute, n)
+	for i := range attrs {
+		attrs[i] = Attribute{Key: r.str(), Time: r.varint(), Value: r.value(1)}
+	}
+	return attrs, r.err
+}
+
+// Attributes decodes the attributes that are set (no tombstones) into a map.
+func (v *View) Attributes() (map[string]any, error) {
+	r := reader{b: v.attributes}
+	n := r.count(3)
+	m := make(map[string]any, n)
+	for i := 0; i < n; i++ {
+		k := r.str()
+		r.varint()
+		if val := r.value(1); val != nil {
+			m[k] = val
+		}
+	}
+	return m, r.err
+}
+
+// TokenHead is the part of a token a scan needs to decide whether it can be
+// targeted. AppID and Token borrow the record's memory.
+type TokenHead struct {
+	Platform Platform
+	AppID    []byte
+	Token    []byte
+	Active   bool
+	raw      []byte
+}
+
+// Size is the token's encoded size.
+func (h *TokenHead) Size() int { return len(h.raw) }
+
+// Full decodes the whole token.
+func (h *TokenHead) Full() (Token, error) { return decodeToken(h.raw) }
+
+// EachTokenHead calls fn for each token in order, stopping when fn returns
+// false. The head passed to fn is only valid during the call.
+func (v *View) EachTokenHead(fn func(h *TokenHead) bool) error {
+	r := reader{b: v.tokens}
+	var h TokenHead
+	for i := 0; i < v.TokenCount; i++ {
+		h.raw = r.bytes()
+		tr := reader{b: h.raw}
+		h.Platform = Platform(tr.byte())
+		h.AppID = tr.bytes()
+		h.Token = tr.bytes()
+		source := tr.varint()
+		tr.uint64()
+		deactivated := tr.varint()
+		h.Active = deactivated < source
+		if r.err != nil || tr.err != nil {
+			return ErrCorrupt
+		}
+		if !fn(&h) {
+			return nil
+		}
+	}
+	return r.err
+}
+
+// compareValues orders two encoded values, for deterministic merge ties.
+func compareValues(a, b any) int {
+	return slices.Compare(appendValue(nil, a), appendValue(nil, b))
+}

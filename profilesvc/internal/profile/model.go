@@ -1,0 +1,336 @@
+// Package profile is profilesvc's domain: profiles, their identities and
+// attributes, the push tokens they own, the rules that decide who owns a token
+// and whether it is active, and the compact binary record they are stored as.
+// It knows nothing of gRPC or bbolt: the store feeds it through a Loader and
+// persists what a Workset changed.
+package profile
+
+import (
+	"hash/fnv"
+	"slices"
+	"strings"
+)
+
+// Platform is the push gateway of a token. The numbers match the API's.
+type Platform uint8
+
+// Platforms.
+const (
+	PlatformUnspecified Platform = 0
+	PlatformAPNS        Platform = 1
+	PlatformFCM         Platform = 2
+)
+
+// String is the platform's name as CEL conditions see it.
+func (p Platform) String() string {
+	switch p {
+	case PlatformAPNS:
+		return "apns"
+	case PlatformFCM:
+		return "fcm"
+	}
+	return "unspecified"
+}
+
+// Environment is the APNs environment of a token. The numbers match the API's.
+type Environment uint8
+
+// Environments.
+const (
+	EnvUnspecified Environment = 0
+	EnvSandbox     Environment = 1
+	EnvProduction  Environment = 2
+)
+
+// Consent is a profile's push consent. The numbers match the API's.
+type Consent uint8
+
+// Consent states.
+const (
+	ConsentUnspecified Consent = 0
+	ConsentOptedIn     Consent = 1
+	ConsentOptedOut    Consent = 2
+)
+
+// String is the consent as CEL conditions see it.
+func (c Consent) String() string {
+	switch c {
+	case ConsentOptedIn:
+		return "opted_in"
+	case ConsentOptedOut:
+		return "opted_out"
+	}
+	return "unspecified"
+}
+
+// InactiveReason says why a token is not targeted. The numbers match the API's.
+type InactiveReason uint8
+
+// Inactive reasons.
+const (
+	ReasonNone         InactiveReason = 0
+	ReasonUnregistered InactiveReason = 1
+	ReasonReplaced     InactiveReason = 2
+	ReasonUninstalled  InactiveReason = 3
+	ReasonStale        InactiveReason = 4
+	ReasonBadToken     InactiveReason = 5
+)
+
+// FromGateway reports whether the reason came from APNs or FCM.
+func (r InactiveReason) FromGateway() bool {
+	return r == ReasonUnregistered || r == ReasonBadToken
+}
+
+// Identity is a namespaced id resolving to exactly one profile.
+type Identity struct {
+	Namespace string
+	Value     string
+}
+
+func compareIdentity(a, b Identity) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Value, b.Value)
+}
+
+// Attribute is one profile attribute. Value is JSON-like: nil, float64,
+// string, bool, []any or map[string]any. A nil Value is a deletion kept as a
+// tombstone, so that an older write arriving later cannot bring the key back.
+type Attribute struct {
+	Key   string
+	Value any
+	// Time is when the value was set, by the setter's clock (the row's source
+	// time for imports, the server's clock for UpsertProfile). The newest
+	// write of a key wins; see MergeAttribute.
+	Time int64
+}
+
+// Device describes a device; every field is informative.
+type Device struct {
+	Model      string
+	OSVersion  string
+	AppVersion string
+	Locale     string
+	TimeZone   string
+}
+
+// IsZero reports whether no field is set.
+func (d Device) IsZero() bool { return d == Device{} }
+
+// Stamp orders registrations: the source time, then a deterministic
+// tie-break derived from the registration's content, so two registrations
+// with the same time resolve the same way whatever order they arrive in.
+type Stamp struct {
+	Time int64
+	Tie  uint64
+}
+
+// Less reports whether s is older than o.
+func (s Stamp) Less(o Stamp) bool {
+	return s.Time < o.Time || (s.Time == o.Time && s.Tie < o.Tie)
+}
+
+// Move is one change of a token's owner.
+type Move struct {
+	From   ID // zero when the token was first stored
+	To     ID
+	Time   int64
+	Source string
+}
+
+// TokenKey identifies a token: the same string for another app or platform
+// is another token.
+type TokenKey struct {
+	Platform Platform
+	AppID    string
+	Token    string
+}
+
+// DeviceKey identifies an app install, to detect token rotation.
+type DeviceKey struct {
+	Platform Platform
+	AppID    string
+	DeviceID string
+}
+
+// Token is one push token. Its state is a few last-writer-wins registers,
+// each ordered by Stamp, which is what makes imports converge whatever the
+// order of their rows:
+//   - ownership (Owner is the profile holding it; SourceStamp the winning
+//     registration),
+//   - the APNs environment (EnvStamp),
+//   - the device id and device details (DeviceStamp),
+//   - the last deactivation (DeactivatedAt, Reason).
+//
+// A token is active when its newest registration is newer than its last
+// deactivation, so a registration newer than a gateway's 410 timestamp
+// revives it and an older one does not.
+type Token struct {
+	Platform    Platform
+	AppID       string
+	Token       string
+	SourceStamp Stamp
+
+	DeactivatedAt int64
+	Reason        InactiveReason
+
+	Env      Environment
+	EnvStamp Stamp
+
+	DeviceID    string
+	Device      Device
+	DeviceStamp Stamp
+
+	CreateTime int64
+	UpdateTime int64
+	History    []Move
+}
+
+// Key returns the token's key.
+func (t *Token) Key() TokenKey { return TokenKey{t.Platform, t.AppID, t.Token} }
+
+// Active reports whether the token is targeted.
+func (t *Token) Active() bool { return t.DeactivatedAt < t.SourceStamp.Time }
+
+// InactiveReason returns why the token is inactive, or ReasonNone.
+func (t *Token) InactiveReason() InactiveReason {
+	if t.Active() {
+		return ReasonNone
+	}
+	return t.Reason
+}
+
+// deactivate records a deactivation at time at; the newest deactivation
+// wins (ties: the larger reason, to stay order independent). It reports
+// whether the stored state changed.
+func (t *Token) deactivate(at int64, reason InactiveReason) bool {
+	if at > t.DeactivatedAt || (at == t.DeactivatedAt && reason > t.Reason) {
+		t.DeactivatedAt = at
+		t.Reason = reason
+		return true
+	}
+	return false
+}
+
+// Profile is one customer, with every token it owns.
+type Profile struct {
+	ID          ID
+	CreateTime  int64
+	UpdateTime  int64
+	Consent     Consent
+	ConsentTime int64
+	// Identities, sorted by namespace then value.
+	Identities []Identity
+	// Attributes, sorted by key, tombstones included.
+	Attributes []Attribute
+	// Tokens, sorted by app id, token, platform.
+	Tokens []Token
+}
+
+// ActiveTokenCount counts the active tokens.
+func (p *Profile) ActiveTokenCount() int {
+	n := 0
+	for i := range p.Tokens {
+		if p.Tokens[i].Active() {
+			n++
+		}
+	}
+	return n
+}
+
+// HasIdentity reports whether the profile owns idn.
+func (p *Profile) HasIdentity(idn Identity) bool {
+	_, found := slices.BinarySearchFunc(p.Identities, idn, compareIdentity)
+	return found
+}
+
+// addIdentity adds idn unless present, keeping the order.
+func (p *Profile) addIdentity(idn Identity) bool {
+	i, found := slices.BinarySearchFunc(p.Identities, idn, compareIdentity)
+	if found {
+		return false
+	}
+	p.Identities = slices.Insert(p.Identities, i, idn)
+	return true
+}
+
+func compareTokenKey(t *Token, k TokenKey) int {
+	if c := strings.Compare(t.AppID, k.AppID); c != 0 {
+		return c
+	}
+	if c := strings.Compare(t.Token, k.Token); c != 0 {
+		return c
+	}
+	return int(t.Platform) - int(k.Platform)
+}
+
+// FindToken returns the profile's token with key k, or nil.
+func (p *Profile) FindToken(k TokenKey) *Token {
+	i, found := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
+	if !found {
+		return nil
+	}
+	return &p.Tokens[i]
+}
+
+// insertToken adds t in order and returns a pointer to the stored copy.
+func (p *Profile) insertToken(t Token) *Token {
+	k := t.Key()
+	i, _ := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
+	p.Tokens = slices.Insert(p.Tokens, i, t)
+	return &p.Tokens[i]
+}
+
+// removeToken removes the token with key k and returns it.
+func (p *Profile) removeToken(k TokenKey) (Token, bool) {
+	i, found := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
+	if !found {
+		return Token{}, false
+	}
+	t := p.Tokens[i]
+	p.Tokens = slices.Delete(p.Tokens, i, i+1)
+	return t, true
+}
+
+// VisibleAttributes returns the attributes that are set (no tombstones) as a
+// map, the form conditions and the API use.
+func (p *Profile) VisibleAttributes() map[string]any {
+	m := make(map[string]any, len(p.Attributes))
+	for _, a := range p.Attributes {
+		if a.Value != nil {
+			m[a.Key] = a.Value
+		}
+	}
+	return m
+}
+
+// Registration is one attempt to attach a token to a profile.
+type Registration struct {
+	Key      TokenKey
+	Env      Environment
+	DeviceID string
+	Device   Device
+	// Time is the source's timestamp of the registration (unix nanoseconds).
+	Time int64
+	// Source labels the registration in the token's history.
+	Source string
+	// OwnerKey names the target profile the same way in every run (e.g. its
+	// customer id), so ties on Time break identically whatever the order of
+	// arrival and whatever profile ids were generated.
+	OwnerKey string
+}
+
+// stamp returns the registration's stamp: its time and a hash of everything
+// it would write.
+func (r *Registration) stamp() Stamp {
+	h := fnv.New64a()
+	for _, s := range []string{r.OwnerKey, r.DeviceID, r.Device.Model, r.Device.OSVersion, r.Device.AppVersion, r.Device.Locale, r.Device.TimeZone} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	h.Write([]byte{byte(r.Env)})
+	return Stamp{Time: r.Time, Tie: h.Sum64()}
+}
+
+func (r *Registration) hasDevice() bool { return r.DeviceID != "" || !r.Device.IsZero() }

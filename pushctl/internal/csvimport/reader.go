@@ -64,6 +64,8 @@ type Reader struct {
 	// pushback holds lines already read that must be read again: after a
 	// malformed multi-line record, reading resumes on its second line.
 	pushback []physicalLine
+	// fields is reused by every record, as encoding/csv's ReuseRecord does.
+	fields []string
 }
 
 // NewReader reads CSV from r.
@@ -100,6 +102,8 @@ func (r *Reader) ReadHeader() (Record, error) {
 
 // Read returns the next record, a *LineError for a malformed one (call Read
 // again to continue), io.EOF at the end, or another error reading the input.
+// The record's Fields slice is reused by the next Read; the strings in it
+// are not.
 func (r *Reader) Read() (Record, error) {
 	for {
 		pl, err := r.nextLine()
@@ -152,7 +156,8 @@ func (r *Reader) nextLine() (physicalLine, error) {
 // parse reads one record starting with first, pulling more lines while a
 // quoted field is open.
 func (r *Reader) parse(first physicalLine) (Record, error) {
-	rec := Record{Line: first.num}
+	rec := Record{Line: first.num, Fields: r.fields[:0]}
+	defer func() { r.fields = rec.Fields[:0] }()
 	line := first.text
 	// consumed are the continuation lines of a multi-line record, kept so they
 	// can be read again if the record turns out malformed.

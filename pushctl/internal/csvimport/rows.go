@@ -57,6 +57,8 @@ type Columns struct {
 	index map[string]int // known column → position
 	attrs []attrColumn
 	count int
+	// Positions of the known columns (-1 when absent), read for every row.
+	token, platform, appID, customerID, timestamp, apnsEnv, deviceID int
 }
 
 type attrColumn struct {
@@ -101,6 +103,14 @@ func ParseHeader(header Record) (*Columns, error) {
 			"the header lacks column(s) %s; want %s (optional: apns_environment, device_id, and any attribute column)",
 			strings.Join(missing, ", "), strings.Join(requiredColumns, ", "))}
 	}
+	pos := func(col string) int {
+		if p, ok := c.index[col]; ok {
+			return p
+		}
+		return -1
+	}
+	c.token, c.platform, c.appID, c.customerID = pos(colToken), pos(colPlatform), pos(colAppID), pos(colCustomerID)
+	c.timestamp, c.apnsEnv, c.deviceID = pos(colTimestamp), pos(colApnsEnvironment), pos(colDeviceID)
 	return c, nil
 }
 
@@ -127,36 +137,36 @@ func (c *Columns) Row(rec Record) (*profilev1.ImportRow, *Rejection) {
 	if len(rec.Fields) != c.count {
 		return nil, &Rejection{Line: rec.Line, Reason: fmt.Sprintf("has %d fields, the header has %d", len(rec.Fields), c.count)}
 	}
-	get := func(col string) string {
-		if pos, ok := c.index[col]; ok {
-			return strings.TrimSpace(rec.Fields[pos])
+	get := func(pos int) string {
+		if pos < 0 {
+			return ""
 		}
-		return ""
+		return strings.TrimSpace(rec.Fields[pos])
 	}
 	reject := func(field, format string, args ...any) (*profilev1.ImportRow, *Rejection) {
 		return nil, &Rejection{Line: rec.Line, Field: field, Reason: fmt.Sprintf(format, args...)}
 	}
 
-	platform, err := ParsePlatform(get(colPlatform))
+	platform, err := ParsePlatform(get(c.platform))
 	if err != nil {
 		return reject(colPlatform, "%v", err)
 	}
-	ts, err := ParseTimestamp(get(colTimestamp))
+	ts, err := ParseTimestamp(get(c.timestamp))
 	if err != nil {
 		return reject(colTimestamp, "%v", err)
 	}
-	env, err := ParseApnsEnvironment(get(colApnsEnvironment))
+	env, err := ParseApnsEnvironment(get(c.apnsEnv))
 	if err != nil {
 		return reject(colApnsEnvironment, "%v", err)
 	}
 	row := &profilev1.ImportRow{
-		Token:           get(colToken),
+		Token:           get(c.token),
 		Platform:        platform,
-		AppId:           get(colAppID),
-		CustomerId:      get(colCustomerID),
+		AppId:           get(c.appID),
+		CustomerId:      get(c.customerID),
 		SourceTime:      ts,
 		ApnsEnvironment: env,
-		DeviceId:        get(colDeviceID),
+		DeviceId:        get(c.deviceID),
 	}
 	for _, a := range c.attrs {
 		v := strings.TrimSpace(rec.Fields[a.pos])
@@ -174,12 +184,13 @@ func (c *Columns) Row(rec Record) (*profilev1.ImportRow, *Rejection) {
 // ParsePlatform reads "apns" or "fcm" (any case, or the full enum name), and
 // "ios" / "android" as their usual gateways.
 func ParsePlatform(s string) (commonv1.Platform, error) {
+	// The common spellings first: this runs for every imported row.
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "":
 		return 0, errors.New("is empty; want apns or fcm")
-	case "ios":
+	case "apns", "ios":
 		return commonv1.Platform_PLATFORM_APNS, nil
-	case "android":
+	case "fcm", "android":
 		return commonv1.Platform_PLATFORM_FCM, nil
 	}
 	n, err := enums.Parse(commonv1.Platform(0).Descriptor(), s)
@@ -195,9 +206,9 @@ func ParseApnsEnvironment(s string) (commonv1.ApnsEnvironment, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "":
 		return commonv1.ApnsEnvironment_APNS_ENVIRONMENT_UNSPECIFIED, nil
-	case "development", "dev":
+	case "sandbox", "development", "dev":
 		return commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX, nil
-	case "prod":
+	case "production", "prod":
 		return commonv1.ApnsEnvironment_APNS_ENVIRONMENT_PRODUCTION, nil
 	}
 	n, err := enums.Parse(commonv1.ApnsEnvironment(0).Descriptor(), s)

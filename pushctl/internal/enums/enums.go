@@ -75,7 +75,12 @@ func Words(ed protoreflect.EnumDescriptor) []string {
 // name ("FAILURE_REASON_BAD_DEVICE_TOKEN"). The UNSPECIFIED value is never
 // accepted: a caller that wants "not given" leaves the flag empty.
 func Parse(ed protoreflect.EnumDescriptor, s string) (protoreflect.EnumNumber, error) {
-	norm := strings.ToUpper(strings.NewReplacer("-", "_", " ", "_").Replace(strings.TrimSpace(s)))
+	norm := strings.Map(func(r rune) rune {
+		if r == '-' || r == ' ' {
+			return '_'
+		}
+		return unicode.ToUpper(r)
+	}, strings.TrimSpace(s))
 	p := prefix(ed)
 	vals := ed.Values()
 	for i := 0; i < vals.Len(); i++ {

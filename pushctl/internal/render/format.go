@@ -52,15 +52,15 @@ func Rate(perSecond float64, unit string) string {
 }
 
 // Token shortens a push token so it can be told apart but never read in full:
-// the first 6 and last 4 characters, "a1b2c3…f9e8". Short tokens keep at
-// most a third of their characters.
+// the first 6 and last 4 characters, "a1b2c3…f9e8" (real APNs and FCM tokens
+// are 64 to 200 characters). Tokens under 20 characters keep a third.
 func Token(tok string) string {
 	const head, tail = 6, 4
 	r := []rune(tok)
 	switch {
 	case len(r) == 0:
 		return "-"
-	case len(r) > 3*(head+tail)/2:
+	case len(r) >= 2*(head+tail):
 		return string(r[:head]) + "…" + string(r[len(r)-tail:])
 	default:
 		keep := len(r) / 3

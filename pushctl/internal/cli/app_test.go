@@ -163,7 +163,7 @@ func TestAppRegisterUsageErrors(t *testing.T) {
 		{"p8 not PEM", []string{"--platform", "apns", "--app-id", "a", "--p8", notPEM, "--key-id", "K", "--team-id", "T"}, "not a .p8 key"},
 		{"not a service account", []string{"--platform", "fcm", "--app-id", "a", "--service-account", notSA}, "not a service-account JSON key file"},
 		{"negative rate", []string{"--platform", "fcm", "--app-id", "a", "--service-account", sa, "--rate", "-1"}, "--rate must not be negative"},
-		{"unknown flag", []string{"--platfrom", "fcm"}, "flag provided but not defined: -platfrom"},
+		{"unknown flag", []string{"--platfrom", "fcm"}, "unknown flag --platfrom"},
 		{"positional argument", []string{"extra"}, "takes no arguments"},
 	}
 	for _, tt := range tests {

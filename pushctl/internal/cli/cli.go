@@ -230,7 +230,7 @@ func run(ctx context.Context, args []string, opts options) error {
 				writeHelp(opts.stdout, cmd)
 				return nil
 			}
-			return usagef(cmd, "%v", err)
+			return usagef(cmd, "%s", flagMessage(err))
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -261,7 +261,7 @@ func run(ctx context.Context, args []string, opts options) error {
 			writeHelp(opts.stdout, cmd)
 			return nil
 		}
-		return usagef(cmd, "%v", err)
+		return usagef(cmd, "%s", flagMessage(err))
 	}
 	if len(pos) < cmd.MinArgs || (cmd.MaxArgs >= 0 && len(pos) > cmd.MaxArgs) {
 		return usagef(cmd, "%s takes %s", cmd.title(), argCount(cmd))
@@ -288,6 +288,18 @@ func newFlagSet(c *Command) *flag.FlagSet {
 	fs.SetOutput(io.Discard) // errors are reported once, by Report
 	fs.Usage = func() {}
 	return fs
+}
+
+// flagMessage rewrites the flag package's messages in the --flag spelling
+// the help uses.
+func flagMessage(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag --" + name
+	}
+	msg = strings.Replace(msg, " for flag -", " for --", 1)
+	msg = strings.Replace(msg, "flag needs an argument: -", "flag needs an argument: --", 1)
+	return msg
 }
 
 // parseInterspersed parses flags anywhere among the positional arguments

@@ -172,7 +172,13 @@ func describeRPC(b *strings.Builder, re *rpcError) {
 		b.WriteString("pushctl: interrupted\n")
 		return
 	}
-	fmt.Fprintf(b, "pushctl: %s: %s: %s\n", re.service, codeWords(st.Code()), st.Message())
+	// Say the code once: fault.ValidationError messages already start with it.
+	words, msg := codeWords(st.Code()), st.Message()
+	if strings.HasPrefix(strings.ToLower(msg), words+":") {
+		fmt.Fprintf(b, "pushctl: %s: %s\n", re.service, msg)
+	} else {
+		fmt.Fprintf(b, "pushctl: %s: %s: %s\n", re.service, words, msg)
+	}
 	for _, d := range st.Details() {
 		switch d := d.(type) {
 		case *errdetails.BadRequest:

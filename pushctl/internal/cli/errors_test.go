@@ -189,7 +189,7 @@ func TestUsageErrorsAndHelp(t *testing.T) {
 		{"unknown command", []string{"sned"}, ExitUsage, "", `unknown command "sned" for pushctl`},
 		{"group without subcommand", []string{"journey"}, ExitUsage, "", "journey needs a subcommand: publish, get, list, watch, cancel"},
 		{"help of unknown", []string{"help", "nope"}, ExitUsage, "", `no help for "nope"`},
-		{"bad global flag", []string{"--timeout", "soon", "app", "list"}, ExitUsage, "", `invalid value "soon" for flag -timeout`},
+		{"bad global flag", []string{"--timeout", "soon", "app", "list"}, ExitUsage, "", `invalid value "soon" for --timeout`},
 		{"bad tenant", []string{"--tenant", "Acme", "app", "list"}, ExitUsage, "", "--tenant: tenant id \"Acme\""},
 		{"bad address", []string{"--profile-addr", "localhost", "profile", "get", "--id", "p"}, ExitUsage, "", `--profile-addr "localhost": want host:port`},
 		{"missing argument", []string{"journey", "get"}, ExitUsage, "", "journey get takes exactly 1 argument(s): ID"},
@@ -249,5 +249,16 @@ func TestDefaultAddressesFromEnvironment(t *testing.T) {
 	res := runCLI(t, env, time.Now(), "journey", "get", "j-9")
 	if res.code != 0 || !strings.Contains(res.stdout, "j-9") {
 		t.Errorf("PUSHCTL_DELIVERY_ADDR: got exit %d, stdout %q, stderr %q", res.code, res.stdout, res.stderr)
+	}
+}
+
+func TestCodeIsNotRepeated(t *testing.T) {
+	h := newHarness(t)
+	h.journeys.get = func(context.Context, *deliveryv1.GetJourneyRequest) (*deliveryv1.GetJourneyResponse, error) {
+		return nil, status.Error(codes.InvalidArgument, "invalid argument: journey_id: must not be empty")
+	}
+	res := h.run(t, "journey", "get", "x")
+	if want := "pushctl: deliverysvc: invalid argument: journey_id: must not be empty\n"; res.stderr != want {
+		t.Errorf("stderr: got %q, want %q", res.stderr, want)
 	}
 }

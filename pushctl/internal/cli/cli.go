@@ -87,6 +87,7 @@ func commands() []*Command {
 		tokenCommand(),
 		journeyCommand(),
 		metricsCommand(),
+		devCommand(),
 	}
 }
 

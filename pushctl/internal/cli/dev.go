@@ -1,0 +1,198 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	"github.com/pushmesh/pushmesh/pushctl/internal/demo"
+	"github.com/pushmesh/pushmesh/pushctl/internal/mesh"
+	"github.com/pushmesh/pushmesh/pushctl/internal/render"
+)
+
+// devOptions are the flags of `pushctl dev`.
+type devOptions struct {
+	dataDir   string
+	profiles  int
+	seed      uint64
+	apnsAddr  string
+	fcmAddr   string
+	keepAlive bool
+}
+
+func devCommand() *Command {
+	var o devOptions
+	cmd := &Command{
+		Name:    "dev",
+		Args:    "[--data-dir DIR] [--profiles N] [--exit]",
+		Summary: "run all of pushmesh locally with the gateway emulators and a demo journey",
+		Help: `Starts profilesvc, deliverysvc and trackingsvc on the --profile-addr,
+--delivery-addr and --tracking-addr addresses, and the APNs and FCM gateway
+emulators on loopback, with their data in a fresh --data-dir (wiped at start).
+It registers three demo apps with generated credentials, imports a demo CRM
+population (customers with 1-4 devices, iOS and Android, a few dead tokens,
+opted-out and device-less customers), publishes a demo journey, prints its
+outcome, and keeps running so you can explore with pushctl and grpcurl.
+Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
+		MaxArgs: 0,
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&o.dataDir, "data-dir", filepath.Join(".pushmesh", "dev"), "folder for the services' data and logs; wiped at start")
+			fs.IntVar(&o.profiles, "profiles", 10_000, "demo customers with devices")
+			fs.Uint64Var(&o.seed, "seed", 1, "seed of the demo population")
+			fs.StringVar(&o.apnsAddr, "apns-addr", "127.0.0.1:7443", "APNs emulator address")
+			fs.StringVar(&o.fcmAddr, "fcm-addr", "127.0.0.1:7444", "FCM emulator address")
+			fs.BoolVar(&o.keepAlive, "keep-running", true, "keep serving after the demo journey until Ctrl-C; --keep-running=false exits")
+		},
+	}
+	cmd.Run = func(ctx context.Context, e *Env, _ []string) error {
+		if o.profiles < 1 {
+			return usagef(cmd, "--profiles must be at least 1")
+		}
+		return runDev(ctx, e, o)
+	}
+	return cmd
+}
+
+func runDev(ctx context.Context, e *Env, o devOptions) error {
+	if err := os.RemoveAll(o.dataDir); err != nil {
+		return fmt.Errorf("wipe %s: %w", o.dataDir, err)
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(filepath.Join(o.dataDir, "services.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+
+	started := time.Now()
+	m, err := mesh.Start(ctx, mesh.Options{
+		DataDir:        o.dataDir,
+		ProfileListen:  e.Global.ProfileAddr,
+		DeliveryListen: e.Global.DeliveryAddr,
+		TrackingListen: e.Global.TrackingAddr,
+		APNsListen:     o.apnsAddr,
+		FCMListen:      o.fcmAddr,
+		Logger:         slog.New(slog.NewTextHandler(logFile, nil)),
+		Seed:           int64(o.seed),
+	})
+	if err != nil {
+		return fmt.Errorf("start the mesh: %w", err)
+	}
+	defer func() {
+		e.print("\nstopping…")
+		if err := m.Close(); err != nil {
+			fmt.Fprintf(e.Stderr, "pushctl dev: stop: %v\n", err)
+		}
+	}()
+	caFile := filepath.Join(o.dataDir, "emulator-ca.pem")
+	if err := m.CA.WriteCertFile(caFile); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.Stdout, "pushmesh is up in %s\n", render.Duration(time.Since(started)))
+	fmt.Fprintf(e.Stdout, "  profilesvc   %s\n  deliverysvc  %s\n  trackingsvc  %s\n", m.ProfileAddr, m.DeliveryAddr, m.TrackingAddr)
+	fmt.Fprintf(e.Stdout, "  APNs emulator %s   FCM emulator %s   CA %s\n\n", m.APNs.URL(), m.FCM.URL(), caFile)
+
+	if err := seedDemo(ctx, e, m, o); err != nil {
+		return err
+	}
+
+	j, err := unary(ctx, e, deliverySvc, m.Journeys.PublishJourney, &deliveryv1.PublishJourneyRequest{Journey: demo.Journey()})
+	if err != nil {
+		return err
+	}
+	id := j.GetJourney().GetJourneyId()
+	fmt.Fprintf(e.Stdout, "published journey %s %q\n", id, j.GetJourney().GetName())
+	if err := watchJourney(ctx, e, id, 250*time.Millisecond); err != nil {
+		return err
+	}
+	apnsCount, fcmCount := m.APNs.Count(), m.FCM.Count()
+	fmt.Fprintf(e.Stdout, "\nthe emulators received: APNs %+v\n                       FCM  %+v\n", apnsCount, fcmCount)
+
+	if !o.keepAlive {
+		return nil
+	}
+	fmt.Fprintf(e.Stdout, `
+pushmesh keeps running; try, in another terminal:
+  go run ./pushctl/cmd/pushctl journey list
+  go run ./pushctl/cmd/pushctl metrics --journey %s
+  go run ./pushctl/cmd/pushctl profile tokens --identity customer_id=C-000001 --history --inactive
+  grpcurl -plaintext %s list
+Press Ctrl-C to stop.
+`, id, m.ProfileAddr)
+	<-ctx.Done()
+	return nil
+}
+
+// seedDemo registers the demo apps and imports the demo population.
+func seedDemo(ctx context.Context, e *Env, m *mesh.Mesh, o devOptions) error {
+	reqs, err := demo.AppRequests(m.APNs, m.FCM)
+	if err != nil {
+		return err
+	}
+	for _, r := range reqs {
+		if _, err := unary(ctx, e, deliverySvc, m.Apps.RegisterApp, r); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(e.Stdout, "registered %d apps (credentials validated live against the emulators)\n", len(reqs))
+
+	registered := time.Now().Add(-24 * time.Hour)
+	pop := demo.NewPopulation(o.profiles, o.seed, registered)
+	pop.MarkDead(m.APNs, m.FCM, time.Now().Add(-time.Hour))
+
+	start := time.Now()
+	stream, err := m.Profiles.ImportTokens(ctx)
+	if err != nil {
+		return e.rpcError(profileSvc, err)
+	}
+	const batch = 5000
+	for i := 0; i < len(pop.Rows); i += batch {
+		if err := stream.Send(&profilev1.ImportTokensRequest{Rows: pop.Rows[i:min(i+batch, len(pop.Rows))]}); err != nil && !errors.Is(err, io.EOF) {
+			return e.rpcError(profileSvc, err)
+		}
+	}
+	res, err := stream.CloseAndRecv()
+	if err != nil {
+		return e.rpcError(profileSvc, err)
+	}
+	fmt.Fprintf(e.Stdout, "imported %s CRM rows in %s: %s profiles created, %s tokens (%d will turn out dead), %s rejected\n",
+		render.Count(res.GetRows()), render.Duration(time.Since(start)), render.Count(res.GetProfilesCreated()),
+		render.Count(res.GetCreated()), len(pop.Dead), render.Count(res.GetRejected()))
+
+	optOut := &profilev1.PushConsent{State: profilev1.ConsentState_CONSENT_STATE_OPTED_OUT, UpdateTime: timestamppb.Now()}
+	for _, c := range pop.OptedOut {
+		if _, err := unary(ctx, e, profileSvc, m.Profiles.UpsertProfile, &profilev1.UpsertProfileRequest{
+			Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: c}}, Consent: optOut,
+		}); err != nil {
+			return err
+		}
+	}
+	for _, c := range pop.Tokenless {
+		if _, err := unary(ctx, e, profileSvc, m.Profiles.UpsertProfile, &profilev1.UpsertProfileRequest{
+			Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: c}},
+			Attributes: goldAttributes(),
+		}); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(e.Stdout, "%d customers opted out of push, %d gold customers have no device\n", len(pop.OptedOut), len(pop.Tokenless))
+	return nil
+}
+
+func goldAttributes() *structpb.Struct {
+	s, _ := structpb.NewStruct(map[string]any{"tier": "gold", "locale": "en-US", "firstName": "Sam"})
+	return s
+}

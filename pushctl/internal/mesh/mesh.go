@@ -1,0 +1,188 @@
+// Package mesh runs the whole of pushmesh in one process: the APNs and FCM
+// gateway emulators, profilesvc, trackingsvc and deliverysvc, each on its own
+// loopback gRPC server started through its public server package, exactly as
+// the binaries start them. `pushctl dev` and the end-to-end tests use it.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	deliveryserver "github.com/pushmesh/pushmesh/deliverysvc/server"
+	"github.com/pushmesh/pushmesh/emulator/apns"
+	"github.com/pushmesh/pushmesh/emulator/fcm"
+	"github.com/pushmesh/pushmesh/emulator/tlsca"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	profileserver "github.com/pushmesh/pushmesh/profilesvc/server"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	trackingserver "github.com/pushmesh/pushmesh/trackingsvc/server"
+)
+
+// Options configures a mesh. Every address defaults to 127.0.0.1:0 (a free
+// port).
+type Options struct {
+	// DataDir holds one folder per service.
+	DataDir string
+	// Listen addresses of the services and emulators.
+	ProfileListen, DeliveryListen, TrackingListen string
+	APNsListen, FCMListen                         string
+	// Logger receives the services' logs; discarded when nil.
+	Logger *slog.Logger
+	// Seed makes the emulators' fault injection reproducible.
+	Seed int64
+}
+
+// Mesh is a running pushmesh.
+type Mesh struct {
+	APNs *apns.Server
+	FCM  *fcm.Server
+	CA   *tlsca.CA
+
+	ProfileAddr, DeliveryAddr, TrackingAddr string
+
+	Profiles profilev1.ProfileServiceClient
+	Apps     deliveryv1.AppServiceClient
+	Delivery deliveryv1.DeliveryServiceClient
+	Journeys deliveryv1.JourneyServiceClient
+	Tracking trackingv1.TrackingServiceClient
+
+	closers []func() error // in start order; Close runs them backwards
+}
+
+// Start starts the emulators and the three services. Close stops them.
+func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m = &Mesh{}
+	defer func() {
+		if err != nil {
+			_ = m.Close()
+		}
+	}()
+
+	if m.CA, err = tlsca.New(); err != nil {
+		return nil, err
+	}
+	if m.APNs, err = apns.Start(apns.Options{Addr: opts.APNsListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "apns")}); err != nil {
+		return nil, fmt.Errorf("apns emulator: %w", err)
+	}
+	m.closers = append(m.closers, m.APNs.Close)
+	if m.FCM, err = fcm.Start(fcm.Options{Addr: opts.FCMListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "fcm")}); err != nil {
+		return nil, fmt.Errorf("fcm emulator: %w", err)
+	}
+	m.closers = append(m.closers, m.FCM.Close)
+
+	// profilesvc and trackingsvc first: deliverysvc talks to both.
+	profile, err := m.serve(ctx, "profilesvc", opts.ProfileListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
+		return profileserver.Start(ctx, s, filepath.Join(opts.DataDir, "profilesvc"), profileserver.Config{}, log)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.ProfileAddr = profile
+	tracking, err := m.serve(ctx, "trackingsvc", opts.TrackingListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
+		return trackingserver.Start(ctx, s, filepath.Join(opts.DataDir, "trackingsvc"), trackingserver.Config{}, log)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.TrackingAddr = tracking
+	delivery, err := m.serve(ctx, "deliverysvc", opts.DeliveryListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
+		return deliveryserver.Start(ctx, s, filepath.Join(opts.DataDir, "deliverysvc"), deliveryserver.Config{
+			ProfileAddr:            m.ProfileAddr,
+			TrackingAddr:           m.TrackingAddr,
+			APNsURL:                m.APNs.URL(),
+			FCMEndpoint:            m.FCM.URL() + "/v1",
+			GatewayCAPEM:           m.CA.CertPEM(),
+			DevInsecureGenerateKey: true,
+			APNsConnections:        4,
+			MaxInFlight:            10_000,
+		}, log)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.DeliveryAddr = delivery
+
+	for _, c := range []struct {
+		addr string
+		set  func(*grpc.ClientConn)
+	}{
+		{m.ProfileAddr, func(c *grpc.ClientConn) { m.Profiles = profilev1.NewProfileServiceClient(c) }},
+		{m.DeliveryAddr, func(c *grpc.ClientConn) {
+			m.Apps = deliveryv1.NewAppServiceClient(c)
+			m.Delivery = deliveryv1.NewDeliveryServiceClient(c)
+			m.Journeys = deliveryv1.NewJourneyServiceClient(c)
+		}},
+		{m.TrackingAddr, func(c *grpc.ClientConn) { m.Tracking = trackingv1.NewTrackingServiceClient(c) }},
+	} {
+		conn, err := grpcclient.Dial(c.addr)
+		if err != nil {
+			return nil, err
+		}
+		m.closers = append(m.closers, conn.Close)
+		c.set(conn)
+	}
+	return m, nil
+}
+
+type startFunc func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error)
+
+// serve starts one service on its own gRPC server and registers its
+// shutdown: graceful stop of the server, then the service's own stop.
+func (m *Mesh) serve(ctx context.Context, name, listen string, log *slog.Logger, start startFunc) (string, error) {
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	log = log.With("service", name)
+	srv, err := grpcserver.New(grpcserver.Config{Name: name, Listen: listen, Logger: log, ShutdownTimeout: 5 * time.Second})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	svcCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop, err := start(svcCtx, srv.GRPC(), log)
+	if err != nil {
+		cancel()
+		srv.Shutdown()
+		return "", fmt.Errorf("start %s: %w", name, err)
+	}
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx) }()
+	m.closers = append(m.closers, func() error {
+		stopServing()
+		serveErr := <-served
+		cancel()
+		var stopErr error
+		if stop != nil {
+			stopErr = stop()
+		}
+		if err := errors.Join(serveErr, stopErr); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
+	return srv.Addr().String(), nil
+}
+
+// Close stops everything, in the reverse order of Start.
+func (m *Mesh) Close() error {
+	var errs []error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		errs = append(errs, m.closers[i]())
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}

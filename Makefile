@@ -18,6 +18,6 @@ gen:
 tools:
 	./scripts/tools.sh
 
-## build: the three service binaries into bin/
+## build: the service binaries, pushctl and pushemu into bin/
 build:
-	go build -o bin/ ./profilesvc/cmd/profilesvc ./deliverysvc/cmd/deliverysvc ./trackingsvc/cmd/trackingsvc
+	go build -o bin/ ./profilesvc/cmd/profilesvc ./deliverysvc/cmd/deliverysvc ./trackingsvc/cmd/trackingsvc ./pushctl/cmd/pushctl ./emulator/cmd/pushemu

@@ -16,7 +16,8 @@ package dedupe
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -105,71 +106,128 @@ func storeKey(tenantID, key string) string { return string(boltdb.Key(tenantID, 
 
 func dayName(t time.Time) []byte { return []byte(t.UTC().Format("20060102")) }
 
-// record is a completed message as stored: compact field names, since every
-// message writes one.
-type record struct {
-	MessageID   string   `json:"m,omitempty"`
-	JourneyID   string   `json:"j,omitempty"`
-	TraceParent string   `json:"tp,omitempty"`
-	Results     []result `json:"r"`
+// Records are written once per message, so they use a compact binary form
+// rather than JSON: a version byte, the message's ids, then each result's
+// fields as uvarints and length-prefixed strings.
+const recordVersion = 1
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-type result struct {
-	Token       string `json:"t,omitempty"`
-	Platform    int32  `json:"p,omitempty"`
-	AppID       string `json:"a,omitempty"`
-	ProfileID   string `json:"pr,omitempty"`
-	Env         int32  `json:"e,omitempty"`
-	Status      int    `json:"s"`
-	GatewayID   string `json:"g,omitempty"`
-	Reason      int32  `json:"r,omitempty"`
-	Exclusion   int32  `json:"x,omitempty"`
-	Detail      string `json:"d,omitempty"`
-	Attempts    int    `json:"n,omitempty"`
-	TimeMS      int64  `json:"tm"`
-	GatewayTime int64  `json:"gt,omitempty"`
-}
-
-func encode(results []delivery.Result) ([]byte, error) {
-	rec := record{Results: make([]result, len(results))}
+func encode(results []delivery.Result) []byte {
+	b := make([]byte, 0, 64+len(results)*160)
+	b = append(b, recordVersion)
+	var first delivery.Result
 	if len(results) > 0 {
-		rec.MessageID, rec.JourneyID, rec.TraceParent = results[0].MessageID, results[0].JourneyID, results[0].TraceParent
+		first = results[0]
 	}
-	for i, r := range results {
-		out := result{
-			Token: r.Target.Token, Platform: int32(r.Target.Platform), AppID: r.Target.AppID,
-			ProfileID: r.Target.ProfileID, Env: int32(r.Target.APNsEnvironment),
-			Status: int(r.Status), GatewayID: r.GatewayID, Reason: int32(r.Reason),
-			Exclusion: int32(r.Exclusion), Detail: r.Detail, Attempts: r.Attempts, TimeMS: r.Time.UnixMilli(),
-		}
+	b = appendString(b, first.MessageID)
+	b = appendString(b, first.JourneyID)
+	b = appendString(b, first.TraceParent)
+	b = binary.AppendUvarint(b, uint64(len(results)))
+	for i := range results {
+		r := &results[i]
+		b = appendString(b, r.Target.Token)
+		b = binary.AppendUvarint(b, uint64(r.Target.Platform))
+		b = appendString(b, r.Target.AppID)
+		b = appendString(b, r.Target.ProfileID)
+		b = binary.AppendUvarint(b, uint64(r.Target.APNsEnvironment))
+		b = binary.AppendUvarint(b, uint64(r.Status))
+		b = appendString(b, r.GatewayID)
+		b = binary.AppendUvarint(b, uint64(r.Reason))
+		b = binary.AppendUvarint(b, uint64(r.Exclusion))
+		b = appendString(b, r.Detail)
+		b = binary.AppendUvarint(b, uint64(r.Attempts))
+		b = binary.AppendVarint(b, r.Time.UnixMilli())
+		var gt int64
 		if !r.GatewayTime.IsZero() {
-			out.GatewayTime = r.GatewayTime.UnixMilli()
+			gt = r.GatewayTime.UnixMilli()
 		}
-		rec.Results[i] = out
+		b = binary.AppendVarint(b, gt)
 	}
-	return json.Marshal(rec)
+	return b
+}
+
+// reader decodes a record; the first error sticks.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated record")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated record")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) string() string {
+	n := r.uvarint()
+	if r.err != nil {
+		return ""
+	}
+	if n > uint64(len(r.b)) {
+		r.err = errors.New("truncated record")
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
 }
 
 func decode(key string, value []byte) ([]delivery.Result, error) {
-	var rec record
-	if err := json.Unmarshal(value, &rec); err != nil {
-		return nil, err
+	if len(value) == 0 || value[0] != recordVersion {
+		return nil, errors.New("unknown record version")
 	}
-	out := make([]delivery.Result, len(rec.Results))
-	for i, r := range rec.Results {
-		out[i] = delivery.Result{
-			IdempotencyKey: key, MessageID: rec.MessageID, JourneyID: rec.JourneyID, TraceParent: rec.TraceParent,
-			Target: delivery.Target{
-				Token: r.Token, Platform: commonv1.Platform(r.Platform), AppID: r.AppID,
-				ProfileID: r.ProfileID, APNsEnvironment: commonv1.ApnsEnvironment(r.Env),
-			},
-			Status: delivery.Status(r.Status), GatewayID: r.GatewayID, Reason: commonv1.FailureReason(r.Reason),
-			Exclusion: commonv1.ExclusionReason(r.Exclusion), Detail: r.Detail, Attempts: r.Attempts,
-			Time: time.UnixMilli(r.TimeMS),
+	r := &reader{b: value[1:]}
+	messageID, journeyID, traceParent := r.string(), r.string(), r.string()
+	n := r.uvarint()
+	if r.err == nil && n > uint64(len(r.b)) {
+		return nil, errors.New("corrupt record")
+	}
+	out := make([]delivery.Result, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		res := delivery.Result{IdempotencyKey: key, MessageID: messageID, JourneyID: journeyID, TraceParent: traceParent}
+		res.Target.Token = r.string()
+		res.Target.Platform = commonv1.Platform(r.uvarint())
+		res.Target.AppID = r.string()
+		res.Target.ProfileID = r.string()
+		res.Target.APNsEnvironment = commonv1.ApnsEnvironment(r.uvarint())
+		res.Status = delivery.Status(r.uvarint())
+		res.GatewayID = r.string()
+		res.Reason = commonv1.FailureReason(r.uvarint())
+		res.Exclusion = commonv1.ExclusionReason(r.uvarint())
+		res.Detail = r.string()
+		res.Attempts = int(r.uvarint())
+		res.Time = time.UnixMilli(r.varint())
+		if gt := r.varint(); gt != 0 {
+			res.GatewayTime = time.UnixMilli(gt)
 		}
-		if r.GatewayTime != 0 {
-			out[i].GatewayTime = time.UnixMilli(r.GatewayTime)
-		}
+		out = append(out, res)
+	}
+	if r.err != nil {
+		return nil, r.err
 	}
 	return out, nil
 }
@@ -177,11 +235,7 @@ func decode(key string, value []byte) ([]delivery.Result, error) {
 // Remember implements delivery.Dedupe. The record is visible to Lookup at
 // once and written with the next batch.
 func (s *Store) Remember(ctx context.Context, key string, results []delivery.Result) {
-	value, err := encode(results)
-	if err != nil {
-		s.cfg.Logger.ErrorContext(ctx, "encoding an idempotency record failed", "err", err)
-		return
-	}
+	value := encode(results)
 	k := storeKey(tenant.FromContext(ctx), key)
 	s.mu.Lock()
 	s.pending[k] = value

@@ -73,8 +73,10 @@ type Push struct {
 
 // APNsPush is the request of one APNs push, minus the device token.
 type APNsPush struct {
-	Topic      string
-	PushType   string
+	Topic    string
+	PushType string
+	// Priority is the apns-priority header; 0 leaves it out (Apple's
+	// default, 10).
 	Priority   int
 	Expiration time.Time
 	CollapseID string

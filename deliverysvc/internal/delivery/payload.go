@@ -100,10 +100,16 @@ func buildAPNs(m *Message, app string, tr tracking, deadline, now time.Time) (*A
 	if exp.IsZero() {
 		exp = deadline
 	}
+	priority := apnsPriority(m, pushType)
+	if priority == 10 {
+		// Apple's default: leaving the header out saves encoding it on
+		// every push.
+		priority = 0
+	}
 	return &APNsPush{
 		Topic:      app + apnsTopicSuffix(pushType),
 		PushType:   pushType,
-		Priority:   apnsPriority(m, pushType),
+		Priority:   priority,
 		Expiration: exp,
 		CollapseID: collapseID(m.APNs.CollapseID, tr.messageID),
 		Payload:    payload,

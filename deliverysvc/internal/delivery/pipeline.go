@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"firebase.google.com/go/v4/messaging"
@@ -33,6 +35,12 @@ type Config struct {
 	// gateway's Retry-After wins when it is longer.
 	RetryInitial time.Duration
 	RetryMax     time.Duration
+	// Workers bounds the goroutines sending messages; default
+	// min(MaxInFlight, 1024). Workers live on between messages, so the deep
+	// stacks of HTTP/2 calls are grown once, not per message; a message
+	// that has to wait (a retry backoff, a rate limit) leaves its worker
+	// and waits on its own goroutine.
+	Workers int
 	// ResolveAttempts bounds the calls to profilesvc for one profile
 	// target before the message fails with NETWORK; default 4.
 	ResolveAttempts int
@@ -56,6 +64,9 @@ func (c *Config) defaults() {
 	}
 	if c.RetryMax < c.RetryInitial {
 		c.RetryMax = c.RetryInitial
+	}
+	if c.Workers <= 0 {
+		c.Workers = int(min(c.MaxInFlight, 1024))
 	}
 	if c.ResolveAttempts <= 0 {
 		c.ResolveAttempts = 4
@@ -89,15 +100,16 @@ type Pipeline struct {
 	tracer trace.Tracer
 	sem    *semaphore.Weighted
 
+	jobs    chan *task   // admitted messages, taken by idle workers
+	workers atomic.Int64 // running workers
+
 	mu       sync.Mutex
 	inflight map[string]*flight // tenant \x00 idempotency key → first message
 }
 
 // flight is a message being sent; later messages with its key wait for it.
 type flight struct {
-	// admitted closes when the first message holds pipeline capacity.
-	admitted chan struct{}
-	done     chan struct{}
+	done chan struct{}
 	// results is set before done closes when the outcome was remembered;
 	// nil means the message did not complete (invalid or cancelled), so a
 	// waiter sends its own copy.
@@ -113,6 +125,7 @@ func New(cfg Config, deps Deps) *Pipeline {
 		log:      cfg.Logger,
 		tracer:   cfg.TracerProvider.Tracer(tracerName),
 		sem:      semaphore.NewWeighted(cfg.MaxInFlight),
+		jobs:     make(chan *task),
 		inflight: make(map[string]*flight),
 	}
 }
@@ -158,22 +171,21 @@ func (s *Session) Submit(msgs []Message) error {
 	// Claim every key first, then look the first claims up in one go: a
 	// message that completes between the lookup and the claim is then
 	// impossible, as completion is remembered before its claim is released.
-	jobs := make([]job, len(msgs))
+	tasks := make([]task, len(msgs))
 	var lookup []string
 	for i := range msgs {
-		j := &jobs[i]
-		j.msg = msgs[i]
-		j.field = fmt.Sprintf("messages[%d]", i)
-		j.flight, j.first = p.claim(s.tenant, j.msg.IdempotencyKey)
-		if j.first {
-			lookup = append(lookup, j.msg.IdempotencyKey)
+		t := &tasks[i]
+		t.s, t.index, t.msg = s, i, msgs[i]
+		t.flight, t.first = p.claim(s.tenant, t.msg.IdempotencyKey)
+		if t.first {
+			lookup = append(lookup, t.msg.IdempotencyKey)
 		}
 	}
-	// abandon gives back the claims of jobs[from:] that were not started.
+	// abandon gives back the claims of tasks[from:] that were not started.
 	abandon := func(from int) {
-		for k := from; k < len(jobs); k++ {
-			if jobs[k].first && !jobs[k].started {
-				p.release(s.tenant, jobs[k].msg.IdempotencyKey, jobs[k].flight, nil)
+		for k := from; k < len(tasks); k++ {
+			if tasks[k].first && !tasks[k].started {
+				p.release(s.tenant, tasks[k].msg.IdempotencyKey, tasks[k].flight, nil)
 			}
 		}
 	}
@@ -182,52 +194,117 @@ func (s *Session) Submit(msgs []Message) error {
 		abandon(0)
 		return fmt.Errorf("idempotency lookup: %w", err)
 	}
-	for i := range jobs {
-		j := &jobs[i]
-		if j.first {
-			if prev, ok := stored[j.msg.IdempotencyKey]; ok {
-				// Completed before: answer from the store, send nothing.
-				j.started = true
-				p.release(s.tenant, j.msg.IdempotencyKey, j.flight, prev)
-				s.emitDuplicates(prev)
-				continue
-			}
-		} else {
-			// A waiter takes capacity only once the message it waits for
-			// holds its own, so waiters can never fill the pipeline with
-			// work that cannot progress.
-			select {
-			case <-j.flight.admitted:
-			case <-j.flight.done:
-			case <-s.ctx.Done():
-				abandon(i)
-				return s.ctx.Err()
-			}
+	for i := range tasks {
+		t := &tasks[i]
+		if !t.first {
+			// A duplicate of a message in flight waits on its own
+			// goroutine, never on a worker, so waiters cannot hold up the
+			// message they wait for.
+			t.started, t.detached = true, true
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.await(t)
+			}()
+			continue
 		}
-		weight := int64(1)
-		if j.first {
-			weight = min(int64(max(1, len(j.msg.Tokens))), p.cfg.MaxInFlight)
+		if prev, ok := stored[t.msg.IdempotencyKey]; ok {
+			// Completed before: answer from the store, send nothing.
+			t.started = true
+			p.release(s.tenant, t.msg.IdempotencyKey, t.flight, prev)
+			s.emitDuplicates(prev)
+			continue
 		}
-		if err := p.sem.Acquire(s.ctx, weight); err != nil {
+		t.weight = min(int64(max(1, len(t.msg.Tokens))), p.cfg.MaxInFlight)
+		if err := p.sem.Acquire(s.ctx, t.weight); err != nil {
 			abandon(i)
 			return err
 		}
-		j.started = true
-		if j.first {
-			close(j.flight.admitted)
-		}
+		t.started = true
 		s.wg.Add(1)
-		go func(j job) {
-			defer s.wg.Done()
-			defer p.sem.Release(weight)
-			if j.first {
-				s.run(&j)
-			} else {
-				s.await(&j)
-			}
-		}(*j)
+		if err := p.dispatch(s.ctx, t); err != nil {
+			p.sem.Release(t.weight)
+			s.wg.Done()
+			t.started = false
+			abandon(i)
+			return err
+		}
 	}
 	return nil
+}
+
+// task is one admitted message.
+type task struct {
+	s       *Session
+	index   int // in its batch, for field paths
+	msg     Message
+	flight  *flight
+	first   bool
+	started bool
+	weight  int64
+	// detached is set once the task left its worker to wait.
+	detached bool
+}
+
+// dispatch hands t to an idle worker, starts a worker if fewer than
+// Config.Workers run, or waits for one.
+func (p *Pipeline) dispatch(ctx context.Context, t *task) error {
+	select {
+	case p.jobs <- t:
+		return nil
+	default:
+	}
+	if p.workers.Add(1) <= int64(p.cfg.Workers) {
+		go p.worker(t)
+		return nil
+	}
+	p.workers.Add(-1)
+	select {
+	case p.jobs <- t:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// workerIdle is how long an idle worker waits for work before it exits.
+const workerIdle = 30 * time.Second
+
+// worker runs tasks until it has been idle for workerIdle, or until a task
+// detached from it (the goroutine then belongs to that task and ends with
+// it).
+func (p *Pipeline) worker(t *task) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		p.runTask(t)
+		if t.detached {
+			return
+		}
+		idle.Reset(workerIdle)
+		select {
+		case t = <-p.jobs:
+		case <-idle.C:
+			p.workers.Add(-1)
+			return
+		}
+	}
+}
+
+func (p *Pipeline) runTask(t *task) {
+	defer t.s.wg.Done()
+	defer p.sem.Release(t.weight)
+	t.s.run(t)
+}
+
+// detach lets the task's worker go back to work for others: the task is
+// about to wait (a backoff, a rate limit) and continues on this goroutine.
+func (p *Pipeline) detach(t *task) {
+	if t == nil || t.detached {
+		return
+	}
+	t.detached = true
+	p.workers.Add(-1)
 }
 
 // Close waits for every admitted message to complete. Submit fails after
@@ -238,14 +315,6 @@ func (s *Session) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
-}
-
-type job struct {
-	msg     Message
-	field   string
-	flight  *flight
-	first   bool
-	started bool
 }
 
 func flightKey(tenantID, key string) string { return tenantID + "\x00" + key }
@@ -259,7 +328,7 @@ func (p *Pipeline) claim(tenantID, key string) (*flight, bool) {
 	if f, ok := p.inflight[k]; ok {
 		return f, false
 	}
-	f := &flight{admitted: make(chan struct{}), done: make(chan struct{})}
+	f := &flight{done: make(chan struct{})}
 	p.inflight[k] = f
 	return f, true
 }
@@ -275,7 +344,7 @@ func (p *Pipeline) release(tenantID, key string, f *flight, results []Result) {
 
 // await handles a message whose key is in flight: it returns the first
 // message's outcome, or sends this one if the first did not complete.
-func (s *Session) await(j *job) {
+func (s *Session) await(j *task) {
 	for {
 		select {
 		case <-j.flight.done:
@@ -292,7 +361,6 @@ func (s *Session) await(j *job) {
 			// The first message did not complete and nothing was
 			// remembered since (the claim would have been held).
 			j.flight, j.first = f, true
-			close(f.admitted)
 			s.run(j)
 			return
 		}
@@ -324,14 +392,14 @@ func messageID(m *Message) string {
 }
 
 // run sends a first-claimed message and releases its claim.
-func (s *Session) run(j *job) {
+func (s *Session) run(j *task) {
 	p := s.p
 	m := &j.msg
 	var remembered []Result
 	defer func() { p.release(s.tenant, m.IdempotencyKey, j.flight, remembered) }()
 
 	now := p.cfg.Now()
-	if err := ValidateMessage(m, j.field, now); err != nil {
+	if err := ValidateMessage(m, "messages["+strconv.Itoa(j.index)+"]", now); err != nil {
 		s.emit(Result{
 			IdempotencyKey: m.IdempotencyKey, MessageID: messageID(m), JourneyID: m.JourneyID,
 			Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE,
@@ -346,7 +414,7 @@ func (s *Session) run(j *job) {
 	))
 	defer span.End()
 
-	mr := &messageRun{s: s, ctx: ctx, span: span, msg: m, now: now}
+	mr := &messageRun{s: s, t: j, ctx: ctx, span: span, msg: m, now: now}
 	mr.ttl = m.TTL
 	if mr.ttl == 0 {
 		mr.ttl = DefaultTTL
@@ -355,11 +423,14 @@ func (s *Session) run(j *job) {
 	mr.tr = tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: traceParent(span.SpanContext())}
 
 	complete := mr.send()
-	span.SetAttributes(
-		attribute.Int("pushmesh.results", len(mr.all)),
-		attribute.Int("pushmesh.sent", mr.sent),
-		attribute.Int("pushmesh.failed", mr.failed),
-	)
+	if len(mr.all) > 1 || mr.failed > 0 {
+		// A single sent push needs no counts: its span says it all.
+		span.SetAttributes(
+			attribute.Int("pushmesh.results", len(mr.all)),
+			attribute.Int("pushmesh.sent", mr.sent),
+			attribute.Int("pushmesh.failed", mr.failed),
+		)
+	}
 	if complete {
 		p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
 		remembered = mr.all
@@ -401,6 +472,7 @@ func appendHex(b, src []byte) []byte {
 // messageRun is the state of one message being sent.
 type messageRun struct {
 	s        *Session
+	t        *task
 	ctx      context.Context
 	span     trace.Span
 	msg      *Message
@@ -416,7 +488,7 @@ type messageRun struct {
 
 	// Payloads are built once per message: APNs per app (the topic differs),
 	// FCM once.
-	apns           map[string]*APNsPush
+	apns           *APNsPush
 	apnsPayloadErr error // APNs payload too large (the same for every app)
 	fcm            *messaging.Message
 	fcmErr         error
@@ -539,6 +611,9 @@ type appGroup struct {
 }
 
 func groupByApp(targets []Target) []appGroup {
+	if len(targets) == 1 { // the common case: no map
+		return []appGroup{{key: AppKey{Platform: targets[0].Platform, AppID: targets[0].AppID}, targets: targets}}
+	}
 	var groups []appGroup
 	index := make(map[AppKey]int, 2)
 	for _, t := range targets {
@@ -692,21 +767,29 @@ func (mr *messageRun) sendGroup(g appGroup, explicit bool) []Result {
 }
 
 // waitRate takes n tokens from the app's rate limiter, waiting no longer
-// than the message's TTL.
+// than the message's TTL. Under the limit it costs a reservation, no timer.
 func (mr *messageRun) waitRate(app App, n int) (commonv1.FailureReason, string) {
-	if app.Limiter == nil {
+	lim := app.Limiter
+	if lim == nil {
 		return commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, ""
 	}
-	ctx, cancel := context.WithDeadline(mr.ctx, mr.deadline)
-	defer cancel()
-	burst := max(1, app.Limiter.Burst())
+	burst := max(1, lim.Burst())
 	for n > 0 {
 		take := min(n, burst)
-		if err := app.Limiter.WaitN(ctx, take); err != nil {
-			if mr.ctx.Err() != nil {
+		now := time.Now()
+		r := lim.ReserveN(now, take)
+		if !r.OK() {
+			return commonv1.FailureReason_FAILURE_REASON_INTERNAL, "the app's rate limit cannot admit a batch this size"
+		}
+		if d := r.DelayFrom(now); d > 0 {
+			if now.Add(d).After(mr.deadline) {
+				r.CancelAt(now)
+				return commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, "the app's rate limit would hold the message past its TTL"
+			}
+			if !mr.sleep(d) {
+				r.CancelAt(time.Now())
 				return commonv1.FailureReason_FAILURE_REASON_CANCELLED, "cancelled while waiting for the app's rate limit"
 			}
-			return commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, "the app's rate limit would hold the message past its TTL"
 		}
 		n -= take
 	}
@@ -720,20 +803,16 @@ func (mr *messageRun) push(t *Target) (Push, error) {
 		if mr.apnsPayloadErr != nil {
 			return Push{}, mr.apnsPayloadErr
 		}
-		a := mr.apns[t.AppID]
-		if a == nil {
-			var err error
-			a, err = buildAPNs(mr.msg, t.AppID, mr.tr, mr.deadline, mr.now)
+		if mr.apns == nil || mr.apns.Topic != t.AppID+apnsTopicSuffix(mr.apns.PushType) {
+			// Groups come one app at a time: one payload per app.
+			a, err := buildAPNs(mr.msg, t.AppID, mr.tr, mr.deadline, mr.now)
 			if err != nil {
 				mr.apnsPayloadErr = err
 				return Push{}, err
 			}
-			if mr.apns == nil {
-				mr.apns = make(map[string]*APNsPush, 1)
-			}
-			mr.apns[t.AppID] = a
+			mr.apns = a
 		}
-		return Push{Target: *t, APNs: a}, nil
+		return Push{Target: *t, APNs: mr.apns}, nil
 	default:
 		if mr.fcm == nil && mr.fcmErr == nil {
 			mr.fcm, mr.fcmErr = buildFCM(mr.msg, mr.tr, mr.deadline.Sub(mr.now))
@@ -750,6 +829,7 @@ func (mr *messageRun) push(t *Target) (Push, error) {
 // sleep waits d or until the session is cancelled; it reports whether it
 // slept the whole time.
 func (mr *messageRun) sleep(d time.Duration) bool {
+	mr.s.p.detach(mr.t)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

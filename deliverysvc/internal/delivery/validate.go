@@ -58,11 +58,14 @@ func checkKey(v *fault.ValidationError, field, key string) {
 // ValidateMessage checks one message's content; field is its path, e.g.
 // "messages[3]". Token syntax is not checked here: a malformed token fails
 // on its own (BAD_DEVICE_TOKEN) without failing the message's other tokens.
+// Field paths are only built for violations: this runs for every message.
 func ValidateMessage(m *Message, field string, now time.Time) error {
 	v := &fault.ValidationError{}
-	checkKey(v, field+".idempotency_key", m.IdempotencyKey)
-	checkID(v, field+".message_id", m.MessageID)
-	checkID(v, field+".journey_id", m.JourneyID)
+	if m.IdempotencyKey == "" || len(m.IdempotencyKey) > MaxIdempotencyKeyLen || !utf8.ValidString(m.IdempotencyKey) {
+		checkKey(v, field+".idempotency_key", m.IdempotencyKey)
+	}
+	checkText(v, field, ".message_id", m.MessageID, MaxIDLen)
+	checkText(v, field, ".journey_id", m.JourneyID, MaxIDLen)
 
 	switch {
 	case m.Profile != nil && len(m.Tokens) > 0:
@@ -70,36 +73,34 @@ func ValidateMessage(m *Message, field string, now time.Time) error {
 	case m.Profile != nil:
 		validateProfileTarget(v, field+".profile", m.Profile)
 	case len(m.Tokens) > 0:
-		validateTokens(v, field+".tokens.tokens", m.Tokens)
+		validateTokens(v, field, m.Tokens)
 	default:
 		v.Add(field+".target", "required: a profile or explicit tokens")
 	}
 
-	validateNotification(v, field+".notification", &m.Notification)
-	validateAPNsOptions(v, field+".apns", m, now)
+	validateNotification(v, field, &m.Notification)
+	validateAPNsOptions(v, field, m, now)
 	if m.FCM.TTL < 0 || m.FCM.TTL > MaxTTL {
 		v.Add(field+".fcm.ttl", "must be between 0 and %s, got %s", MaxTTL, m.FCM.TTL)
 	}
 	if m.FCM.Priority < FCMPriorityUnspecified || m.FCM.Priority > FCMPriorityHigh {
 		v.Add(field+".fcm.priority", "unknown priority %d", m.FCM.Priority)
 	}
-	checkText(v, field+".fcm.collapse_key", m.FCM.CollapseKey, MaxIDLen)
-	checkText(v, field+".fcm.channel_id", m.FCM.ChannelID, MaxIDLen)
+	checkText(v, field, ".fcm.collapse_key", m.FCM.CollapseKey, MaxIDLen)
+	checkText(v, field, ".fcm.channel_id", m.FCM.ChannelID, MaxIDLen)
 	if m.TTL < 0 || m.TTL > MaxTTL {
 		v.Add(field+".ttl", "must be between 0 and %s, got %s", MaxTTL, m.TTL)
 	}
 	return v.Err()
 }
 
-func checkID(v *fault.ValidationError, field, id string) {
-	checkText(v, field, id, MaxIDLen)
-}
-
-func checkText(v *fault.ValidationError, field, s string, maxLen int) {
+// checkText checks a string's length and encoding; the field path is
+// field+name, built only when the check fails.
+func checkText(v *fault.ValidationError, field, name, s string, maxLen int) {
 	if len(s) > maxLen {
-		v.Add(field, "at most %d bytes, got %d", maxLen, len(s))
+		v.Add(field+name, "at most %d bytes, got %d", maxLen, len(s))
 	} else if !utf8.ValidString(s) {
-		v.Add(field, "must be valid UTF-8")
+		v.Add(field+name, "must be valid UTF-8")
 	}
 }
 
@@ -107,12 +108,12 @@ func validateProfileTarget(v *fault.ValidationError, field string, p *ProfileTar
 	if p.ProfileID == "" {
 		v.Add(field+".profile_id", "required")
 	}
-	checkID(v, field+".profile_id", p.ProfileID)
+	checkText(v, field, ".profile_id", p.ProfileID, MaxIDLen)
 	for i, app := range p.AppIDs {
 		if app == "" {
 			v.Add(fmt.Sprintf("%s.app_ids[%d]", field, i), "must not be empty")
 		}
-		checkID(v, fmt.Sprintf("%s.app_ids[%d]", field, i), app)
+		checkText(v, fmt.Sprintf("%s.app_ids[%d]", field, i), "", app, MaxIDLen)
 	}
 	for i, pl := range p.Platforms {
 		if !knownPlatform(pl) {
@@ -123,23 +124,25 @@ func validateProfileTarget(v *fault.ValidationError, field string, p *ProfileTar
 
 func validateTokens(v *fault.ValidationError, field string, tokens []Target) {
 	if len(tokens) > MaxTokensPerMessage {
-		v.Add(field, "at most %d tokens per message, got %d", MaxTokensPerMessage, len(tokens))
+		v.Add(field+".tokens.tokens", "at most %d tokens per message, got %d", MaxTokensPerMessage, len(tokens))
 		return
 	}
 	for i := range tokens {
 		t := &tokens[i]
-		f := fmt.Sprintf("%s[%d]", field, i)
+		f := func() string { return fmt.Sprintf("%s.tokens.tokens[%d]", field, i) }
 		if t.Token == "" {
-			v.Add(f+".token", "required")
+			v.Add(f()+".token", "required")
 		}
 		if !knownPlatform(t.Platform) {
-			v.Add(f+".platform", "must be PLATFORM_APNS or PLATFORM_FCM, got %s", t.Platform)
+			v.Add(f()+".platform", "must be PLATFORM_APNS or PLATFORM_FCM, got %s", t.Platform)
 		}
 		if t.AppID == "" {
-			v.Add(f+".app_id", "required")
+			v.Add(f()+".app_id", "required")
 		}
-		checkID(v, f+".app_id", t.AppID)
-		checkID(v, f+".profile_id", t.ProfileID)
+		if len(t.AppID) > MaxIDLen || len(t.ProfileID) > MaxIDLen || !utf8.ValidString(t.AppID) || !utf8.ValidString(t.ProfileID) {
+			checkText(v, f(), ".app_id", t.AppID, MaxIDLen)
+			checkText(v, f(), ".profile_id", t.ProfileID, MaxIDLen)
+		}
 	}
 }
 
@@ -148,31 +151,32 @@ func knownPlatform(p commonv1.Platform) bool {
 }
 
 func validateNotification(v *fault.ValidationError, field string, n *Notification) {
-	for _, f := range []struct{ name, value string }{
-		{"title", n.Title}, {"subtitle", n.Subtitle}, {"body", n.Body}, {"sound", n.Sound},
-		{"category", n.Category}, {"thread_id", n.ThreadID}, {"image_url", n.ImageURL}, {"deep_link", n.DeepLink},
+	for _, f := range [...]struct{ name, value string }{
+		{".notification.title", n.Title}, {".notification.subtitle", n.Subtitle}, {".notification.body", n.Body},
+		{".notification.sound", n.Sound}, {".notification.category", n.Category}, {".notification.thread_id", n.ThreadID},
+		{".notification.image_url", n.ImageURL}, {".notification.deep_link", n.DeepLink},
 	} {
-		checkText(v, field+"."+f.name, f.value, maxNotificationLen)
+		checkText(v, field, f.name, f.value, maxNotificationLen)
 	}
 	if n.ImageURL != "" {
 		if u, err := url.ParseRequestURI(n.ImageURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
-			v.Add(field+".image_url", "must be an absolute http(s) URL")
+			v.Add(field+".notification.image_url", "must be an absolute http(s) URL")
 		}
 	}
 	if n.Badge != nil && *n.Badge < 0 {
-		v.Add(field+".badge", "must not be negative, got %d", *n.Badge)
+		v.Add(field+".notification.badge", "must not be negative, got %d", *n.Badge)
 	}
 	for k, val := range n.Data {
-		f := fmt.Sprintf("%s.data[%q]", field, k)
+		f := func() string { return fmt.Sprintf("%s.notification.data[%q]", field, k) }
 		if reason := reservedDataKey(k); reason != "" {
-			v.Add(f, "key %q is reserved: %s", k, reason)
+			v.Add(f(), "key %q is reserved: %s", k, reason)
 			continue
 		}
 		if len(k) > maxDataKeyLen {
-			v.Add(f, "key is longer than %d bytes", maxDataKeyLen)
+			v.Add(f(), "key is longer than %d bytes", maxDataKeyLen)
 		}
 		if !utf8.ValidString(k) || !utf8.ValidString(val) {
-			v.Add(f, "key and value must be valid UTF-8")
+			v.Add(f(), "key and value must be valid UTF-8")
 		}
 	}
 }
@@ -198,21 +202,21 @@ func reservedDataKey(k string) string {
 func validateAPNsOptions(v *fault.ValidationError, field string, m *Message, now time.Time) {
 	o := &m.APNs
 	if o.PushType < APNsPushTypeUnspecified || o.PushType > APNsPushTypeLiveActivity {
-		v.Add(field+".push_type", "unknown push type %d", o.PushType)
+		v.Add(field+".apns.push_type", "unknown push type %d", o.PushType)
 	}
 	switch o.Priority {
 	case 0, 1, 5:
 	case 10:
 		if apnsPushType(m) == "background" {
-			v.Add(field+".priority", "10 is not allowed for background pushes (use 5 or 1)")
+			v.Add(field+".apns.priority", "10 is not allowed for background pushes (use 5 or 1)")
 		}
 	default:
-		v.Add(field+".priority", "must be 10, 5 or 1, got %d", o.Priority)
+		v.Add(field+".apns.priority", "must be 10, 5 or 1, got %d", o.Priority)
 	}
 	if len(o.CollapseID) > MaxCollapseIDLen {
-		v.Add(field+".collapse_id", "at most %d bytes, got %d", MaxCollapseIDLen, len(o.CollapseID))
+		v.Add(field+".apns.collapse_id", "at most %d bytes, got %d", MaxCollapseIDLen, len(o.CollapseID))
 	}
 	if !o.Expiration.IsZero() && o.Expiration.Before(now) {
-		v.Add(field+".expiration", "is in the past (%s)", o.Expiration.UTC().Format(time.RFC3339))
+		v.Add(field+".apns.expiration", "is in the past (%s)", o.Expiration.UTC().Format(time.RFC3339))
 	}
 }

@@ -105,6 +105,9 @@ func (g *Gateways) apnsHost(env commonv1.ApnsEnvironment) string {
 func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token) *apns2.Client {
 	c := apns2.NewTokenClient(tok)
 	c.Host = g.apnsHost(env)
+	// No Client.Timeout: net/http enforces it with a goroutine per request
+	// for transports it does not know (this wrapper); push sets a context
+	// deadline instead.
 	c.HTTPClient = &http.Client{
 		Transport: &retryAfterTransport{base: &http2.Transport{
 			TLSClientConfig: g.tlsConfig(),
@@ -113,7 +116,6 @@ func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token)
 			ReadIdleTimeout: apns2.ReadIdleTimeout,
 			PingTimeout:     5 * time.Second,
 		}},
-		Timeout: g.cfg.RequestTimeout,
 	}
 	return c
 }
@@ -161,17 +163,21 @@ func (s *apnsSender) Close() {
 // apnsFanOut bounds the goroutines one Send call starts.
 const apnsFanOut = 64
 
-// Send implements delivery.Sender.
+// Send implements delivery.Sender. A single push is made on the caller's
+// goroutine and traced by the caller's message span; a fan-out gets its own
+// span.
 func (s *apnsSender) Send(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
+	out := make([]delivery.Attempt, len(pushes))
+	if len(pushes) == 1 {
+		out[0] = s.push(ctx, &pushes[0])
+		return out
+	}
 	ctx, span := s.g.tracer.Start(ctx, "apns.send", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
 		attribute.String("pushmesh.app_id", s.key.AppID),
 		attribute.Int("pushmesh.pushes", len(pushes)),
 	))
 	defer span.End()
-	out := make([]delivery.Attempt, len(pushes))
-	if len(pushes) == 1 {
-		out[0] = s.push(ctx, &pushes[0])
-	} else {
+	{
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for w := 0; w < min(len(pushes), apnsFanOut); w++ {
@@ -220,8 +226,10 @@ func (s *apnsSender) push(ctx context.Context, p *delivery.Push) delivery.Attemp
 		CollapseID:  a.CollapseID,
 		Payload:     a.Payload,
 	}
-	var ra retryAfter
-	res, err := s.pool(p.Target.APNsEnvironment).pick().PushWithContext(context.WithValue(ctx, retryAfterKey{}, &ra), &n)
+	ra := &retryAfter{}
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, retryAfterKey{}, ra), s.g.cfg.RequestTimeout)
+	res, err := s.pool(p.Target.APNsEnvironment).pick().PushWithContext(ctx, &n)
+	cancel()
 	return apnsAttempt(res, err, ra.value())
 }
 

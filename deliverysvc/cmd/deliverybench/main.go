@@ -1,0 +1,572 @@
+// Command deliverybench measures deliverysvc's Send path end to end: it
+// starts the APNs and FCM emulators and fake profilesvc/trackingsvc in its
+// own process, runs the real deliverysvc as a child process (this binary in
+// "-serve" mode, i.e. server.Spec through servicekit/service.Run), registers
+// an APNs and an FCM app, and then, in one run:
+//
+//  1. measures the raw ceiling: the apns2 client straight at the APNs
+//     emulator, with the same connections and concurrency as deliverysvc;
+//  2. drives Send streams over real gRPC to both emulators through the real
+//     apns2 and firebase clients, and counts the per-token results.
+//
+// It prints notifications/s, the ceiling, their ratio, and CPU-seconds per
+// 100,000 pushes: deliverysvc's own (the child's utime+stime, the counters
+// getrusage reports, read from /proc over the timed window) and the bench
+// process's (emulators, fakes and load generator, via syscall.Getrusage).
+//
+//	go run ./deliverysvc/cmd/deliverybench -n 200000
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sideshow/apns2"
+	"github.com/sideshow/apns2/token"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/testenv"
+	"github.com/pushmesh/pushmesh/deliverysvc/server"
+	"github.com/pushmesh/pushmesh/emulator/apns"
+	"github.com/pushmesh/pushmesh/emulator/fcm"
+	"github.com/pushmesh/pushmesh/emulator/tlsca"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/service"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "-serve" {
+		err = serve(ctx, os.Args[2:])
+	} else {
+		err = run(ctx, os.Args[1:])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "deliverybench:", err)
+		os.Exit(1)
+	}
+}
+
+// serve runs deliverysvc exactly as cmd/deliverysvc does, optionally under
+// the CPU profiler: deliverybench -serve [-cpuprofile f] -- <deliverysvc flags>.
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cpuprofile := fs.String("cpuprofile", "", "write deliverysvc's CPU profile here")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	server.TuneRuntime() // as cmd/deliverysvc does
+	return service.Run(ctx, server.Spec(), fs.Args(), os.Stderr)
+}
+
+type options struct {
+	n            int
+	streams      int
+	batch        int
+	fcmShare     float64
+	concurrency  int
+	connections  int
+	ceilingN     int
+	cpuprofile   string
+	benchprofile string
+	keepLogs     bool
+	trackingWait time.Duration
+}
+
+func run(ctx context.Context, args []string) error {
+	var o options
+	fs := flag.NewFlagSet("deliverybench", flag.ContinueOnError)
+	fs.IntVar(&o.n, "n", 200_000, "notifications to send through deliverysvc")
+	fs.IntVar(&o.streams, "streams", 4, "concurrent Send streams")
+	fs.IntVar(&o.batch, "batch", 1000, "messages per SendRequest (one token each)")
+	fs.Float64Var(&o.fcmShare, "fcm-share", 0.5, "fraction of notifications sent to FCM tokens (the rest to APNs)")
+	fs.IntVar(&o.concurrency, "concurrency", 2048, "deliverysvc --max-in-flight, and the ceiling's concurrent pushes")
+	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
+	fs.IntVar(&o.ceilingN, "ceiling-n", 100_000, "pushes for the apns2 ceiling")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of the whole child run) here")
+	fs.StringVar(&o.benchprofile, "benchprofile", "", "write the bench process's CPU profile (the timed Send phase) here")
+	fs.BoolVar(&o.keepLogs, "v", false, "show deliverysvc's logs")
+	fs.DurationVar(&o.trackingWait, "tracking-wait", time.Minute, "how long to wait for every send event to reach the tracking fake")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ca, err := tlsca.New()
+	if err != nil {
+		return err
+	}
+	apnsEmu, err := apns.Start(apns.Options{CA: ca, MaxLog: 1000})
+	if err != nil {
+		return err
+	}
+	defer apnsEmu.Close()
+	fcmEmu, err := fcm.Start(fcm.Options{CA: ca, QuotaPerMinute: 1 << 30, MaxLog: 1000})
+	if err != nil {
+		return err
+	}
+	defer fcmEmu.Close()
+
+	events := testenv.NewEvents()
+	feedback := testenv.NewFeedback()
+	profileAddr, stopProfiles, err := serveFake(log, func(s *grpc.Server) {
+		profilev1.RegisterProfileServiceServer(s, &testenv.FakeProfiles{ReportTokenFeedbackFunc: feedback.Report})
+	})
+	if err != nil {
+		return err
+	}
+	defer stopProfiles()
+	trackingAddr, stopTracking, err := serveFake(log, func(s *grpc.Server) {
+		trackingv1.RegisterTrackingServiceServer(s, &testenv.FakeTracking{IngestFunc: events.Ingest})
+	})
+	if err != nil {
+		return err
+	}
+	defer stopTracking()
+
+	dir, err := os.MkdirTemp("", "deliverybench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := ca.WriteCertFile(caFile); err != nil {
+		return err
+	}
+	svc, err := startDeliverysvc(ctx, o, dir, caFile, apnsEmu.URL(), fcmEmu.URL()+"/v1", profileAddr, trackingAddr)
+	if err != nil {
+		return err
+	}
+	defer svc.stop()
+
+	const bundleID, packageName = "com.pushmesh.bench", "com.pushmesh.bench.android"
+	p8, key, err := apnsEmu.NewProviderKey(testenv.TeamID, testenv.KeyID)
+	if err != nil {
+		return err
+	}
+	apnsEmu.RegisterTopic(testenv.TeamID, bundleID)
+	saJSON, _, err := fcmEmu.NewServiceAccount("pushmesh-bench")
+	if err != nil {
+		return err
+	}
+	appsClient := deliveryv1.NewAppServiceClient(svc.conn)
+	for _, req := range []*deliveryv1.RegisterAppRequest{
+		{Key: &deliveryv1.AppKey{Platform: commonv1.Platform_PLATFORM_APNS, AppId: bundleID}, Credentials: testenv.APNsCredentials(p8, testenv.KeyID, testenv.TeamID), RateLimitPerSecond: 1_000_000},
+		{Key: &deliveryv1.AppKey{Platform: commonv1.Platform_PLATFORM_FCM, AppId: packageName}, Credentials: testenv.FCMCredentials(saJSON), RateLimitPerSecond: 1_000_000},
+	} {
+		if _, err := appsClient.RegisterApp(ctx, req); err != nil {
+			return fmt.Errorf("register %s: %w", req.GetKey().GetAppId(), err)
+		}
+	}
+
+	fmt.Printf("deliverybench: %d notifications (%.0f%% FCM), %d streams × batches of %d, max in flight %d, %d APNs connections, GOMAXPROCS=%s\n",
+		o.n, 100*o.fcmShare, o.streams, o.batch, o.concurrency, o.connections, gomaxprocs())
+
+	// 1. The ceiling: apns2 straight at the emulator.
+	ceiling, err := apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  apns2 → APNs emulator ceiling: %8.0f pushes/s  (%d pushes, %d goroutines, %d connections)\n", ceiling, o.ceilingN, o.concurrency, o.connections)
+
+	// Warm-up: connections, provider token, OAuth2 token, JIT-free but
+	// allocator and scheduler settle.
+	if _, err := sendAll(ctx, svc.conn, o, 2*o.batch, bundleID, packageName, "warmup"); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	eventsBefore := len(events.All())
+
+	// 2. The pipeline.
+	childBefore, err := processCPU(svc.pid)
+	if err != nil {
+		return err
+	}
+	selfBefore := selfCPU()
+	if o.benchprofile != "" {
+		f, err := os.Create(o.benchprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	res, err := sendAll(ctx, svc.conn, o, o.n, bundleID, packageName, "run")
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	if o.benchprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	childAfter, err := processCPU(svc.pid)
+	if err != nil {
+		return err
+	}
+	selfAfter := selfCPU()
+
+	rate := float64(res.sent) / elapsed.Seconds()
+	per100k := func(d time.Duration) float64 { return d.Seconds() / float64(res.sent) * 100_000 }
+	fmt.Printf("  deliverysvc Send → both emulators: %8.0f notifications/s  (%d sent: %d APNs, %d FCM; %d failed) in %s\n",
+		rate, res.sent, res.apns, res.fcm, res.failed, elapsed.Round(time.Millisecond))
+	fmt.Printf("  ratio to the ceiling: %.2f\n", rate/ceiling)
+	fmt.Printf("  CPU per 100k pushes: deliverysvc %.2f CPU-s; bench process (emulators, fakes, load) %.2f CPU-s  [gorush: 6.5 CPU-s]\n",
+		per100k(childAfter-childBefore), per100k(selfAfter-selfBefore))
+	if res.failed > 0 {
+		fmt.Printf("  first failure: %s\n", res.firstFailure)
+	}
+
+	// Every outcome reaches trackingsvc through the outbox.
+	waitCtx, cancel := context.WithTimeout(ctx, o.trackingWait)
+	defer cancel()
+	want := eventsBefore + res.sent + res.failed
+	tStart := time.Now()
+	if err := events.WaitFor(waitCtx, want); err != nil {
+		return fmt.Errorf("tracking events: got %d, want %d: %w", len(events.All()), want, err)
+	}
+	fmt.Printf("  tracking: all %d send events delivered (%s after the last result), %d repeats\n",
+		res.sent+res.failed, time.Since(tStart).Round(time.Millisecond), events.Repeats())
+	return nil
+}
+
+func gomaxprocs() string {
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		return v
+	}
+	return "default"
+}
+
+// serveFake runs a fake service with the production server bootstrap.
+func serveFake(log *slog.Logger, register func(*grpc.Server)) (string, func(), error) {
+	srv, err := grpcserver.New(grpcserver.Config{Name: "fake", Listen: "127.0.0.1:0", Logger: log})
+	if err != nil {
+		return "", nil, err
+	}
+	register(srv.GRPC())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	return srv.Addr().String(), func() { cancel(); <-done }, nil
+}
+
+type child struct {
+	cmd  *exec.Cmd
+	pid  int
+	conn *grpc.ClientConn
+}
+
+func (c *child) stop() {
+	c.conn.Close()
+	_ = c.cmd.Process.Signal(os.Interrupt)
+	_ = c.cmd.Wait()
+}
+
+// startDeliverysvc runs this binary in -serve mode with deliverysvc's flags
+// and waits until it answers health checks.
+func startDeliverysvc(ctx context.Context, o options, dir, caFile, apnsURL, fcmEndpoint, profileAddr, trackingAddr string) (*child, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-serve"}
+	if o.cpuprofile != "" {
+		args = append(args, "-cpuprofile", o.cpuprofile)
+	}
+	args = append(args, "--",
+		"--listen", addr,
+		"--data-dir", filepath.Join(dir, "data"),
+		"--profile-addr", profileAddr,
+		"--tracking-addr", trackingAddr,
+		"--apns-url", apnsURL,
+		"--fcm-endpoint", fcmEndpoint,
+		"--gateway-ca-file", caFile,
+		"--apns-connections", strconv.Itoa(o.connections),
+		"--max-in-flight", strconv.Itoa(o.concurrency),
+		"--log-level", "warn",
+	)
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, self, args...)
+	cmd.Env = append(os.Environ(), server.CredentialsKeyEnv+"="+base64.StdEncoding.EncodeToString(key))
+	if o.keepLogs {
+		cmd.Stderr = os.Stderr
+	}
+	// Interrupt, not kill, so the profile and the stores are flushed.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	conn, err := grpcclient.Dial(addr)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return nil, err
+	}
+	health := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			break
+		}
+		if time.Now().After(deadline) {
+			conn.Close()
+			_ = cmd.Process.Kill()
+			return nil, fmt.Errorf("deliverysvc did not become healthy: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &child{cmd: cmd, pid: cmd.Process.Pid, conn: conn}, nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// apnsCeiling pushes with apns2 straight at the emulator: o.connections
+// clients, o.concurrency goroutines, one provider token.
+func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleID string, o options) (float64, error) {
+	tok := &token.Token{KeyID: testenv.KeyID, TeamID: testenv.TeamID}
+	var err error
+	if tok.AuthKey, err = ecdsaKey(key); err != nil {
+		return 0, err
+	}
+	clients := make([]*apns2.Client, o.connections)
+	for i := range clients {
+		c := apns2.NewTokenClient(tok)
+		c.Host = url
+		c.HTTPClient = ca.HTTP2Client()
+		clients[i] = c
+	}
+	payload := []byte(`{"aps":{"alert":{"title":"Hello","body":"A benchmark notification"}},"pm":{"m":"ceiling"}}`)
+	push := func(i int) error {
+		res, err := clients[i%len(clients)].PushWithContext(ctx, &apns2.Notification{
+			DeviceToken: testenv.APNsToken(i), Topic: bundleID, Payload: payload, PushType: apns2.PushTypeAlert, Priority: 10,
+		})
+		if err != nil {
+			return err
+		}
+		if res.StatusCode != 200 {
+			return fmt.Errorf("ceiling push: %d %s", res.StatusCode, res.Reason)
+		}
+		return nil
+	}
+	for i := range clients { // connect and verify the token outside the timer
+		if err := push(i); err != nil {
+			return 0, err
+		}
+	}
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < o.concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1))
+				if i > o.ceilingN {
+					return
+				}
+				if err := push(i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, err
+	}
+	return float64(o.ceilingN) / time.Since(start).Seconds(), nil
+}
+
+type sendResult struct {
+	sent, failed, apns, fcm int
+	firstFailure            string
+}
+
+// sendAll sends n single-token messages over o.streams Send streams and
+// counts the results.
+func sendAll(ctx context.Context, conn *grpc.ClientConn, o options, n int, bundleID, packageName, prefix string) (sendResult, error) {
+	client := deliveryv1.NewDeliveryServiceClient(conn)
+	var mu sync.Mutex
+	var total sendResult
+	var wg sync.WaitGroup
+	errs := make(chan error, o.streams)
+	per := (n + o.streams - 1) / o.streams
+	fcmEvery := 0
+	if o.fcmShare > 0 {
+		fcmEvery = int(1 / o.fcmShare)
+	}
+	notification := &deliveryv1.Notification{Title: "Hello", Body: "A benchmark notification", Data: map[string]string{"offer": "spring"}}
+	for s := 0; s < o.streams; s++ {
+		first, last := s*per, min((s+1)*per, n)
+		if first >= last {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stream, err := client.Send(ctx)
+			if err != nil {
+				errs <- err
+				return
+			}
+			recvDone := make(chan sendResult, 1)
+			go func() {
+				var r sendResult
+				for {
+					res, err := stream.Recv()
+					if err != nil {
+						if !errors.Is(err, io.EOF) {
+							r.firstFailure = "stream: " + err.Error()
+							r.failed++
+						}
+						recvDone <- r
+						return
+					}
+					for _, x := range res.GetResults() {
+						if x.GetStatus() != deliveryv1.SendStatus_SEND_STATUS_SENT {
+							r.failed++
+							if r.firstFailure == "" {
+								r.firstFailure = x.GetStatus().String() + " " + x.GetReason().String() + ": " + x.GetDetail()
+							}
+							continue
+						}
+						r.sent++
+						if x.GetPlatform() == commonv1.Platform_PLATFORM_APNS {
+							r.apns++
+						} else {
+							r.fcm++
+						}
+					}
+				}
+			}()
+			for i := first; i < last; i += o.batch {
+				msgs := make([]*deliveryv1.Message, 0, o.batch)
+				for j := i; j < min(i+o.batch, last); j++ {
+					var target *deliveryv1.TokenTarget
+					if fcmEvery > 0 && j%fcmEvery == 0 {
+						target = testenv.FCMTarget(testenv.FCMToken(j), packageName)
+					} else {
+						target = testenv.APNsTarget(testenv.APNsToken(j), bundleID)
+					}
+					msgs = append(msgs, testenv.TokensMessage(prefix+"-"+strconv.Itoa(j), notification, target))
+				}
+				if err := stream.Send(&deliveryv1.SendRequest{Messages: msgs}); err != nil {
+					break
+				}
+			}
+			_ = stream.CloseSend()
+			r := <-recvDone
+			mu.Lock()
+			total.sent += r.sent
+			total.failed += r.failed
+			total.apns += r.apns
+			total.fcm += r.fcm
+			if total.firstFailure == "" {
+				total.firstFailure = r.firstFailure
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		return total, err
+	}
+	return total, nil
+}
+
+// selfCPU is this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// processCPU is another process's user+system CPU time, from
+// /proc/<pid>/stat (the counters getrusage reports for that process).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("child CPU time (Linux /proc only): %w", err)
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime 14, stime 15.
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(fields) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond, nil
+}
+
+func ecdsaKey(key any) (*ecdsa.PrivateKey, error) {
+	k, ok := key.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("provider key is %T, want *ecdsa.PrivateKey", key)
+	}
+	return k, nil
+}

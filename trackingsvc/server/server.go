@@ -5,8 +5,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -14,6 +19,9 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/events"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/grpcapi"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/store"
 )
 
 // DefaultListen is the service's default gRPC address.
@@ -21,7 +29,24 @@ const DefaultListen = "127.0.0.1:7103"
 
 // Config is the service's own configuration, beyond the common flags.
 type Config struct {
+	// HTTPListen is the address of the HTTP/JSON endpoint for mobile SDKs
+	// (POST /v1/events); empty disables it.
+	HTTPListen string
+	// Retention is how long events are kept (aggregates stay forever);
+	// events with an older event time are rejected. Default 30 days.
+	Retention time.Duration
+	// SweepInterval is how often expired events are removed. Default 1 h.
+	SweepInterval time.Duration
+	// Now is the clock; time.Now when nil (tests inject their own).
+	Now func() time.Time
 }
+
+// Defaults.
+const (
+	DefaultHTTPListen    = "127.0.0.1:7180"
+	DefaultRetention     = 30 * 24 * time.Hour
+	DefaultSweepInterval = time.Hour
+)
 
 // Spec describes the service to servicekit/service.
 func Spec() service.Spec {
@@ -36,15 +61,97 @@ func Spec() service.Spec {
 	}
 }
 
-func (c *Config) register(fs *flag.FlagSet) {}
+func (c *Config) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.HTTPListen, "http-listen", DefaultHTTPListen, "HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it")
+	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept; aggregates stay")
+	fs.DurationVar(&c.SweepInterval, "sweep-interval", DefaultSweepInterval, "how often expired events are removed")
+}
 
 // Start opens the store in dataDir and registers the service's APIs on s.
 // The returned stop closes what Start opened.
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	db, err := boltdb.Open(dataDir, "trackingsvc.db")
 	if err != nil {
 		return nil, err
 	}
-	trackingv1.RegisterTrackingServiceServer(s, trackingv1.UnimplementedTrackingServiceServer{})
-	return db.Close, nil
+	st, err := store.Open(db)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	api := &grpcapi.Server{
+		Ingester: &events.Ingester{Store: st, Retention: cfg.Retention, Now: cfg.Now},
+		Store:    st,
+		Log:      log,
+	}
+	trackingv1.RegisterTrackingServiceServer(s, api)
+
+	var httpSrv *http.Server
+	httpDone := make(chan error, 1)
+	if cfg.HTTPListen != "" {
+		lis, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("http listen on %q: %w", cfg.HTTPListen, err)
+		}
+		httpSrv = &http.Server{Handler: api.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		log.Info("http endpoint", "addr", lis.Addr().String(), "path", "POST /v1/events")
+		go func() { httpDone <- httpSrv.Serve(lis) }()
+	}
+
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		sweepLoop(sweepCtx, st, cfg, log)
+	}()
+
+	return func() error {
+		stopSweep()
+		<-swept
+		var errs []error
+		if httpSrv != nil {
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			errs = append(errs, httpSrv.Shutdown(shutdownCtx))
+			if err := <-httpDone; !errors.Is(err, http.ErrServerClosed) {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, db.Close())
+		return errors.Join(errs...)
+	}, nil
+}
+
+// sweepLoop removes expired events every cfg.SweepInterval until ctx ends.
+func sweepLoop(ctx context.Context, st *store.Store, cfg Config, log *slog.Logger) {
+	t := time.NewTicker(cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := cfg.Now()
+		// Dedupe partitions outlive the events by an hour: an event at the
+		// edge of the window is still recognized if retried.
+		n, err := st.Sweep(ctx, now.Add(-cfg.Retention), now.Add(-cfg.Retention-time.Hour))
+		if err != nil && ctx.Err() == nil {
+			log.Warn("retention sweep", "err", err)
+			continue
+		}
+		if n > 0 {
+			log.Info("retention sweep", "removed_events", n)
+		}
+	}
 }

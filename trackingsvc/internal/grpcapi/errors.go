@@ -1,0 +1,19 @@
+package grpcapi
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/store"
+)
+
+// errorCodes maps trackingsvc's domain errors to gRPC codes: the one place.
+var errorCodes = []grpcserver.ErrorCode{
+	{Err: store.ErrBadPageToken, Code: codes.InvalidArgument},
+}
+
+func (s *Server) status(ctx context.Context, err error) error {
+	return grpcserver.Status(ctx, s.Log, err, errorCodes...)
+}

@@ -1,0 +1,461 @@
+package grpcapi_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/boltdb"
+	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/events"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/grpcapi"
+	"github.com/pushmesh/pushmesh/trackingsvc/internal/store"
+)
+
+var now = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+type env struct {
+	client trackingv1.TrackingServiceClient
+	api    *grpcapi.Server
+	store  *store.Store
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	db, err := boltdb.Open(t.TempDir(), "trackingsvc.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	st, err := store.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &grpcapi.Server{
+		Ingester: &events.Ingester{Store: st, Retention: 30 * 24 * time.Hour, Now: func() time.Time { return now }},
+		Store:    st,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, api) })
+	return &env{client: trackingv1.NewTrackingServiceClient(conn), api: api, store: st}
+}
+
+func ev(id string, typ trackingv1.EventType, at time.Time) *trackingv1.Event {
+	return &trackingv1.Event{
+		EventId: id, Type: typ, EventTime: timestamppb.New(at), ProfileId: "p-" + id,
+		Token: "tok-" + id, AppId: "com.acme.shop", Platform: commonv1.Platform_PLATFORM_APNS,
+		JourneyId: "j1", MessageId: "m1",
+	}
+}
+
+func TestTrackPartialSuccessAndDedupe(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	action := ev("a", trackingv1.EventType_EVENT_TYPE_ACTION, now)
+	action.ActionId = ""
+	batch := []*trackingv1.Event{
+		ev("1", trackingv1.EventType_EVENT_TYPE_SENT, now),
+		{EventId: "", Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now)},
+		ev("2", trackingv1.EventType_EVENT_TYPE_UNSPECIFIED, now),
+		ev("3", trackingv1.EventType(99), now),
+		ev("4", trackingv1.EventType_EVENT_TYPE_OPENED, now.Add(time.Hour)),
+		{EventId: "5", Type: trackingv1.EventType_EVENT_TYPE_OPENED},
+		action,
+		ev(strings.Repeat("x", 129), trackingv1.EventType_EVENT_TYPE_OPENED, now),
+		ev("6", trackingv1.EventType_EVENT_TYPE_OPENED, now.Add(-40*24*time.Hour)),
+		ev("7", trackingv1.EventType_EVENT_TYPE_OPENED, now),
+		ev("7", trackingv1.EventType_EVENT_TYPE_OPENED, now), // repeated inside the batch
+	}
+	resp, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetAccepted() != 2 || resp.GetDuplicates() != 1 {
+		t.Errorf("got accepted %d duplicates %d, want 2 and 1", resp.GetAccepted(), resp.GetDuplicates())
+	}
+	want := map[int64]string{1: "event_id", 2: "type", 3: "type", 4: "event_time", 5: "event_time", 6: "action_id", 7: "event_id", 8: "event_time"}
+	got := map[int64]string{}
+	for _, r := range resp.GetRejected() {
+		got[r.GetIndex()] = r.GetField()
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("rejections: got %v, want %v", got, want)
+	}
+
+	// A retried batch counts nothing twice.
+	again, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetAccepted() != 0 || again.GetDuplicates() != 3 {
+		t.Errorf("retry: got accepted %d duplicates %d, want 0 and 3", again.GetAccepted(), again.GetDuplicates())
+	}
+	m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: &trackingv1.MetricsFilter{JourneyId: "j1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetTotal().GetSent() != 1 || m.GetTotal().GetOpened() != 1 || m.GetTotal().GetOpenRate() != 1 {
+		t.Errorf("metrics: got %v, want sent 1 opened 1 open rate 1", m.GetTotal())
+	}
+}
+
+func TestTokensStoredOnlyAsHash(t *testing.T) {
+	e := newEnv(t)
+	secret := "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6abcd"
+	x := ev("1", trackingv1.EventType_EVENT_TYPE_RECEIVED, now)
+	x.Token = secret
+	if _, err := e.client.Track(context.Background(), &trackingv1.TrackRequest{Events: []*trackingv1.Event{x}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := e.client.ListEvents(context.Background(), &trackingv1.ListEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := list.GetEvents()[0]
+	if got.GetToken() != "" || got.GetTokenHash() != events.TokenHash(secret) {
+		t.Errorf("got token %q hash %q, want no token and its hash", got.GetToken(), got.GetTokenHash())
+	}
+}
+
+func TestBadRequestsNameTheField(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	tests := []struct {
+		name  string
+		call  func() error
+		field string
+	}{
+		{"empty track", func() error {
+			_, err := e.client.Track(ctx, &trackingv1.TrackRequest{})
+			return err
+		}, "events"},
+		{"bad page token", func() error {
+			_, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{PageToken: "zz"})
+			return err
+		}, "page_token"},
+		{"page size", func() error {
+			_, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{PageSize: 10_001})
+			return err
+		}, "page_size"},
+		{"unknown type", func() error {
+			_, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{Types: []trackingv1.EventType{0}})
+			return err
+		}, "types[0]"},
+		{"range backwards", func() error {
+			_, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{StartTime: timestamppb.New(now), EndTime: timestamppb.New(now.Add(-time.Hour))})
+			return err
+		}, "end_time"},
+		{"granularity", func() error {
+			_, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Granularity: 42})
+			return err
+		}, "granularity"},
+		{"platform", func() error {
+			_, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: &trackingv1.MetricsFilter{Platform: 9}})
+			return err
+		}, "filter.platform"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("got %v, want InvalidArgument", err)
+			}
+			var fields []string
+			for _, d := range status.Convert(err).Details() {
+				if br, ok := d.(*errdetails.BadRequest); ok {
+					for _, v := range br.GetFieldViolations() {
+						fields = append(fields, v.GetField())
+					}
+				}
+			}
+			if len(fields) != 1 || fields[0] != tt.field {
+				t.Errorf("got fields %v, want [%s]", fields, tt.field)
+			}
+		})
+	}
+}
+
+// randomEvents draws events of every type over a few journeys, apps,
+// platforms and two hours, with some ids repeated.
+func randomEvents(n int, seed uint64) []*trackingv1.Event {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	types := []trackingv1.EventType{1, 2, 3, 4, 5, 6, 7}
+	out := make([]*trackingv1.Event, n)
+	for i := range out {
+		e := &trackingv1.Event{
+			EventId:   fmt.Sprintf("e%d", rng.IntN(n)),
+			Type:      types[rng.IntN(len(types))],
+			EventTime: timestamppb.New(now.Add(-time.Duration(rng.IntN(7200)) * time.Second)),
+			ProfileId: fmt.Sprintf("p%d", rng.IntN(50)),
+			AppId:     []string{"com.a", "com.b"}[rng.IntN(2)],
+			Platform:  commonv1.Platform(1 + rng.IntN(2)),
+			JourneyId: []string{"j1", "j2"}[rng.IntN(2)],
+			MessageId: []string{"m1", "m2"}[rng.IntN(2)],
+		}
+		switch e.Type {
+		case trackingv1.EventType_EVENT_TYPE_ACTION:
+			e.ActionId = []string{"buy", "later"}[rng.IntN(2)]
+		case trackingv1.EventType_EVENT_TYPE_FAILED:
+			e.FailureReason = commonv1.FailureReason(1 + rng.IntN(3))
+		case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
+			e.ExclusionReason = commonv1.ExclusionReason(1 + rng.IntN(3))
+		}
+		out[i] = e
+	}
+	return out
+}
+
+// recompute derives metrics from listed events, the slow way.
+func recompute(evs []*trackingv1.Event) *trackingv1.Metrics {
+	m := &trackingv1.Metrics{}
+	openers := map[string]bool{}
+	for _, e := range evs {
+		one := &trackingv1.Metrics{}
+		switch e.GetType() {
+		case trackingv1.EventType_EVENT_TYPE_SENT:
+			one.Sent, one.Targeted = 1, 1
+		case trackingv1.EventType_EVENT_TYPE_FAILED:
+			one.Failed, one.Targeted = 1, 1
+			one.FailedByReason = []*commonv1.FailureCount{{Reason: e.GetFailureReason(), Count: 1}}
+		case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
+			one.Excluded = 1
+			one.ExcludedByReason = []*commonv1.ExclusionCount{{Reason: e.GetExclusionReason(), Count: 1}}
+		case trackingv1.EventType_EVENT_TYPE_RECEIVED:
+			one.Received = 1
+		case trackingv1.EventType_EVENT_TYPE_OPENED:
+			one.Opened = 1
+			k := e.GetJourneyId() + "|" + e.GetMessageId() + "|" + e.GetProfileId()
+			if !openers[k] {
+				openers[k] = true
+				one.UniqueOpens = 1
+			}
+		case trackingv1.EventType_EVENT_TYPE_DISMISSED:
+			one.Dismissed = 1
+		case trackingv1.EventType_EVENT_TYPE_ACTION:
+			one.Actions = 1
+			one.ActionsById = []*trackingv1.ActionCount{{ActionId: e.GetActionId(), Count: 1}}
+		}
+		store.Add(m, one)
+	}
+	store.Finish(m)
+	return m
+}
+
+func TestMetricsMatchEventsRecomputed(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	all := randomEvents(3000, 42)
+	stream, err := e.client.Ingest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(all); i += 700 {
+		if err := stream.Send(&trackingv1.IngestRequest{Events: all[i:min(i+700, len(all))]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := stream.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetAccepted()+res.GetDuplicates() != int64(len(all)) || res.GetDuplicates() == 0 {
+		t.Fatalf("ingest: got %v, want every event accepted or a duplicate, some duplicates", res)
+	}
+
+	var stored []*trackingv1.Event
+	token := ""
+	for {
+		page, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{PageSize: 500, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, page.GetEvents()...)
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if int64(len(stored)) != res.GetAccepted() {
+		t.Fatalf("listed %d events, want %d", len(stored), res.GetAccepted())
+	}
+
+	filters := []*trackingv1.MetricsFilter{
+		{}, {JourneyId: "j1"}, {JourneyId: "j2", MessageId: "m1"}, {AppId: "com.b"},
+		{Platform: commonv1.Platform_PLATFORM_FCM}, {JourneyId: "j1", Platform: commonv1.Platform_PLATFORM_APNS},
+	}
+	for _, f := range filters {
+		var sel []*trackingv1.Event
+		for _, ev := range stored {
+			if (f.JourneyId == "" || ev.JourneyId == f.JourneyId) && (f.MessageId == "" || ev.MessageId == f.MessageId) &&
+				(f.AppId == "" || ev.AppId == f.AppId) && (f.Platform == 0 || ev.Platform == f.Platform) {
+				sel = append(sel, ev)
+			}
+		}
+		got, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: f, Granularity: trackingv1.Granularity_GRANULARITY_HOUR})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := recompute(sel)
+		// Unique opens are per (journey, message, profile) across apps and
+		// platforms: compare them only where the filter keeps every app
+		// and platform.
+		if f.AppId != "" || f.Platform != 0 {
+			want.UniqueOpens = got.GetTotal().GetUniqueOpens()
+		}
+		if !proto.Equal(got.GetTotal(), want) {
+			t.Errorf("filter %v:\n got %v\nwant %v", f, got.GetTotal(), want)
+		}
+		sum := &trackingv1.Metrics{}
+		for _, b := range got.GetBuckets() {
+			store.Add(sum, b.GetMetrics())
+		}
+		store.Finish(sum)
+		if !proto.Equal(sum, got.GetTotal()) {
+			t.Errorf("filter %v: hourly buckets sum to %v, want the total %v", f, sum, got.GetTotal())
+		}
+	}
+}
+
+func TestTenantsAreIsolated(t *testing.T) {
+	e := newEnv(t)
+	acme := metadata.AppendToOutgoingContext(context.Background(), tenant.MetadataKey, "acme")
+	if _, err := e.client.Track(acme, &trackingv1.TrackRequest{Events: []*trackingv1.Event{ev("1", trackingv1.EventType_EVENT_TYPE_SENT, now)}}); err != nil {
+		t.Fatal(err)
+	}
+	// The same event id in another tenant is not a duplicate.
+	resp, err := e.client.Track(context.Background(), &trackingv1.TrackRequest{Events: []*trackingv1.Event{ev("1", trackingv1.EventType_EVENT_TYPE_SENT, now)}})
+	if err != nil || resp.GetAccepted() != 1 {
+		t.Fatalf("default tenant: got %v, %v, want accepted 1", resp, err)
+	}
+	for _, ctx := range []context.Context{acme, context.Background()} {
+		m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{})
+		if err != nil || m.GetTotal().GetSent() != 1 {
+			t.Errorf("got %v, %v, want sent 1 per tenant", m.GetTotal(), err)
+		}
+	}
+}
+
+func TestRetentionRemovesEventsKeepsAggregates(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: []*trackingv1.Event{
+		ev("old", trackingv1.EventType_EVENT_TYPE_SENT, now.Add(-time.Hour)),
+		ev("old2", trackingv1.EventType_EVENT_TYPE_OPENED, now.Add(-time.Hour)),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	// Received "now"; sweep as if 31 days had passed.
+	later := now.Add(31 * 24 * time.Hour)
+	n, err := e.store.Sweep(ctx, later.Add(-30*24*time.Hour), later.Add(-30*24*time.Hour-time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("sweep: got %d, %v, want 2 removed", n, err)
+	}
+	list, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{})
+	if err != nil || len(list.GetEvents()) != 0 {
+		t.Errorf("after sweep: got %d events, %v, want none", len(list.GetEvents()), err)
+	}
+	m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{})
+	if err != nil || m.GetTotal().GetSent() != 1 || m.GetTotal().GetOpened() != 1 {
+		t.Errorf("aggregates after sweep: got %v, %v, want sent 1 opened 1", m.GetTotal(), err)
+	}
+}
+
+func TestHTTPEndpoint(t *testing.T) {
+	e := newEnv(t)
+	srv := httptest.NewServer(e.api.HTTPHandler())
+	defer srv.Close()
+	body, _ := protojson.Marshal(&trackingv1.TrackRequest{Events: []*trackingv1.Event{
+		ev("h1", trackingv1.EventType_EVENT_TYPE_OPENED, now), {EventId: "bad"},
+	}})
+	post := func(body []byte, tenantID string) (*http.Response, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/events", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if tenantID != "" {
+			req.Header.Set(tenant.MetadataKey, tenantID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	resp, b := post(body, "acme")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("got %d %s, want 200", resp.StatusCode, b)
+	}
+	var tr trackingv1.TrackResponse
+	if err := protojson.Unmarshal(b, &tr); err != nil || tr.GetAccepted() != 1 || len(tr.GetRejected()) != 1 {
+		t.Errorf("got %s (%v), want 1 accepted and 1 rejected", b, err)
+	}
+	for _, tt := range []struct {
+		name   string
+		body   []byte
+		tenant string
+		want   int
+	}{
+		{"not json", []byte("{"), "", http.StatusBadRequest},
+		{"no events", []byte(`{"events":[]}`), "", http.StatusBadRequest},
+		{"bad tenant", body, "Not/Valid", http.StatusBadRequest},
+		{"too large", bytes.Repeat([]byte(" "), 2<<20), "", http.StatusTooManyRequests},
+	} {
+		if resp, b := post(tt.body, tt.tenant); resp.StatusCode != tt.want {
+			t.Errorf("%s: got %d %s, want %d", tt.name, resp.StatusCode, b, tt.want)
+		}
+	}
+	m, err := e.client.GetMetrics(metadata.AppendToOutgoingContext(context.Background(), tenant.MetadataKey, "acme"), &trackingv1.GetMetricsRequest{})
+	if err != nil || m.GetTotal().GetOpened() != 1 {
+		t.Errorf("acme metrics: got %v, %v, want the HTTP event counted", m.GetTotal(), err)
+	}
+}
+
+func TestListEventsFiltersAndOrder(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	batch := []*trackingv1.Event{}
+	for i := range 10 {
+		x := ev(fmt.Sprint(i), trackingv1.EventType_EVENT_TYPE_RECEIVED, now.Add(time.Duration(i)*time.Minute-time.Hour))
+		if i%2 == 0 {
+			x.Type = trackingv1.EventType_EVENT_TYPE_OPENED
+		}
+		batch = append(batch, x)
+	}
+	if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{Types: []trackingv1.EventType{trackingv1.EventType_EVENT_TYPE_OPENED}, PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetEvents()) != 2 || list.GetNextPageToken() == "" {
+		t.Fatalf("got %d events, token %q, want 2 and a next page", len(list.GetEvents()), list.GetNextPageToken())
+	}
+	var ids []string
+	for _, x := range list.GetEvents() {
+		ids = append(ids, x.GetEventId())
+	}
+	if !sort.StringsAreSorted(ids) {
+		t.Errorf("got %v, want stored order", ids)
+	}
+}

@@ -152,7 +152,7 @@ func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error
 // closes what Start opened.
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
 	var closers []func() error
-	stop = func() error {
+	closeAll := func() error {
 		var errs []error
 		for i := len(closers) - 1; i >= 0; i-- {
 			errs = append(errs, closers[i]())
@@ -161,8 +161,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}
 	defer func() {
 		if err != nil {
-			_ = stop()
-			stop = nil
+			_ = closeAll() // what was opened before the failure
 		}
 	}()
 
@@ -227,7 +226,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
 	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{Pipeline: pipeline, Log: log})
 	deliveryv1.RegisterJourneyServiceServer(s, deliveryv1.UnimplementedJourneyServiceServer{})
-	return stop, nil
+	return closeAll, nil
 }
 
 // dependencies builds the pipeline's stores and remote links over db: the

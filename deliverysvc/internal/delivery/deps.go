@@ -65,6 +65,10 @@ type Sender interface {
 // Push is one notification to one token, ready for its gateway.
 type Push struct {
 	Target Target
+	// Deadline is when the message's TTL ends: a sender must not keep
+	// trying (or waiting inside a client library's own retries) past it,
+	// and reports TTL_EXPIRED when it runs out.
+	Deadline time.Time
 	// APNs is set for PLATFORM_APNS pushes.
 	APNs *APNsPush
 	// FCM is set for PLATFORM_FCM pushes; its Token is the target's.

@@ -812,7 +812,7 @@ func (mr *messageRun) push(t *Target) (Push, error) {
 			}
 			mr.apns = a
 		}
-		return Push{Target: *t, APNs: mr.apns}, nil
+		return Push{Target: *t, Deadline: mr.deadline, APNs: mr.apns}, nil
 	default:
 		if mr.fcm == nil && mr.fcmErr == nil {
 			mr.fcm, mr.fcmErr = buildFCM(mr.msg, mr.tr, mr.deadline.Sub(mr.now))
@@ -822,7 +822,7 @@ func (mr *messageRun) push(t *Target) (Push, error) {
 		}
 		msg := *mr.fcm
 		msg.Token = t.Token
-		return Push{Target: *t, FCM: &msg}, nil
+		return Push{Target: *t, Deadline: mr.deadline, FCM: &msg}, nil
 	}
 }
 

@@ -14,17 +14,19 @@ import (
 
 // Payload keys pushmesh adds to every push; see the package documentation.
 const (
-	APNsTrackingKey    = "pm"
-	FCMJourneyIDKey    = "pm_journey_id"
-	FCMMessageIDKey    = "pm_message_id"
-	FCMTraceParentKey  = "traceparent"
-	DeepLinkKey        = "deep_link"
-	APNsImageURLKey    = "image_url"
-	maxDataKeyLen      = 256
-	maxFCMTokenLen     = 4096
-	minAPNsTokenLen    = 64
-	maxAPNsTokenLen    = 200
-	maxNotificationLen = 4096
+	APNsTrackingKey   = "pm"
+	FCMJourneyIDKey   = "pm_journey_id"
+	FCMMessageIDKey   = "pm_message_id"
+	FCMTraceParentKey = "traceparent"
+	DeepLinkKey       = "deep_link"
+	APNsImageURLKey   = "image_url"
+	maxDataKeyLen     = 256
+	maxFCMTokenLen    = 4096
+	minAPNsTokenLen   = 64
+	maxAPNsTokenLen   = 200
+	// maxNotificationLen only guards against absurd fields; the payload
+	// limits of the gateways decide (PAYLOAD_TOO_LARGE).
+	maxNotificationLen = 16 << 10
 )
 
 // CheckBatch validates what a batch must get right before any message can be

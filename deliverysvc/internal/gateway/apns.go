@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -227,9 +228,17 @@ func (s *apnsSender) push(ctx context.Context, p *delivery.Push) delivery.Attemp
 		Payload:     a.Payload,
 	}
 	ra := &retryAfter{}
-	ctx, cancel := context.WithTimeout(context.WithValue(ctx, retryAfterKey{}, ra), s.g.cfg.RequestTimeout)
+	deadline := time.Now().Add(s.g.cfg.RequestTimeout)
+	ttlBound := !p.Deadline.IsZero() && p.Deadline.Before(deadline)
+	if ttlBound {
+		deadline = p.Deadline
+	}
+	ctx, cancel := context.WithDeadline(context.WithValue(ctx, retryAfterKey{}, ra), deadline)
 	res, err := s.pool(p.Target.APNsEnvironment).pick().PushWithContext(ctx, &n)
 	cancel()
+	if err != nil && ttlBound && errors.Is(err, context.DeadlineExceeded) {
+		return delivery.Attempt{Reason: commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, Detail: "the message's TTL ran out while APNs had not answered"}
+	}
 	return apnsAttempt(res, err, ra.value())
 }
 

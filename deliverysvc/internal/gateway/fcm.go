@@ -218,10 +218,11 @@ type fcmSender struct {
 }
 
 type fcmItem struct {
-	ctx  context.Context
-	msg  *messaging.Message
-	out  *delivery.Attempt
-	done *sync.WaitGroup
+	ctx      context.Context
+	deadline time.Time
+	msg      *messaging.Message
+	out      *delivery.Attempt
+	done     *sync.WaitGroup
 }
 
 func (g *Gateways) openFCM(key delivery.AppKey, c *creds.FCM) (*fcmSender, error) {
@@ -244,7 +245,7 @@ func (s *fcmSender) Send(ctx context.Context, pushes []delivery.Push) []delivery
 	var full [][]*fcmItem
 	s.mu.Lock()
 	for i := range pushes {
-		s.pending = append(s.pending, &fcmItem{ctx: ctx, msg: pushes[i].FCM, out: &out[i], done: &done})
+		s.pending = append(s.pending, &fcmItem{ctx: ctx, deadline: pushes[i].Deadline, msg: pushes[i].FCM, out: &out[i], done: &done})
 		if len(s.pending) == fcmMaxChunk {
 			full = append(full, s.pending)
 			s.pending = make([]*fcmItem, 0, fcmMaxChunk)
@@ -281,7 +282,25 @@ func (s *fcmSender) sendChunk(items []*fcmItem) {
 	// The chunk mixes messages of several callers: it must not fail when
 	// one of them goes away, so it keeps the first caller's trace but not
 	// its cancellation.
-	ctx, span := s.g.tracer.Start(context.WithoutCancel(items[0].ctx), "fcm.send_each", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+	ctx := context.WithoutCancel(items[0].ctx)
+	// firebase retries 503s and network errors itself (up to four times,
+	// honouring Retry-After): bound that by the latest TTL in the chunk.
+	var deadline time.Time
+	for _, it := range items {
+		if it.deadline.IsZero() {
+			deadline = time.Time{}
+			break
+		}
+		if it.deadline.After(deadline) {
+			deadline = it.deadline
+		}
+	}
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	ctx, span := s.g.tracer.Start(ctx, "fcm.send_each", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
 		attribute.String("pushmesh.app_id", s.key.AppID),
 		attribute.Int("pushmesh.messages", len(items)),
 	))
@@ -333,6 +352,9 @@ func (s *fcmSender) sendChunk(items []*fcmItem) {
 func fcmAttempt(r *messaging.SendResponse) delivery.Attempt {
 	if r.Success {
 		return delivery.Attempt{GatewayID: r.MessageID}
+	}
+	if errors.Is(r.Error, context.DeadlineExceeded) {
+		return delivery.Attempt{Reason: commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, Detail: "the message's TTL ran out while FCM was being retried: " + r.Error.Error()}
 	}
 	reason, detail, retry := classifyFCM(r.Error)
 	return delivery.Attempt{Reason: reason, Detail: detail, RetryAfter: retry}

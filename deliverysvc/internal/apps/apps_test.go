@@ -1,0 +1,412 @@
+package apps
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/buckets"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/secret"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	"github.com/pushmesh/pushmesh/servicekit/boltdb"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
+)
+
+// fakeGateways answers with its function fields.
+type fakeGateways struct {
+	CheckFunc func(ctx context.Context, key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials) error
+	OpenFunc  func(key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials) (Sender, error)
+}
+
+func (f *fakeGateways) Check(ctx context.Context, key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials) error {
+	return f.CheckFunc(ctx, key, env, c)
+}
+func (f *fakeGateways) Open(key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials) (Sender, error) {
+	return f.OpenFunc(key, env, c)
+}
+
+// fakeSender is a Sender whose calls and Close are observable.
+type fakeSender struct {
+	SendFunc func(ctx context.Context, pushes []delivery.Push) []delivery.Attempt
+	closed   atomic.Bool
+	fp       string // fingerprint of the credentials it was opened with
+}
+
+func (f *fakeSender) Send(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
+	return f.SendFunc(ctx, pushes)
+}
+func (f *fakeSender) Close() { f.closed.Store(true) }
+
+type env struct {
+	dir     string
+	key     []byte
+	svc     *Service
+	store   *Store
+	gw      *fakeGateways
+	mu      sync.Mutex
+	senders []*fakeSender
+	close   func()
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{dir: t.TempDir(), key: bytes.Repeat([]byte{42}, 32)}
+	e.gw = &fakeGateways{
+		CheckFunc: func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error { return nil },
+		OpenFunc: func(_ delivery.AppKey, _ commonv1.ApnsEnvironment, c creds.Credentials) (Sender, error) {
+			s := &fakeSender{fp: c.Info().Fingerprint, SendFunc: func(context.Context, []delivery.Push) []delivery.Attempt { return nil }}
+			e.mu.Lock()
+			e.senders = append(e.senders, s)
+			e.mu.Unlock()
+			return s, nil
+		},
+	}
+	e.open(t)
+	t.Cleanup(func() { e.close() })
+	return e
+}
+
+func (e *env) open(t *testing.T) {
+	t.Helper()
+	db, err := boltdb.Open(e.dir, "deliverysvc.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := buckets.Create(db); err != nil {
+		t.Fatal(err)
+	}
+	box, _ := secret.NewBox(e.key)
+	if e.store, err = OpenStore(db, box); err != nil {
+		t.Fatal(err)
+	}
+	e.svc = NewService(e.store, e.gw, nil)
+	e.close = func() { e.svc.Close(); db.Close() }
+}
+
+func p8(t *testing.T) string {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+func saJSON(t *testing.T, email string) string {
+	k, _ := rsa.GenerateKey(rand.Reader, 2048)
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	b, _ := json.Marshal(map[string]string{
+		"type": "service_account", "project_id": "proj-1", "client_email": email,
+		"private_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), "token_uri": "https://oauth2.googleapis.com/token",
+	})
+	return string(b)
+}
+
+var (
+	apnsKey = delivery.AppKey{Platform: commonv1.Platform_PLATFORM_APNS, AppID: "com.example.app"}
+	fcmKey  = delivery.AppKey{Platform: commonv1.Platform_PLATFORM_FCM, AppID: "com.example.android"}
+)
+
+func apnsInput(pem string) RegisterInput {
+	return RegisterInput{Key: apnsKey, DisplayName: "Example", Credentials: RawCredentials{APNs: &RawAPNs{KeyPEM: pem, KeyID: "KEY1234567", TeamID: "TEAM123456"}}}
+}
+
+func TestCredentialsAreEncryptedAtRest(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	keyPEM := p8(t)
+	const email = "sender-7f3a@proj-1.iam.gserviceaccount.com"
+	sa := saJSON(t, email)
+	if _, err := e.svc.Register(ctx, apnsInput(keyPEM)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Register(ctx, RegisterInput{Key: fcmKey, Credentials: RawCredentials{FCM: &RawFCM{JSON: sa}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+
+	raw, err := os.ReadFile(filepath.Join(e.dir, "deliverysvc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saFields struct {
+		PrivateKey string `json:"private_key"`
+	}
+	json.Unmarshal([]byte(sa), &saFields)
+	secrets := map[string]string{"client email": email, "team id": "TEAM123456", "key id": "KEY1234567"}
+	for name, p := range map[string]string{"APNs key": keyPEM, "FCM key": saFields.PrivateKey} {
+		block, _ := pem.Decode([]byte(p))
+		secrets[name+" DER"] = string(block.Bytes[len(block.Bytes)-40:])
+		for i, line := range strings.Split(strings.TrimSpace(p), "\n") {
+			if i > 0 && len(line) >= 40 {
+				secrets[name+" PEM line"] = line[:40]
+				break
+			}
+		}
+	}
+	for name, s := range secrets {
+		if bytes.Contains(raw, []byte(s)) {
+			t.Errorf("the data file holds the %s in clear", name)
+		}
+	}
+	if !bytes.Contains(raw, []byte("com.example.app")) {
+		t.Fatal("the data file does not even hold the app id: is this the right file?")
+	}
+
+	// The right key reads them back; another key cannot start.
+	e.open(t)
+	app, c, err := e.store.Get(tenant.Default, apnsKey)
+	if err != nil || c.APNs.KeyPEM != keyPEM || app.Credentials.TeamID != "TEAM123456" {
+		t.Errorf("reading back: got %v, key equal=%v, team %q", err, c.APNs != nil && c.APNs.KeyPEM == keyPEM, app.Credentials.TeamID)
+	}
+	e.close()
+	e.key = bytes.Repeat([]byte{7}, 32)
+	db, _ := boltdb.Open(e.dir, "deliverysvc.db")
+	defer db.Close()
+	box, _ := secret.NewBox(e.key)
+	if _, err := OpenStore(db, box); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("another key: got %v, want a key mismatch error", err)
+	}
+	e.close = func() {}
+}
+
+func fieldsOf(t *testing.T, err error) []string {
+	t.Helper()
+	var ve *fault.ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("got %v, want a validation error", err)
+	}
+	var out []string
+	for _, v := range ve.Violations {
+		out = append(out, v.Field)
+	}
+	return out
+}
+
+func TestRegisterValidation(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	good := p8(t)
+	for _, tc := range []struct {
+		name  string
+		in    RegisterInput
+		field string
+	}{
+		{"no platform", RegisterInput{Key: delivery.AppKey{AppID: "com.x"}, Credentials: apnsInput(good).Credentials}, "key.platform"},
+		{"no app id", RegisterInput{Key: delivery.AppKey{Platform: commonv1.Platform_PLATFORM_APNS}, Credentials: apnsInput(good).Credentials}, "key.app_id"},
+		{"bad app id", RegisterInput{Key: delivery.AppKey{Platform: commonv1.Platform_PLATFORM_APNS, AppID: "com x"}, Credentials: apnsInput(good).Credentials}, "key.app_id"},
+		{"no credentials", RegisterInput{Key: apnsKey}, "credentials"},
+		{"FCM credentials for APNs", RegisterInput{Key: apnsKey, Credentials: RawCredentials{FCM: &RawFCM{JSON: "{}"}}}, "credentials.fcm_service_account"},
+		{"bad key", apnsInput("nope"), "credentials.apns_token.private_key_pem"},
+		{"environment on FCM", RegisterInput{Key: fcmKey, APNsEnvironment: commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX, Credentials: RawCredentials{FCM: &RawFCM{JSON: saJSON(t, "a@b")}}}, "apns_environment"},
+		{"negative rate", func() RegisterInput { in := apnsInput(good); in.RateLimit = -1; return in }(), "rate_limit_per_second"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.svc.Register(ctx, tc.in)
+			if got := fieldsOf(t, err); got[0] != tc.field {
+				t.Errorf("got fields %v, want %s first", got, tc.field)
+			}
+		})
+	}
+
+	if _, err := e.svc.Register(ctx, apnsInput(good)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Register(ctx, apnsInput(good)); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("second registration: got %v, want ErrAlreadyExists", err)
+	}
+	// The same bundle id is a different app on FCM, and in another tenant.
+	if _, err := e.svc.Register(tenant.With(ctx, "acme"), apnsInput(good)); err != nil {
+		t.Errorf("same app in another tenant: got %v, want registered", err)
+	}
+	if _, err := e.svc.Get(tenant.With(ctx, "beta"), apnsKey); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetApp in a third tenant: got %v, want ErrNotFound", err)
+	}
+}
+
+func TestRegisterLiveCheck(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		return &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs answered 403 InvalidProviderToken"}
+	}
+	_, err := e.svc.Register(ctx, apnsInput(p8(t)))
+	var rej *creds.RejectedError
+	if !errors.As(err, &rej) || !errors.Is(err, creds.ErrRejected) || !strings.Contains(rej.Detail, "InvalidProviderToken") {
+		t.Errorf("rejected: got %v, want a RejectedError naming the gateway's reason", err)
+	}
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		return errors.New("dial tcp: connection refused")
+	}
+	if _, err := e.svc.Register(ctx, apnsInput(p8(t))); !errors.Is(err, creds.ErrUnavailable) {
+		t.Errorf("unreachable gateway: got %v, want ErrUnavailable", err)
+	}
+	if _, err := e.svc.Get(ctx, apnsKey); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after failed checks: got %v, want nothing stored", err)
+	}
+}
+
+func TestRotationAndSuspension(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first, err := e.svc.Register(ctx, apnsInput(p8(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.APNsEnvironment != commonv1.ApnsEnvironment_APNS_ENVIRONMENT_PRODUCTION || first.State != StateActive {
+		t.Errorf("registered: got %v %v, want production, active", first.APNsEnvironment, first.State)
+	}
+	live, err := e.svc.App(ctx, apnsKey)
+	if err != nil || live.Suspended || live.Limiter.Limit() != rate.Limit(DefaultRateLimit) {
+		t.Fatalf("App: got %+v, %v; want active with the default limit", live, err)
+	}
+
+	// A send in flight on the old sender while the credentials rotate.
+	old := e.senders[0]
+	inSend, release := make(chan struct{}), make(chan struct{})
+	old.SendFunc = func(context.Context, []delivery.Push) []delivery.Attempt {
+		close(inSend)
+		<-release
+		return nil
+	}
+	go live.Sender.Send(ctx, nil)
+	<-inSend
+
+	if err := e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken"); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := e.svc.App(ctx, apnsKey); !a.Suspended || a.SuspendedDetail != "APNs 403 InvalidProviderToken" {
+		t.Errorf("after Suspend: got %+v, want suspended with the detail", a)
+	}
+	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateSuspended || got.SuspendedReason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Errorf("stored: got %v %v, want suspended INVALID_CREDENTIALS", got.State, got.SuspendedReason)
+	}
+
+	newPEM := p8(t)
+	updated, err := e.svc.UpdateCredentials(ctx, apnsKey, RawCredentials{APNs: &RawAPNs{KeyPEM: newPEM, KeyID: "KEY7654321", TeamID: "TEAM123456"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if updated.State != StateActive || updated.Credentials.KeyID != "KEY7654321" || updated.Credentials.Fingerprint == first.Credentials.Fingerprint {
+		t.Errorf("updated: got %v %q %s, want active with the new key", updated.State, updated.Credentials.KeyID, updated.Credentials.Fingerprint)
+	}
+	current, _ := e.svc.App(ctx, apnsKey)
+	if current.Suspended || current.Sender == live.Sender || len(e.senders) != 2 || e.senders[1].fp != updated.Credentials.Fingerprint {
+		t.Errorf("after rotation: got suspended=%v, new sender=%v; want active on a sender with the new key", current.Suspended, current.Sender != live.Sender)
+	}
+	if old.closed.Load() {
+		t.Error("the old sender closed while a send was still using it")
+	}
+	close(release)
+	waitUntil(t, "the old sender to close", old.closed.Load)
+
+	// Validate suspends on rejection and resumes on success.
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		return &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH, Detail: "APNs answered 400 TopicDisallowed"}
+	}
+	app, valid, detail, err := e.svc.Validate(ctx, apnsKey)
+	if err != nil || valid || app.State != StateSuspended || !strings.Contains(detail, "TopicDisallowed") {
+		t.Errorf("Validate rejected: got %v %v %q %v, want not valid, suspended, naming TopicDisallowed", app.State, valid, detail, err)
+	}
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error { return nil }
+	app, valid, _, err = e.svc.Validate(ctx, apnsKey)
+	if err != nil || !valid || app.State != StateActive {
+		t.Errorf("Validate passed: got %v %v %v, want valid and active", app.State, valid, err)
+	}
+	if a, _ := e.svc.App(ctx, apnsKey); a.Suspended {
+		t.Error("live app still suspended after a passing Validate")
+	}
+
+	if err := e.svc.Delete(ctx, apnsKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.App(ctx, apnsKey); !errors.Is(err, delivery.ErrAppNotFound) {
+		t.Errorf("after Delete: got %v, want ErrAppNotFound", err)
+	}
+	if err := e.svc.Delete(ctx, apnsKey); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete: got %v, want ErrNotFound", err)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestListPages(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	key := p8(t)
+	ids := []string{"com.c", "com.a", "com.b"}
+	for _, id := range ids {
+		in := apnsInput(key)
+		in.Key.AppID = id
+		if _, err := e.svc.Register(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.svc.Register(ctx, RegisterInput{Key: delivery.AppKey{Platform: commonv1.Platform_PLATFORM_FCM, AppID: "com.a"}, Credentials: RawCredentials{FCM: &RawFCM{JSON: saJSON(t, "x@y")}}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	token := ""
+	for page := 0; page < 5; page++ {
+		apps, next, err := e.svc.List(ctx, 2, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range apps {
+			got = append(got, platformSlug(a.Key.Platform)+"/"+a.Key.AppID)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	want := "apns/com.a apns/com.b apns/com.c fcm/com.a"
+	if strings.Join(got, " ") != want {
+		t.Errorf("got %v, want %s", got, want)
+	}
+	if _, _, err := e.svc.List(ctx, 0, "garbage!"); fieldsOf(t, err)[0] != "page_token" {
+		t.Errorf("bad page token: got %v", err)
+	}
+	if apps, _, _ := e.svc.List(tenant.With(ctx, "other"), 0, ""); len(apps) != 0 {
+		t.Errorf("other tenant lists %d apps, want 0", len(apps))
+	}
+}
+
+func TestCustomRateLimit(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	in := apnsInput(p8(t))
+	in.RateLimit = 50
+	if _, err := e.svc.Register(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	a, err := e.svc.App(ctx, apnsKey)
+	if err != nil || a.Limiter.Limit() != 50 || a.Limiter.Burst() != 50 {
+		t.Errorf("got limit %v burst %d (%v), want 50/s burst 50", a.Limiter.Limit(), a.Limiter.Burst(), err)
+	}
+}

@@ -1,0 +1,554 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"golang.org/x/time/rate"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
+)
+
+func TestSendToExplicitTokens(t *testing.T) {
+	h := newHarness(t)
+	spans := tracetest.NewSpanRecorder()
+	h.cfg.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	m := msg("k1", apnsTarget(1), apnsTarget(2), fcmTarget("fcm-1"))
+	m.JourneyID, m.MessageID = "j1", "m1"
+	results := h.send(context.Background(), []Message{m})
+
+	if len(results) != 3 {
+		t.Fatalf("got %d results, want 3", len(results))
+	}
+	done := 0
+	for _, r := range results {
+		if r.Status != StatusSent || r.GatewayID != "gw-"+r.Target.Token || r.Attempts != 1 {
+			t.Errorf("%s: got %v %q after %d attempts, want sent gw-<token> after 1", r.Target.Token, r.Status, r.GatewayID, r.Attempts)
+		}
+		if r.MessageID != "m1" || r.JourneyID != "j1" || r.IdempotencyKey != "k1" {
+			t.Errorf("got ids %q %q %q, want m1 j1 k1", r.MessageID, r.JourneyID, r.IdempotencyKey)
+		}
+		if r.MessageDone {
+			done++
+		}
+	}
+	if done != 1 || !results[len(results)-1].MessageDone {
+		t.Errorf("got MessageDone on %d results (last: %v), want exactly the last", done, results[len(results)-1].MessageDone)
+	}
+	if len(h.recorded) != 3 || len(h.remembered["k1"]) != 3 {
+		t.Errorf("got %d recorded and %d remembered, want 3 and 3", len(h.recorded), len(h.remembered["k1"]))
+	}
+
+	// The push carries the message span's traceparent.
+	ended := spans.Ended()
+	if len(ended) != 1 || ended[0].Name() != "delivery.message" {
+		t.Fatalf("got spans %v, want one delivery.message", ended)
+	}
+	sc := ended[0].SpanContext()
+	wantTP := "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-01"
+	var apnsPayload struct {
+		APS map[string]any    `json:"aps"`
+		PM  map[string]string `json:"pm"`
+	}
+	for _, p := range h.pushes {
+		switch p.Target.Platform {
+		case commonv1.Platform_PLATFORM_APNS:
+			if err := json.Unmarshal(p.APNs.Payload, &apnsPayload); err != nil {
+				t.Fatalf("APNs payload %s: %v", p.APNs.Payload, err)
+			}
+			if got := apnsPayload.PM; got["j"] != "j1" || got["m"] != "m1" || got["tp"] != wantTP {
+				t.Errorf("APNs tracking keys: got %v, want j1 m1 %s", got, wantTP)
+			}
+			if p.APNs.CollapseID != "m1" || p.APNs.Topic != apnsApp || p.APNs.PushType != "alert" {
+				t.Errorf("APNs request: got %+v, want collapse id m1, topic %s, alert", p.APNs, apnsApp)
+			}
+		case commonv1.Platform_PLATFORM_FCM:
+			d := p.FCM.Data
+			if d["pm_journey_id"] != "j1" || d["pm_message_id"] != "m1" || d["traceparent"] != wantTP || p.FCM.Token != "fcm-1" {
+				t.Errorf("FCM data: got %v (token %q), want j1 m1 %s fcm-1", d, p.FCM.Token, wantTP)
+			}
+			if p.FCM.Android.CollapseKey != "m1" || *p.FCM.Android.TTL != DefaultTTL {
+				t.Errorf("FCM android: got collapse key %q ttl %v, want m1 %v", p.FCM.Android.CollapseKey, *p.FCM.Android.TTL, DefaultTTL)
+			}
+		}
+	}
+}
+
+func TestErrorClasses(t *testing.T) {
+	gone := time.UnixMilli(1_700_000_000_000)
+	type want struct {
+		status   Status
+		reason   commonv1.FailureReason
+		attempts int
+	}
+	for _, tc := range []struct {
+		name     string
+		attempts []Attempt // per call; the last repeats
+		want     want
+		dead     bool
+		suspend  bool
+	}{
+		{"unregistered", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_UNREGISTERED, GatewayTime: gone}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_UNREGISTERED, 1}, true, false},
+		{"bad device token", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN, 1}, true, false},
+		{"not for topic", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_DEVICE_TOKEN_NOT_FOR_TOPIC}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_DEVICE_TOKEN_NOT_FOR_TOPIC, 1}, true, false},
+		{"invalid message", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE, 1}, false, false},
+		{"invalid credentials", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs 403 InvalidProviderToken"}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, 1}, false, true},
+		{"sender mismatch", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH}},
+			want{StatusFailed, commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH, 1}, false, true},
+		{"unavailable then sent", []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE}, {Reason: commonv1.FailureReason_FAILURE_REASON_NETWORK}, {GatewayID: "ok"}},
+			want{StatusSent, commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, 3}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var calls atomic.Int32
+			h.sender.SendFunc = func(_ context.Context, pushes []Push) []Attempt {
+				i := int(calls.Add(1)) - 1
+				a := tc.attempts[min(i, len(tc.attempts)-1)]
+				return []Attempt{a}
+			}
+			results := h.send(context.Background(), []Message{msg("k", apnsTarget(1))})
+			r := results[0]
+			if got := (want{r.Status, r.Reason, r.Attempts}); got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+			if int(calls.Load()) != tc.want.attempts {
+				t.Errorf("got %d gateway calls, want %d", calls.Load(), tc.want.attempts)
+			}
+			if got := len(h.dead) == 1; got != tc.dead {
+				t.Errorf("reported dead: got %v (%v), want %v", got, h.dead, tc.dead)
+			}
+			if tc.dead && tc.name == "unregistered" && !h.dead[0].GatewayTime.Equal(gone) {
+				t.Errorf("dead token time: got %v, want the gateway's %v", h.dead[0].GatewayTime, gone)
+			}
+			if got := len(h.suspended) == 1; got != tc.suspend {
+				t.Errorf("suspended: got %v, want %v", got, tc.suspend)
+			}
+		})
+	}
+}
+
+func TestRetryHonoursRetryAfter(t *testing.T) {
+	h := newHarness(t)
+	const retryAfter = 200 * time.Millisecond
+	var times []time.Time
+	h.sender.SendFunc = func(_ context.Context, pushes []Push) []Attempt {
+		times = append(times, time.Now())
+		if len(times) == 1 {
+			return []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_RATE_LIMITED, RetryAfter: retryAfter}}
+		}
+		return []Attempt{{GatewayID: "ok"}}
+	}
+	results := h.send(context.Background(), []Message{msg("k", apnsTarget(1))})
+	if r := results[0]; r.Status != StatusSent || r.Attempts != 2 {
+		t.Fatalf("got %v after %d attempts, want sent after 2", r.Status, r.Attempts)
+	}
+	if gap := times[1].Sub(times[0]); gap < retryAfter {
+		t.Errorf("retry came %v after the first attempt, want at least the Retry-After %v", gap, retryAfter)
+	}
+}
+
+func TestRetriesStopAtTheTTL(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.RetryInitial, h.cfg.RetryMax = 20*time.Millisecond, time.Second
+	var calls atomic.Int32
+	h.sender.SendFunc = func(_ context.Context, pushes []Push) []Attempt {
+		calls.Add(1)
+		return []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE, Detail: "APNs 503 ServiceUnavailable", RetryAfter: 30 * time.Millisecond}}
+	}
+	m := msg("k", apnsTarget(1))
+	m.TTL = 100 * time.Millisecond
+	results := h.send(context.Background(), []Message{m})
+	r := results[0]
+	if r.Status != StatusFailed || r.Reason != commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE {
+		t.Fatalf("got %v %v, want failed GATEWAY_UNAVAILABLE", r.Status, r.Reason)
+	}
+	if !strings.Contains(r.Detail, "TTL") || !strings.Contains(r.Detail, "503") {
+		t.Errorf("detail %q: want the gateway's words and the TTL", r.Detail)
+	}
+	if r.Attempts < 2 || int(calls.Load()) != r.Attempts {
+		t.Errorf("got %d attempts (%d calls), want at least 2, one per call", r.Attempts, calls.Load())
+	}
+}
+
+func TestSuspendedAppFailsFast(t *testing.T) {
+	h := newHarness(t)
+	var calls atomic.Int32
+	h.sender.SendFunc = func(_ context.Context, pushes []Push) []Attempt {
+		calls.Add(1)
+		out := make([]Attempt, len(pushes))
+		for i := range out {
+			out[i] = Attempt{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs 403 InvalidProviderToken"}
+		}
+		return out
+	}
+	var suspends atomic.Int32
+	suspend := h.apps.SuspendFunc
+	h.apps.SuspendFunc = func(ctx context.Context, key AppKey, reason commonv1.FailureReason, detail string) error {
+		suspends.Add(1)
+		return suspend(ctx, key, reason, detail)
+	}
+	first := h.send(context.Background(), []Message{msg("k1", apnsTarget(1), apnsTarget(2))})
+	for _, r := range first {
+		if r.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+			t.Errorf("first message: got %v, want INVALID_CREDENTIALS", r.Reason)
+		}
+	}
+	if suspends.Load() != 1 {
+		t.Errorf("got %d Suspend calls, want 1", suspends.Load())
+	}
+	second := h.send(context.Background(), []Message{msg("k2", apnsTarget(3))})
+	if r := second[0]; r.Reason != commonv1.FailureReason_FAILURE_REASON_APP_SUSPENDED || r.Attempts != 0 || !strings.Contains(r.Detail, "InvalidProviderToken") {
+		t.Errorf("second message: got %v after %d attempts (%q), want APP_SUSPENDED after 0 naming the cause", r.Reason, r.Attempts, r.Detail)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("got %d gateway calls, want 1 (none once suspended)", calls.Load())
+	}
+}
+
+func TestPayloadLimits(t *testing.T) {
+	big := strings.Repeat("x", 4500)
+	for _, tc := range []struct {
+		name   string
+		target Target
+		change func(m *Message)
+		sent   bool
+		limit  string
+	}{
+		{"APNs alert over 4096", apnsTarget(1), func(m *Message) { m.Notification.Body = big }, false, "4096"},
+		{"APNs VoIP under 5120", apnsTarget(1), func(m *Message) { m.Notification.Body = big; m.APNs.PushType = APNsPushTypeVoIP }, true, ""},
+		{"APNs VoIP over 5120", apnsTarget(1), func(m *Message) {
+			m.Notification.Body = big + strings.Repeat("y", 800)
+			m.APNs.PushType = APNsPushTypeVoIP
+		}, false, "5120"},
+		{"FCM over 4096", fcmTarget("f1"), func(m *Message) { m.Notification.Body = big }, false, "4096"},
+		{"FCM under 4096", fcmTarget("f1"), func(m *Message) { m.Notification.Body = strings.Repeat("x", 3800) }, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			m := msg("k", tc.target)
+			tc.change(&m)
+			r := h.send(context.Background(), []Message{m})[0]
+			if tc.sent {
+				if r.Status != StatusSent {
+					t.Errorf("got %v %v %q, want sent", r.Status, r.Reason, r.Detail)
+				}
+				return
+			}
+			if r.Reason != commonv1.FailureReason_FAILURE_REASON_PAYLOAD_TOO_LARGE || !strings.Contains(r.Detail, tc.limit) || r.Attempts != 0 {
+				t.Errorf("got %v %q after %d attempts, want PAYLOAD_TOO_LARGE naming %s, not sent", r.Reason, r.Detail, r.Attempts, tc.limit)
+			}
+			if len(h.pushes) != 0 {
+				t.Errorf("got %d pushes sent, want none", len(h.pushes))
+			}
+		})
+	}
+}
+
+func TestProfileTargets(t *testing.T) {
+	profile := func(key string) Message {
+		return Message{IdempotencyKey: key, Profile: &ProfileTarget{ProfileID: "p1"}, Notification: Notification{Title: "Hi"}}
+	}
+	t.Run("tokens resolved", func(t *testing.T) {
+		h := newHarness(t)
+		h.resolver.ProfileTokensFunc = func(_ context.Context, pt ProfileTarget) ([]Target, error) {
+			if pt.ProfileID != "p1" {
+				t.Errorf("resolved %q, want p1", pt.ProfileID)
+			}
+			return []Target{apnsTarget(1), fcmTarget("f1")}, nil
+		}
+		results := h.send(context.Background(), []Message{profile("k")})
+		if len(results) != 2 {
+			t.Fatalf("got %d results, want 2", len(results))
+		}
+		for _, r := range results {
+			if r.Status != StatusSent || r.Target.ProfileID != "p1" {
+				t.Errorf("got %v for profile %q, want sent for p1", r.Status, r.Target.ProfileID)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name      string
+		resolve   func() ([]Target, error)
+		status    Status
+		exclusion commonv1.ExclusionReason
+		reason    commonv1.FailureReason
+	}{
+		{"profile not found", func() ([]Target, error) { return nil, ErrProfileNotFound }, StatusExcluded, commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, 0},
+		{"no tokens", func() ([]Target, error) { return nil, nil }, StatusExcluded, commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, 0},
+		{"profilesvc down", func() ([]Target, error) { return nil, errors.New("connection refused") }, StatusFailed, 0, commonv1.FailureReason_FAILURE_REASON_NETWORK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var calls atomic.Int32
+			h.resolver.ProfileTokensFunc = func(context.Context, ProfileTarget) ([]Target, error) {
+				calls.Add(1)
+				return tc.resolve()
+			}
+			results := h.send(context.Background(), []Message{profile("k")})
+			if len(results) != 1 {
+				t.Fatalf("got %d results, want 1 message-level result", len(results))
+			}
+			r := results[0]
+			if r.Status != tc.status || r.Exclusion != tc.exclusion || r.Reason != tc.reason || r.Target.Token != "" || !r.MessageDone {
+				t.Errorf("got %v %v %v token %q, want %v %v %v without a token", r.Status, r.Exclusion, r.Reason, r.Target.Token, tc.status, tc.exclusion, tc.reason)
+			}
+			if tc.reason == commonv1.FailureReason_FAILURE_REASON_NETWORK && int(calls.Load()) != 4 {
+				t.Errorf("got %d profilesvc calls, want 4 (ResolveAttempts)", calls.Load())
+			}
+		})
+	}
+}
+
+func TestUnregisteredApps(t *testing.T) {
+	h := newHarness(t)
+	h.apps.AppFunc = func(context.Context, AppKey) (App, error) { return App{}, ErrAppNotFound }
+	h.resolver.ProfileTokensFunc = func(context.Context, ProfileTarget) ([]Target, error) { return []Target{apnsTarget(1)}, nil }
+	results := h.send(context.Background(), []Message{
+		msg("explicit", apnsTarget(2)),
+		{IdempotencyKey: "profile", Profile: &ProfileTarget{ProfileID: "p1"}, Notification: Notification{Body: "x"}},
+	})
+	for _, r := range results {
+		switch r.IdempotencyKey {
+		case "explicit":
+			if r.Status != StatusFailed || r.Reason != commonv1.FailureReason_FAILURE_REASON_APP_NOT_FOUND {
+				t.Errorf("explicit token: got %v %v, want failed APP_NOT_FOUND", r.Status, r.Reason)
+			}
+		case "profile":
+			if r.Status != StatusExcluded || r.Exclusion != commonv1.ExclusionReason_EXCLUSION_REASON_APP_NOT_REGISTERED {
+				t.Errorf("profile token: got %v %v, want excluded APP_NOT_REGISTERED", r.Status, r.Exclusion)
+			}
+		}
+	}
+}
+
+func TestMalformedTokenFailsAlone(t *testing.T) {
+	h := newHarness(t)
+	bad := Target{Token: "not-hex!", Platform: commonv1.Platform_PLATFORM_APNS, AppID: apnsApp}
+	results := byToken(h.send(context.Background(), []Message{msg("k", bad, apnsTarget(1))}))
+	if r := results["not-hex!"]; r.Reason != commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN || r.Attempts != 0 {
+		t.Errorf("malformed token: got %v after %d attempts, want BAD_DEVICE_TOKEN unsent", r.Reason, r.Attempts)
+	}
+	if r := results[apnsToken(1)]; r.Status != StatusSent {
+		t.Errorf("good token: got %v, want sent", r.Status)
+	}
+	if len(h.dead) != 0 {
+		t.Errorf("got %d dead tokens reported, want 0: only gateway verdicts are reported", len(h.dead))
+	}
+}
+
+func TestIdempotency(t *testing.T) {
+	h := newHarness(t)
+	first := h.send(context.Background(), []Message{msg("k", apnsTarget(1))})
+	again := h.send(context.Background(), []Message{msg("k", apnsTarget(1)), msg("k", apnsTarget(1))})
+	if len(h.pushes) != 1 {
+		t.Fatalf("got %d pushes, want 1", len(h.pushes))
+	}
+	if len(again) != 2 {
+		t.Fatalf("got %d results for two resends, want 2", len(again))
+	}
+	for _, r := range again {
+		if !r.Duplicate || r.GatewayID != first[0].GatewayID || r.Status != StatusSent || !r.MessageDone {
+			t.Errorf("resend: got duplicate=%v %q %v, want the first outcome %q marked duplicate", r.Duplicate, r.GatewayID, r.Status, first[0].GatewayID)
+		}
+	}
+
+	// Two copies in flight at once: one send, one waits for its outcome.
+	h2 := newHarness(t)
+	release := make(chan struct{})
+	send := h2.sender.SendFunc
+	h2.sender.SendFunc = func(ctx context.Context, pushes []Push) []Attempt {
+		<-release
+		return send(ctx, pushes)
+	}
+	go func() { time.Sleep(20 * time.Millisecond); close(release) }()
+	results := h2.send(context.Background(), []Message{msg("same", apnsTarget(1))}, []Message{msg("same", apnsTarget(1))})
+	dups := 0
+	for _, r := range results {
+		if r.Duplicate {
+			dups++
+		}
+	}
+	if len(h2.pushes) != 1 || len(results) != 2 || dups != 1 {
+		t.Errorf("concurrent copies: got %d pushes, %d results, %d duplicates; want 1, 2, 1", len(h2.pushes), len(results), dups)
+	}
+}
+
+func TestInvalidMessagesAreNotRemembered(t *testing.T) {
+	h := newHarness(t)
+	bad := msg("k", apnsTarget(1))
+	bad.Notification.Data = map[string]string{"aps": "x"}
+	r := h.send(context.Background(), []Message{bad})[0]
+	if r.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE || !strings.Contains(r.Detail, `messages[0].notification.data["aps"]`) {
+		t.Errorf("got %v %q, want INVALID_MESSAGE naming messages[0].notification.data[\"aps\"]", r.Reason, r.Detail)
+	}
+	if len(h.remembered) != 0 || len(h.recorded) != 0 {
+		t.Errorf("got %d remembered and %d recorded, want none for an invalid message", len(h.remembered), len(h.recorded))
+	}
+	fixed := h.send(context.Background(), []Message{msg("k", apnsTarget(1))})
+	if fixed[0].Status != StatusSent || fixed[0].Duplicate {
+		t.Errorf("fixed message with the same key: got %v duplicate=%v, want sent, not a duplicate", fixed[0].Status, fixed[0].Duplicate)
+	}
+}
+
+func TestSubmitRejectsUnusableBatches(t *testing.T) {
+	h := newHarness(t)
+	s := h.pipeline().Open(context.Background(), func(Result) {})
+	defer s.Close()
+	for _, tc := range []struct {
+		name  string
+		batch []Message
+		field string
+	}{
+		{"empty", nil, "messages"},
+		{"missing key", []Message{msg("ok", apnsTarget(1)), msg("", apnsTarget(2))}, "messages[1].idempotency_key"},
+		{"long key", []Message{msg(strings.Repeat("k", 300), apnsTarget(1))}, "messages[0].idempotency_key"},
+		{"too many", make([]Message, 1001), "messages"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := s.Submit(tc.batch)
+			var ve *fault.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("got %v, want a validation error", err)
+			}
+			if ve.Violations[0].Field != tc.field {
+				t.Errorf("got field %q, want %q", ve.Violations[0].Field, tc.field)
+			}
+		})
+	}
+}
+
+func TestBackpressure(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 4
+	var inFlight, maxInFlight, completed atomic.Int32
+	release := make(chan struct{})
+	h.sender.SendFunc = func(_ context.Context, pushes []Push) []Attempt {
+		n := inFlight.Add(1)
+		for {
+			m := maxInFlight.Load()
+			if n <= m || maxInFlight.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-release
+		inFlight.Add(-1)
+		completed.Add(1)
+		return []Attempt{{GatewayID: "ok"}}
+	}
+	p := h.pipeline()
+	s := p.Open(context.Background(), func(Result) {})
+	batch := make([]Message, 10)
+	for i := range batch {
+		batch[i] = msg(string(rune('a'+i)), apnsTarget(i))
+	}
+	submitted := make(chan int32)
+	go func() {
+		if err := s.Submit(batch); err != nil {
+			t.Error(err)
+		}
+		submitted <- completed.Load()
+	}()
+	var atReturn int32
+	for i := 0; i < 10; i++ {
+		release <- struct{}{}
+		if i == 9 {
+			atReturn = <-submitted
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := maxInFlight.Load(); got > 4 {
+		t.Errorf("got %d sends in flight at once, want at most 4", got)
+	}
+	// Ten messages through four slots: the tenth is admitted only after
+	// six have completed.
+	if atReturn < 6 {
+		t.Errorf("Submit returned after %d completions, want at least 6", atReturn)
+	}
+}
+
+func TestCancelledSession(t *testing.T) {
+	h := newHarness(t)
+	h.sender.SendFunc = func(context.Context, []Push) []Attempt {
+		return []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE, RetryAfter: time.Hour}}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var results []Result
+	var mu sync.Mutex
+	s := h.pipeline().Open(ctx, func(r Result) {
+		mu.Lock()
+		results = append(results, r)
+		mu.Unlock()
+	})
+	if err := s.Submit([]Message{msg("k", apnsTarget(1))}); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(20*time.Millisecond, cancel)
+	s.Close()
+	if len(results) != 1 || results[0].Reason != commonv1.FailureReason_FAILURE_REASON_CANCELLED {
+		t.Fatalf("got %v, want one CANCELLED result", results)
+	}
+	if len(h.remembered) != 0 || len(h.recorded) != 0 {
+		t.Errorf("got %d remembered, %d recorded; want none for a cancelled message", len(h.remembered), len(h.recorded))
+	}
+}
+
+func TestRateLimitBoundedByTTL(t *testing.T) {
+	h := newHarness(t)
+	limiter := rate.NewLimiter(1, 1) // one push a second
+	appFunc := h.apps.AppFunc
+	h.apps.AppFunc = func(ctx context.Context, key AppKey) (App, error) {
+		a, err := appFunc(ctx, key)
+		a.Limiter = limiter
+		return a, err
+	}
+	m1, m2 := msg("k1", apnsTarget(1)), msg("k2", apnsTarget(2))
+	m1.TTL, m2.TTL = 100*time.Millisecond, 100*time.Millisecond
+	results := h.send(context.Background(), []Message{m1, m2})
+	// Whichever takes the limiter first is sent; the other would wait a
+	// second, past its 100ms TTL.
+	count := map[string]int{}
+	for _, r := range results {
+		count[r.Status.String()+" "+r.Reason.String()]++
+	}
+	want := map[string]int{"sent FAILURE_REASON_UNSPECIFIED": 1, "failed FAILURE_REASON_TTL_EXPIRED": 1}
+	if len(count) != 2 || count["sent FAILURE_REASON_UNSPECIFIED"] != 1 || count["failed FAILURE_REASON_TTL_EXPIRED"] != 1 {
+		t.Errorf("got %v, want %v", count, want)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	p := New(Config{RetryInitial: 100 * time.Millisecond, RetryMax: time.Second}, Deps{})
+	for _, tc := range []struct {
+		attempt    int
+		retryAfter time.Duration
+		lo, hi     time.Duration
+	}{
+		{1, 0, 50 * time.Millisecond, 100 * time.Millisecond},
+		{2, 0, 100 * time.Millisecond, 200 * time.Millisecond},
+		{4, 0, 400 * time.Millisecond, 800 * time.Millisecond},
+		{10, 0, 500 * time.Millisecond, time.Second},
+		{1, 3 * time.Second, 3 * time.Second, 3 * time.Second},
+	} {
+		for i := 0; i < 20; i++ {
+			if d := p.backoff(tc.attempt, tc.retryAfter); d < tc.lo || d > tc.hi {
+				t.Errorf("backoff(%d, %v): got %v, want in [%v, %v]", tc.attempt, tc.retryAfter, d, tc.lo, tc.hi)
+			}
+		}
+	}
+}

@@ -1,0 +1,373 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"firebase.google.com/go/v4/messaging"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/emulator/apns"
+	"github.com/pushmesh/pushmesh/emulator/fcm"
+	"github.com/pushmesh/pushmesh/emulator/tlsca"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+)
+
+const (
+	teamID   = "TEAM123456"
+	keyID    = "KEY1234567"
+	bundleID = "com.example.app"
+	project  = "proj-1"
+)
+
+type emulators struct {
+	apns *apns.Server
+	fcm  *fcm.Server
+	gw   *Gateways
+}
+
+func start(t *testing.T) *emulators {
+	t.Helper()
+	ca, err := tlsca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := apns.Start(apns.Options{CA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	f, err := fcm.Start(fcm.Options{CA: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	gw, err := New(Config{APNsURL: a.URL(), FCMEndpoint: f.URL() + "/v1", ExtraCAPEM: ca.CertPEM(), FCMLinger: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &emulators{apns: a, fcm: f, gw: gw}
+}
+
+func (e *emulators) apnsCreds(t *testing.T, team, kid, topic string) creds.Credentials {
+	t.Helper()
+	p8, _, err := e.apns.NewProviderKey(team, kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if topic != "" {
+		e.apns.RegisterTopic(team, topic)
+	}
+	c, err := creds.ParseAPNs(string(p8), kid, team, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds.Credentials{APNs: c}
+}
+
+func (e *emulators) fcmCreds(t *testing.T) creds.Credentials {
+	t.Helper()
+	sa, _, err := e.fcm.NewServiceAccount(project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := creds.ParseFCM(string(sa), "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds.Credentials{FCM: c}
+}
+
+var (
+	apnsKey = delivery.AppKey{Platform: commonv1.Platform_PLATFORM_APNS, AppID: bundleID}
+	fcmKey  = delivery.AppKey{Platform: commonv1.Platform_PLATFORM_FCM, AppID: "com.example.android"}
+	sandbox = commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX
+)
+
+func TestCheckAPNs(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	if err := e.gw.Check(ctx, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID)); err != nil {
+		t.Errorf("registered key and topic: got %v, want accepted", err)
+	}
+
+	// A key Apple does not know: 403 InvalidProviderToken.
+	unknown := e.apnsCreds(t, teamID, "KEY0000001", bundleID)
+	e.apns.RegisterKey(teamID, "KEY0000001", &e.apnsCreds(t, "TEAM999999", "KEY9999999", "").APNs.Key.PublicKey)
+	var rej *creds.RejectedError
+	if err := e.gw.Check(ctx, apnsKey, sandbox, unknown); !errors.As(err, &rej) ||
+		rej.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS || !strings.Contains(rej.Detail, "403 InvalidProviderToken") {
+		t.Errorf("unknown key: got %v, want rejected with 403 InvalidProviderToken", err)
+	}
+	// A team that may not push to the topic.
+	other := e.apnsCreds(t, "TEAM777777", "KEY7777777", "com.other.app")
+	if err := e.gw.Check(ctx, apnsKey, sandbox, other); !errors.As(err, &rej) ||
+		rej.Reason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH || !strings.Contains(rej.Detail, "TopicDisallowed") {
+		t.Errorf("foreign topic: got %v, want rejected as SENDER_MISMATCH naming TopicDisallowed", err)
+	}
+	// A gateway that is down cannot say.
+	e.apns.SetAvailable(false)
+	if err := e.gw.Check(ctx, apnsKey, sandbox, e.apnsCreds(t, teamID, "KEY2222222", bundleID)); !errors.Is(err, creds.ErrUnavailable) {
+		t.Errorf("gateway down: got %v, want ErrUnavailable", err)
+	}
+}
+
+func TestCheckFCM(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	good := e.fcmCreds(t)
+	before := e.fcm.Count()
+	if err := e.gw.Check(ctx, fcmKey, 0, good); err != nil {
+		t.Fatalf("registered service account: got %v, want accepted", err)
+	}
+	after := e.fcm.Count()
+	if after.TokensIssued != before.TokensIssued+1 || after.Validated != before.Validated+1 || after.Delivered != before.Delivered {
+		t.Errorf("got %d token exchanges, %d dry runs, %d deliveries; want one exchange and one validate_only send, nothing delivered",
+			after.TokensIssued-before.TokensIssued, after.Validated-before.Validated, after.Delivered-before.Delivered)
+	}
+
+	// A service account the token endpoint does not know: invalid_grant.
+	stranger := e.fcmCreds(t)
+	stranger.FCM.JSON = []byte(strings.Replace(string(stranger.FCM.JSON), stranger.FCM.ClientEmail, "nobody@proj-1.iam.gserviceaccount.com", 1))
+	var rej *creds.RejectedError
+	if err := e.gw.Check(ctx, fcmKey, 0, stranger); !errors.As(err, &rej) || !strings.Contains(rej.Detail, "invalid_grant") {
+		t.Errorf("unknown service account: got %v, want rejected naming invalid_grant", err)
+	}
+	// A refusal on the send itself.
+	e.fcm.SetTokenOutcome(checkFCMToken, fcm.ErrSenderIDMismatch)
+	if err := e.gw.Check(ctx, fcmKey, 0, good); !errors.As(err, &rej) || rej.Reason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH {
+		t.Errorf("sender mismatch: got %v, want rejected as SENDER_MISMATCH", err)
+	}
+}
+
+func apnsPush(token string) delivery.Push {
+	return delivery.Push{
+		Target: delivery.Target{Token: token, Platform: commonv1.Platform_PLATFORM_APNS, AppID: bundleID},
+		APNs:   &delivery.APNsPush{Topic: bundleID, PushType: "alert", Payload: []byte(`{"aps":{"alert":"hi"}}`), CollapseID: "m1", Expiration: time.Now().Add(time.Hour)},
+	}
+}
+
+func TestAPNsAnswersAreClassified(t *testing.T) {
+	e := start(t)
+	s, err := e.gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	token := func(i int) string { return strings.Repeat("0", 62) + string(rune('a'+i/10)) + string(rune('0'+i%10)) }
+	gone := time.UnixMilli(1_700_000_000_000)
+	cases := []struct {
+		outcome string
+		want    commonv1.FailureReason
+	}{
+		{"", commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED},
+		{apns.ReasonBadDeviceToken, commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN},
+		{apns.ReasonUnregistered, commonv1.FailureReason_FAILURE_REASON_UNREGISTERED},
+		{apns.ReasonExpiredToken, commonv1.FailureReason_FAILURE_REASON_EXPIRED_TOKEN},
+		{apns.ReasonDeviceTokenNotForTopic, commonv1.FailureReason_FAILURE_REASON_DEVICE_TOKEN_NOT_FOR_TOPIC},
+		{apns.ReasonTooManyRequests, commonv1.FailureReason_FAILURE_REASON_RATE_LIMITED},
+		{apns.ReasonInternalServerError, commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE},
+		{apns.ReasonServiceUnavailable, commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE},
+		{apns.ReasonPayloadTooLarge, commonv1.FailureReason_FAILURE_REASON_PAYLOAD_TOO_LARGE},
+		{apns.ReasonBadCollapseID, commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE},
+	}
+	pushes := make([]delivery.Push, len(cases))
+	for i, c := range cases {
+		pushes[i] = apnsPush(token(i))
+		switch c.outcome {
+		case "":
+		case apns.ReasonUnregistered:
+			e.apns.MarkUnregistered(token(i), gone)
+		default:
+			if err := e.apns.SetTokenOutcome(token(i), c.outcome); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	attempts := s.Send(context.Background(), pushes)
+	for i, c := range cases {
+		a := attempts[i]
+		if a.Reason != c.want {
+			t.Errorf("%q: got %v (%s), want %v", c.outcome, a.Reason, a.Detail, c.want)
+		}
+		if c.outcome == "" && a.GatewayID == "" {
+			t.Errorf("accepted push has no apns-id")
+		}
+		if c.outcome != "" && !strings.Contains(a.Detail, c.outcome) {
+			t.Errorf("%q: detail %q does not name the reason", c.outcome, a.Detail)
+		}
+		if c.outcome == apns.ReasonUnregistered && !a.GatewayTime.Equal(gone.Truncate(time.Second)) {
+			t.Errorf("410 timestamp: got %v, want %v", a.GatewayTime, gone)
+		}
+	}
+	// The push that was accepted arrived as sent.
+	got := e.apns.ReceivedFor(token(0))
+	if len(got) != 1 || got[0].CollapseID != "m1" || got[0].Topic != bundleID || got[0].PushType != "alert" || got[0].Priority != "" {
+		t.Errorf("received: got %+v, want one alert with collapse id m1 and the default priority", got)
+	}
+}
+
+func TestAPNsRetryAfterAndCredentials(t *testing.T) {
+	e := start(t)
+	c := e.apnsCreds(t, teamID, keyID, bundleID)
+	s, err := e.gw.Open(apnsKey, sandbox, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := e.apns.SetFaults(apns.Faults{TooManyRequestsRate: 1, RetryAfter: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	a := s.Send(context.Background(), []delivery.Push{apnsPush(strings.Repeat("1", 64))})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_RATE_LIMITED || a.RetryAfter != 3*time.Second {
+		t.Errorf("429: got %v with Retry-After %v, want RATE_LIMITED with 3s", a.Reason, a.RetryAfter)
+	}
+	e.apns.SetFaults(apns.Faults{})
+
+	// Apple no longer knows the key: 403.
+	e.apns.RegisterKey(teamID, keyID, &e.apnsCreds(t, "TEAM999999", "KEY9999999", "").APNs.Key.PublicKey)
+	a = s.Send(context.Background(), []delivery.Push{apnsPush(strings.Repeat("1", 64))})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS || !strings.Contains(a.Detail, "InvalidProviderToken") {
+		t.Errorf("unknown key: got %v %q, want INVALID_CREDENTIALS naming InvalidProviderToken", a.Reason, a.Detail)
+	}
+}
+
+func TestAPNsNetworkErrors(t *testing.T) {
+	e := start(t)
+	s, err := e.gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := e.apns.SetFaults(apns.Faults{DropEvery: 1, DropMode: "close"}); err != nil {
+		t.Fatal(err)
+	}
+	token := strings.Repeat("2", 64)
+	a := s.Send(context.Background(), []delivery.Push{apnsPush(token)})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_NETWORK {
+		t.Errorf("dropped connection: got %v %q, want NETWORK", a.Reason, a.Detail)
+	}
+	if strings.Contains(a.Detail, token) {
+		t.Errorf("network error detail quotes the device token: %q", a.Detail)
+	}
+}
+
+func fcmPush(token string) delivery.Push {
+	ttl := time.Hour
+	return delivery.Push{
+		Target: delivery.Target{Token: token, Platform: commonv1.Platform_PLATFORM_FCM, AppID: fcmKey.AppID},
+		FCM:    fcmMessage(token, ttl),
+	}
+}
+
+func TestFCMAnswersAreClassified(t *testing.T) {
+	e := start(t)
+	s, err := e.gw.Open(fcmKey, 0, e.fcmCreds(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cases := []struct {
+		outcome string
+		want    commonv1.FailureReason
+	}{
+		{"", commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED},
+		{fcm.ErrUnregistered, commonv1.FailureReason_FAILURE_REASON_UNREGISTERED},
+		{fcm.ErrInvalidArgument, commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN},
+		{fcm.ErrSenderIDMismatch, commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH},
+		{fcm.ErrQuotaExceeded, commonv1.FailureReason_FAILURE_REASON_RATE_LIMITED},
+		{fcm.ErrInternal, commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE},
+		{fcm.ErrThirdPartyAuthError, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS},
+	}
+	pushes := make([]delivery.Push, len(cases))
+	for i, c := range cases {
+		token := "device-" + string(rune('a'+i))
+		pushes[i] = fcmPush(token)
+		if c.outcome != "" {
+			if err := e.fcm.SetTokenOutcome(token, c.outcome); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	attempts := s.Send(context.Background(), pushes)
+	for i, c := range cases {
+		if a := attempts[i]; a.Reason != c.want {
+			t.Errorf("%q: got %v (%s), want %v", c.outcome, a.Reason, a.Detail, c.want)
+		} else if c.outcome == "" && !strings.HasPrefix(a.GatewayID, "projects/proj-1/messages/") {
+			t.Errorf("accepted message: gateway id %q, want the FCM message name", a.GatewayID)
+		}
+	}
+	// QUOTA_EXCEEDED carries the Retry-After.
+	if err := e.fcm.SetFaults(fcm.Faults{TooManyRequestsRate: 1, RetryAfter: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	a := s.Send(context.Background(), []delivery.Push{fcmPush("device-q")})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_RATE_LIMITED || a.RetryAfter != 2*time.Second {
+		t.Errorf("quota: got %v Retry-After %v, want RATE_LIMITED 2s", a.Reason, a.RetryAfter)
+	}
+	e.fcm.SetFaults(fcm.Faults{})
+	// Revoked access tokens: a credentials problem.
+	e.fcm.RevokeAccessTokens()
+	if a := s.Send(context.Background(), []delivery.Push{fcmPush("device-r")})[0]; a.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Errorf("revoked token: got %v %q, want INVALID_CREDENTIALS", a.Reason, a.Detail)
+	}
+}
+
+func TestFCMChunksOfAtMost500(t *testing.T) {
+	e := start(t)
+	spans := tracetest.NewSpanRecorder()
+	e.gw.tracer = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)).Tracer(tracerName)
+	s, err := e.gw.Open(fcmKey, 0, e.fcmCreds(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pushes := make([]delivery.Push, 1201)
+	for i := range pushes {
+		pushes[i] = fcmPush("device-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)))
+	}
+	for _, a := range s.Send(context.Background(), pushes) {
+		if a.Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+			t.Fatalf("got %v %s, want every message sent", a.Reason, a.Detail)
+		}
+	}
+	if got := e.fcm.Count().Delivered; got != 1201 {
+		t.Errorf("emulator delivered %d, want 1201", got)
+	}
+	total := 0
+	for _, sp := range spans.Ended() {
+		if sp.Name() != "fcm.send_each" {
+			continue
+		}
+		for _, kv := range sp.Attributes() {
+			if kv.Key == "pushmesh.messages" {
+				if n := kv.Value.AsInt64(); n > 500 {
+					t.Errorf("a SendEach call had %d messages, want at most 500", n)
+				} else {
+					total += int(n)
+				}
+			}
+		}
+		if len(sp.Events()) > 0 {
+			t.Errorf("chunk span has events %v: a chunk was refused", sp.Events())
+		}
+	}
+	if total != 1201 {
+		t.Errorf("SendEach calls covered %d messages, want 1201", total)
+	}
+}
+
+func fcmMessage(token string, ttl time.Duration) *messaging.Message {
+	return &messaging.Message{
+		Token:        token,
+		Data:         map[string]string{"pm_message_id": "m1"},
+		Notification: &messaging.Notification{Title: "Hi", Body: "there"},
+		Android:      &messaging.AndroidConfig{CollapseKey: "m1", TTL: &ttl},
+	}
+}

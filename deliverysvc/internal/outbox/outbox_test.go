@@ -1,0 +1,182 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/buckets"
+	"github.com/pushmesh/pushmesh/servicekit/boltdb"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
+)
+
+func openDB(t *testing.T, dir string) *bolt.DB {
+	t.Helper()
+	db, err := boltdb.Open(dir, "test.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := buckets.Create(db); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// remote is a fake receiver that can be switched off.
+type remote struct {
+	mu       sync.Mutex
+	down     bool
+	got      map[string][]string // tenant → records, in order
+	calls    int
+	received chan struct{}
+}
+
+func newRemote() *remote {
+	return &remote{got: map[string][]string{}, received: make(chan struct{}, 1000)}
+}
+
+func (r *remote) deliver(ctx context.Context, tenantID string, records [][]byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.down {
+		return errors.New("remote down")
+	}
+	if got := tenant.FromContext(ctx); got != tenantID {
+		return fmt.Errorf("context tenant %q, batch tenant %q", got, tenantID)
+	}
+	for _, rec := range records {
+		r.got[tenantID] = append(r.got[tenantID], string(rec))
+	}
+	r.received <- struct{}{}
+	return nil
+}
+
+func (r *remote) setDown(down bool) { r.mu.Lock(); r.down = down; r.mu.Unlock() }
+
+func (r *remote) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, recs := range r.got {
+		n += len(recs)
+	}
+	return n
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func fastConfig() Config {
+	return Config{Name: "test", RetryInitial: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond, Interval: time.Millisecond, CommitLinger: time.Millisecond}
+}
+
+func TestForwardsInOrderPerTenant(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	r := newRemote()
+	o := New(db, buckets.TrackingOutbox, r.deliver, fastConfig())
+	o.Start()
+	defer o.Close()
+	acme, beta := tenant.With(context.Background(), "acme"), tenant.With(context.Background(), "beta")
+	for i := 0; i < 50; i++ {
+		if err := o.Append(acme, [][]byte{[]byte(fmt.Sprintf("a%02d", i))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Append(beta, [][]byte{[]byte(fmt.Sprintf("b%02d", i)), []byte(fmt.Sprintf("b%02d+", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "150 records", func() bool { return r.count() == 150 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, rec := range r.got["acme"] {
+		if want := fmt.Sprintf("a%02d", i); rec != want {
+			t.Fatalf("acme record %d: got %q, want %q", i, rec, want)
+		}
+	}
+	if len(r.got["beta"]) != 100 || r.got["beta"][1] != "b00+" {
+		t.Errorf("beta: got %d records starting %v, want 100 in order", len(r.got["beta"]), r.got["beta"][:2])
+	}
+	if n, _ := o.Len(); n != 0 {
+		t.Errorf("outbox holds %d records after forwarding, want 0", n)
+	}
+}
+
+func TestRemoteDownThenUp(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, dir)
+	r := newRemote()
+	r.setDown(true)
+	o := New(db, buckets.TrackingOutbox, r.deliver, fastConfig())
+	o.Start()
+	ctx := context.Background()
+	for i := 0; i < 100; i++ {
+		if err := o.Append(ctx, [][]byte{[]byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "failed attempts", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.calls >= 2 })
+	if n, err := o.Len(); err != nil || n != 100 {
+		t.Fatalf("while down: outbox holds %d (%v), want 100", n, err)
+	}
+	// A restart while down loses nothing.
+	o.Close()
+	db.Close()
+	db = openDB(t, dir)
+	defer db.Close()
+	o = New(db, buckets.TrackingOutbox, r.deliver, fastConfig())
+	o.Start()
+	defer o.Close()
+	if n, _ := o.Len(); n != 100 {
+		t.Fatalf("after restart: outbox holds %d, want 100", n)
+	}
+	r.setDown(false)
+	waitFor(t, "delivery after recovery", func() bool { return r.count() == 100 })
+	waitFor(t, "an empty outbox", func() bool { n, _ := o.Len(); return n == 0 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seen := map[string]bool{}
+	for _, rec := range r.got["default"] {
+		if seen[rec] {
+			t.Errorf("record %s delivered twice", rec)
+		}
+		seen[rec] = true
+	}
+	if len(seen) != 100 {
+		t.Errorf("got %d distinct records, want 100", len(seen))
+	}
+}
+
+func TestAppendAfterClose(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	o := New(db, buckets.TrackingOutbox, newRemote().deliver, fastConfig())
+	o.Close()
+	if err := o.Append(context.Background(), [][]byte{[]byte("x")}); !errors.Is(err, ErrClosed) {
+		t.Errorf("got %v, want ErrClosed", err)
+	}
+}
+
+func TestSplitRecords(t *testing.T) {
+	recs, err := splitRecords([]byte{2, 'a', 'b', 0, 1, 'c'}, nil)
+	if err != nil || len(recs) != 3 || string(recs[0]) != "ab" || len(recs[1]) != 0 || string(recs[2]) != "c" {
+		t.Errorf("got %q, %v; want [ab, , c]", recs, err)
+	}
+	if _, err := splitRecords([]byte{5, 'a'}, nil); err == nil {
+		t.Error("truncated value: got nil error, want one")
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/gateway"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/grpcapi"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/journey"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/outbox"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/remote"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/secret"
@@ -225,7 +226,13 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
 	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
 	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{Pipeline: pipeline, Log: log})
-	deliveryv1.RegisterJourneyServiceServer(s, deliveryv1.UnimplementedJourneyServiceServer{})
+	journeys := journey.NewManager(journey.Config{Logger: log}, journey.NewStore(db),
+		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
+	closers = append(closers, func() error { journeys.Close(); return nil })
+	if err := journeys.Resume(); err != nil {
+		return nil, fmt.Errorf("resume journeys: %w", err)
+	}
+	deliveryv1.RegisterJourneyServiceServer(s, &grpcapi.JourneyServer{Journeys: journeys, Log: log})
 	return closeAll, nil
 }
 

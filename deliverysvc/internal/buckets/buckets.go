@@ -25,11 +25,14 @@ var (
 	TrackingOutbox = []byte("outbox_tracking")
 	// FeedbackOutbox holds dead-token verdicts waiting for profilesvc.
 	FeedbackOutbox = []byte("outbox_feedback")
+	// Journeys holds journeys, their checkpoints and publish request ids
+	// (see internal/journey).
+	Journeys = []byte("journeys")
 )
 
 // All lists every top-level bucket.
 func All() [][]byte {
-	return [][]byte{Meta, Apps, Dedupe, TrackingOutbox, FeedbackOutbox}
+	return [][]byte{Meta, Apps, Dedupe, TrackingOutbox, FeedbackOutbox, Journeys}
 }
 
 // Create makes every top-level bucket that does not exist yet, in one

@@ -1,5 +1,5 @@
 // Package grpcapi is deliverysvc's gRPC adapter: it converts between the
-// protobuf API and the domain packages (apps, delivery) and maps domain
+// protobuf API and the domain packages (apps, delivery, journey) and maps domain
 // errors to gRPC statuses in one place (Status).
 package grpcapi
 
@@ -15,6 +15,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/journey"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
@@ -25,6 +26,10 @@ var errorCodes = []grpcserver.ErrorCode{
 	{Err: creds.ErrRejected, Code: codes.FailedPrecondition},
 	{Err: creds.ErrUnavailable, Code: codes.Unavailable},
 	{Err: delivery.ErrSessionClosed, Code: codes.FailedPrecondition},
+	{Err: journey.ErrNotFound, Code: codes.NotFound},
+	{Err: journey.ErrFinished, Code: codes.FailedPrecondition},
+	{Err: journey.ErrAppUnavailable, Code: codes.FailedPrecondition},
+	{Err: journey.ErrBadPageToken, Code: codes.InvalidArgument},
 }
 
 // Status converts a domain error into the gRPC status the client sees. It

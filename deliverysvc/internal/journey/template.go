@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -233,5 +232,3 @@ func format(v *structpb.Value) string {
 	}
 	return ""
 }
-
-var _ = utf8.RuneError

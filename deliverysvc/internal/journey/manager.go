@@ -1,0 +1,259 @@
+// Package journey runs journeys: publish (validate, dry run, store), then a
+// runner per journey that streams the audience from profilesvc, renders a
+// personalized notification per profile and platform, fans it out to every
+// active token through the delivery pipeline, counts the outcomes, and
+// checkpoints its progress so a restart resumes where it left off.
+package journey
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
+)
+
+// ErrAppUnavailable is a journey naming an app that cannot send.
+var ErrAppUnavailable = errors.New("app unavailable")
+
+// Audience streams a journey's audience; remote.Audience backs it with
+// profilesvc's QueryAudience. each is called per response batch; an error
+// it returns stops the stream. A condition that does not compile is a
+// *fault.ValidationError on "journey.audience.condition".
+type Audience interface {
+	Query(ctx context.Context, q *profilev1.QueryAudienceRequest, each func(*profilev1.QueryAudienceResponse) error) error
+}
+
+// Apps looks up registered apps (apps.Service).
+type Apps interface {
+	App(ctx context.Context, key delivery.AppKey) (delivery.App, error)
+}
+
+// Sessions opens delivery sessions (*delivery.Pipeline).
+type Sessions interface {
+	Open(ctx context.Context, emit func(delivery.Result)) *delivery.Session
+}
+
+// Config tunes the runners.
+type Config struct {
+	// CheckpointEvery is how often a runner saves progress; default 500 ms.
+	CheckpointEvery time.Duration
+	// SubmitBatch is how many messages a runner hands the pipeline at once;
+	// default 500.
+	SubmitBatch int
+	Logger      *slog.Logger
+	Now         func() time.Time
+}
+
+// Manager publishes journeys and runs them.
+type Manager struct {
+	cfg      Config
+	store    *Store
+	audience Audience
+	apps     Apps
+	sessions Sessions
+	recorder delivery.Recorder
+
+	mu      sync.Mutex
+	runners map[Ref]*runner
+	wg      sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+// NewManager builds a manager; Resume starts the unfinished journeys.
+func NewManager(cfg Config, store *Store, audience Audience, apps Apps, sessions Sessions, recorder delivery.Recorder) *Manager {
+	if cfg.CheckpointEvery <= 0 {
+		cfg.CheckpointEvery = 500 * time.Millisecond
+	}
+	if cfg.SubmitBatch <= 0 {
+		cfg.SubmitBatch = 500
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{cfg: cfg, store: store, audience: audience, apps: apps, sessions: sessions, recorder: recorder,
+		runners: map[Ref]*runner{}, ctx: ctx, cancel: cancel}
+}
+
+// Resume restarts every scheduled or running journey, from its checkpoint.
+func (m *Manager) Resume() error {
+	refs, err := m.store.Unfinished()
+	if err != nil {
+		return err
+	}
+	for _, ref := range refs {
+		j, err := m.store.Get(ref.Tenant, ref.ID)
+		if err != nil {
+			return err
+		}
+		content, err := Compile(j)
+		if err != nil {
+			return fmt.Errorf("journey %s: %w", ref.ID, err)
+		}
+		m.cfg.Logger.Info("resuming journey", "journey_id", ref.ID, "tenant", ref.Tenant)
+		m.start(ref, j, content)
+	}
+	return nil
+}
+
+// Close stops every runner (their progress is checkpointed; they resume on
+// the next start) and waits for them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content) {
+	ctx, cancel := context.WithCancel(tenant.With(m.ctx, ref.Tenant))
+	r := &runner{m: m, ref: ref, content: content, cancel: cancel, journey: j, window: &window{}}
+	m.mu.Lock()
+	m.runners[ref] = r
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() {
+			m.mu.Lock()
+			delete(m.runners, ref)
+			m.mu.Unlock()
+		}()
+		r.run(ctx)
+	}()
+}
+
+func (m *Manager) runner(ref Ref) *runner {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.runners[ref]
+}
+
+// Get returns a journey with its live progress.
+func (m *Manager) Get(ctx context.Context, id string) (*deliveryv1.Journey, error) {
+	if id == "" {
+		return nil, fault.Invalid("journey_id", "required")
+	}
+	ref := Ref{Tenant: tenant.FromContext(ctx), ID: id}
+	if r := m.runner(ref); r != nil {
+		return r.snapshot(), nil
+	}
+	return m.store.Get(ref.Tenant, id)
+}
+
+// List returns journeys newest first.
+func (m *Manager) List(ctx context.Context, size int, token string, states []deliveryv1.JourneyState) ([]*deliveryv1.Journey, string, error) {
+	switch {
+	case size < 0 || size > 500:
+		return nil, "", fault.Invalid("page_size", "must be 0 to 500, got %d", size)
+	case size == 0:
+		size = 50
+	}
+	want := map[deliveryv1.JourneyState]bool{}
+	for i, s := range states {
+		if _, ok := deliveryv1.JourneyState_name[int32(s)]; !ok || s == deliveryv1.JourneyState_JOURNEY_STATE_UNSPECIFIED {
+			return nil, "", fault.Invalid(fmt.Sprintf("states[%d]", i), "unknown state %d", s)
+		}
+		want[s] = true
+	}
+	t := tenant.FromContext(ctx)
+	js, next, err := m.store.List(t, size, token, want)
+	if err != nil {
+		return nil, "", err
+	}
+	for i, j := range js {
+		if r := m.runner(Ref{Tenant: t, ID: j.GetJourneyId()}); r != nil {
+			js[i] = r.snapshot()
+		}
+	}
+	return js, next, nil
+}
+
+// Cancel stops a journey: its runner stops submitting at once and pending
+// sends are cancelled, so sending stops within a second.
+func (m *Manager) Cancel(ctx context.Context, id string) (*deliveryv1.Journey, error) {
+	if id == "" {
+		return nil, fault.Invalid("journey_id", "required")
+	}
+	ref := Ref{Tenant: tenant.FromContext(ctx), ID: id}
+	if r := m.runner(ref); r != nil {
+		r.requestCancel()
+		<-r.done()
+		return m.store.Get(ref.Tenant, id)
+	}
+	j, err := m.store.Get(ref.Tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	if isFinal(j.GetState()) {
+		return nil, fault.OnField(ErrFinished, "journey_id", "journey %s already ended %s", id, strings.TrimPrefix(j.GetState().String(), "JOURNEY_STATE_"))
+	}
+	j.State = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
+	j.UpdateTime = timestamppb.New(m.cfg.Now())
+	return j, m.store.Checkpoint(ref.Tenant, j, "")
+}
+
+// Watch calls send with the journey's state at most every interval, and
+// whenever it changed, until the journey is final or ctx ends.
+func (m *Manager) Watch(ctx context.Context, id string, interval time.Duration, send func(*deliveryv1.Journey) error) error {
+	if interval <= 0 {
+		interval = 500 * time.Millisecond
+	}
+	if interval < 50*time.Millisecond {
+		interval = 50 * time.Millisecond
+	}
+	var last *deliveryv1.Journey
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		j, err := m.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if last == nil || !proto.Equal(j, last) {
+			if err := send(j); err != nil {
+				return err
+			}
+			last = j
+		}
+		if isFinal(j.GetState()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func isFinal(s deliveryv1.JourneyState) bool {
+	switch s {
+	case deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED, deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED, deliveryv1.JourneyState_JOURNEY_STATE_FAILED:
+		return true
+	}
+	return false
+}
+
+// appKeys are the registrations a journey's app ids may have.
+func appKeys(appID string) []delivery.AppKey {
+	return []delivery.AppKey{
+		{Platform: commonv1.Platform_PLATFORM_APNS, AppID: appID},
+		{Platform: commonv1.Platform_PLATFORM_FCM, AppID: appID},
+	}
+}

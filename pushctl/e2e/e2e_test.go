@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +40,11 @@ func TestMain(m *testing.M) {
 func startMesh(t *testing.T) *mesh.Mesh {
 	t.Helper()
 	ctx := context.Background()
-	m, err := mesh.Start(ctx, mesh.Options{DataDir: t.TempDir()})
+	opts := mesh.Options{DataDir: t.TempDir()}
+	if os.Getenv("PUSHMESH_E2E_LOG") != "" { // service logs on stderr, for debugging
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	m, err := mesh.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

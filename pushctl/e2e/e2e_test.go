@@ -328,13 +328,17 @@ func TestOneTraceSpansAllThreeServices(t *testing.T) {
 	for {
 		services := map[string]map[string]bool{} // trace id → rpc services with a server span
 		for _, s := range spans.GetSpans() {
+			if s.SpanKind.String() != "server" {
+				continue
+			}
 			for _, a := range s.Attributes {
-				if a.Key == "rpc.service" && s.SpanKind.String() == "server" {
+				if a.Key == "rpc.method" { // "pushmesh.profile.v1.ProfileService/QueryAudience"
+					svc, _, _ := strings.Cut(a.Value.AsString(), "/")
 					tid := s.SpanContext.TraceID().String()
 					if services[tid] == nil {
 						services[tid] = map[string]bool{}
 					}
-					services[tid][a.Value.AsString()] = true
+					services[tid][svc] = true
 				}
 			}
 		}

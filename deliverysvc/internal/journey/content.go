@@ -5,9 +5,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
-	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
 )
 

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -108,7 +109,7 @@ func (m *Manager) Resume() error {
 			return fmt.Errorf("journey %s: %w", ref.ID, err)
 		}
 		m.cfg.Logger.Info("resuming journey", "journey_id", ref.ID, "tenant", ref.Tenant)
-		m.start(ref, j, content)
+		m.start(ref, j, content, trace.SpanContext{})
 	}
 	return nil
 }
@@ -120,8 +121,13 @@ func (m *Manager) Close() {
 	m.wg.Wait()
 }
 
-func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content) {
+// start runs a journey. parent, when valid, is the span of the publish
+// call, so the journey's sends belong to the publisher's trace.
+func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content, parent trace.SpanContext) {
 	ctx, cancel := context.WithCancel(tenant.With(m.ctx, ref.Tenant))
+	if parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	}
 	r := &runner{m: m, ref: ref, content: content, cancel: cancel, journey: j, window: &window{}}
 	m.mu.Lock()
 	m.runners[ref] = r

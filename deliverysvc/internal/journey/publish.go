@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -138,7 +139,7 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 		return nil, nil, err
 	}
 	if !existed {
-		m.start(Ref{Tenant: t, ID: j.GetJourneyId()}, j, content)
+		m.start(Ref{Tenant: t, ID: j.GetJourneyId()}, j, content, trace.SpanContextFromContext(ctx))
 	}
 	return stored, nil, nil
 }

@@ -141,7 +141,9 @@ func splitPipes(s string) []string {
 }
 
 // Static reports whether the template has no holes.
-func (t *Template) Static() bool { return len(t.parts) <= 1 && (len(t.parts) == 0 || t.parts[0].ref == nil) }
+func (t *Template) Static() bool {
+	return len(t.parts) <= 1 && (len(t.parts) == 0 || t.parts[0].ref == nil)
+}
 
 // Render fills the template from v.
 func (t *Template) Render(v *Values) (string, error) {

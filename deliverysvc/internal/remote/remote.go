@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -171,7 +173,7 @@ func Ingest(client trackingv1.TrackingServiceClient, log *slog.Logger) outbox.De
 		if len(events) == 0 {
 			return nil
 		}
-		stream, err := client.Ingest(ctx)
+		stream, err := client.Ingest(sendTraceContext(ctx, events[0].GetTraceparent()))
 		if err != nil {
 			return fmt.Errorf("trackingsvc Ingest: %w", err)
 		}
@@ -277,4 +279,19 @@ func ReportFeedback(client profilev1.ProfileServiceClient, log *slog.Logger) out
 		}
 		return nil
 	}
+}
+
+// sendTraceContext continues the trace of the send an outcome belongs to, so
+// a journey's trace reaches trackingsvc: the Ingest call becomes a child of
+// the first event's send span. Without a valid traceparent ctx is returned
+// as is.
+func sendTraceContext(ctx context.Context, traceparent string) context.Context {
+	if traceparent == "" {
+		return ctx
+	}
+	send := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": traceparent}))
+	if !send.IsValid() {
+		return ctx
+	}
+	return trace.ContextWithRemoteSpanContext(ctx, send)
 }

@@ -11,6 +11,7 @@ import (
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/audience"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
+	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
 )
 
@@ -146,14 +147,15 @@ func attributes(v *fault.ValidationError, field string, s *structpb.Struct) map[
 	return m
 }
 
-func profileProto(p *profile.Profile) *profilev1.Profile {
+func profileProto(st store.ProfileState) *profilev1.Profile {
+	p := st.Profile
 	out := &profilev1.Profile{
 		ProfileId:        p.ID.String(),
 		Identities:       identitiesProto(p.Identities),
 		Attributes:       structProto(p.VisibleAttributes()),
 		CreateTime:       ts(p.CreateTime),
 		UpdateTime:       ts(p.UpdateTime),
-		ActiveTokenCount: int32(p.ActiveTokenCount()),
+		ActiveTokenCount: int32(st.ActiveTokens),
 	}
 	if p.Consent != profile.ConsentUnspecified || p.ConsentTime != 0 {
 		out.Consent = &profilev1.PushConsent{State: profilev1.ConsentState(p.Consent), UpdateTime: ts(p.ConsentTime)}
@@ -179,14 +181,14 @@ func structProto(m map[string]any) *structpb.Struct {
 	return s
 }
 
-func tokenProto(t *profile.Token, owner profile.ID, withHistory bool) *profilev1.PushToken {
+func tokenProto(t *profile.Token, withHistory bool) *profilev1.PushToken {
 	out := &profilev1.PushToken{
 		Token:           t.Token,
 		Platform:        commonv1.Platform(t.Platform),
 		AppId:           t.AppID,
 		ApnsEnvironment: commonv1.ApnsEnvironment(t.Env),
 		DeviceId:        t.DeviceID,
-		ProfileId:       owner.String(),
+		ProfileId:       t.Owner.String(),
 		SourceTime:      ts(t.SourceStamp.Time),
 		// The newest registration always wins, so the last one seen is
 		// the winning one.
@@ -203,13 +205,7 @@ func tokenProto(t *profile.Token, owner profile.ID, withHistory bool) *profilev1
 		out.GatewayInvalidTime = ts(t.DeactivatedAt)
 	}
 	if !t.Device.IsZero() {
-		out.Device = &commonv1.DeviceInfo{
-			Model:      t.Device.Model,
-			OsVersion:  t.Device.OSVersion,
-			AppVersion: t.Device.AppVersion,
-			Locale:     t.Device.Locale,
-			TimeZone:   t.Device.TimeZone,
-		}
+		out.Device = deviceProto(t.Device)
 	}
 	if withHistory {
 		out.History = make([]*profilev1.TokenMove, len(t.History))
@@ -234,9 +230,38 @@ func memberProto(m *audience.Member) *profilev1.AudienceMember {
 	out.Identities = identitiesProto(m.Identities)
 	out.Tokens = make([]*profilev1.PushToken, len(m.Tokens))
 	for i := range m.Tokens {
-		out.Tokens[i] = tokenProto(&m.Tokens[i], m.ID, false)
+		out.Tokens[i] = memberTokenProto(&m.Tokens[i], m.ID)
 	}
 	return out
+}
+
+// memberTokenProto converts a token streamed to an audience: what sending
+// needs, from the token's details (no stamps, no history).
+func memberTokenProto(t *profile.Token, owner profile.ID) *profilev1.PushToken {
+	out := &profilev1.PushToken{
+		Token:           t.Token,
+		Platform:        commonv1.Platform(t.Platform),
+		AppId:           t.AppID,
+		ApnsEnvironment: commonv1.ApnsEnvironment(t.Env),
+		DeviceId:        t.DeviceID,
+		ProfileId:       owner.String(),
+		State:           profilev1.TokenState_TOKEN_STATE_ACTIVE,
+		CreateTime:      ts(t.CreateTime),
+	}
+	if !t.Device.IsZero() {
+		out.Device = deviceProto(t.Device)
+	}
+	return out
+}
+
+func deviceProto(d profile.Device) *commonv1.DeviceInfo {
+	return &commonv1.DeviceInfo{
+		Model:      d.Model,
+		OsVersion:  d.OSVersion,
+		AppVersion: d.AppVersion,
+		Locale:     d.Locale,
+		TimeZone:   d.TimeZone,
+	}
 }
 
 func statsProto(s *audience.Stats) *profilev1.AudienceStats {

@@ -64,7 +64,9 @@ func withTenant(ctx context.Context, tenant string) context.Context {
 // base is a fixed point in the recent past that source times count from.
 var base = time.Now().Add(-10 * 24 * time.Hour).Truncate(time.Second)
 
-func at(sec int) *timestamppb.Timestamp { return timestamppb.New(base.Add(time.Duration(sec) * time.Second)) }
+func at(sec int) *timestamppb.Timestamp {
+	return timestamppb.New(base.Add(time.Duration(sec) * time.Second))
+}
 
 func byCustomer(id string) *profilev1.ProfileRef {
 	return &profilev1.ProfileRef{Ref: &profilev1.ProfileRef_Identity{Identity: &profilev1.Identity{Namespace: "customer_id", Value: id}}}

@@ -141,7 +141,7 @@ func (s *Server) RegisterPushToken(ctx context.Context, req *profilev1.RegisterP
 		return nil, s.status(ctx, err)
 	}
 	return &profilev1.RegisterPushTokenResponse{
-		Token:          tokenProto(&res.Token, res.Owner, false),
+		Token:          tokenProto(&res.Token, false),
 		Outcome:        profilev1.RegistrationOutcome(res.Outcome),
 		ReplacedTokens: res.Replaced,
 	}, nil
@@ -162,11 +162,11 @@ func (s *Server) UnregisterPushToken(ctx context.Context, req *profilev1.Unregis
 	if err := v.Err(); err != nil {
 		return nil, s.status(ctx, err)
 	}
-	t, owner, err := s.store.Unregister(ctx, k, reason)
+	t, err := s.store.Unregister(ctx, k, reason)
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
-	return &profilev1.UnregisterPushTokenResponse{Token: tokenProto(&t, owner, false)}, nil
+	return &profilev1.UnregisterPushTokenResponse{Token: tokenProto(&t, false)}, nil
 }
 
 // ListPushTokens implements the RPC.
@@ -183,17 +183,17 @@ func (s *Server) ListPushTokens(ctx context.Context, req *profilev1.ListPushToke
 	if err := v.Err(); err != nil {
 		return nil, s.status(ctx, err)
 	}
-	p, err := s.store.Get(ctx, r, "profile")
+	tokens, err := s.store.Tokens(ctx, r, "profile")
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
 	resp := &profilev1.ListPushTokensResponse{}
-	for i := range p.Tokens { // already ordered by app id, then token
-		t := &p.Tokens[i]
+	for i := range tokens { // already ordered by app id, then token
+		t := &tokens[i]
 		if (len(apps) > 0 && !apps[t.AppID]) || (!req.GetIncludeInactive() && !t.Active()) {
 			continue
 		}
-		resp.Tokens = append(resp.Tokens, tokenProto(t, p.ID, req.GetIncludeHistory()))
+		resp.Tokens = append(resp.Tokens, tokenProto(t, req.GetIncludeHistory()))
 	}
 	return resp, nil
 }

@@ -3,34 +3,41 @@ package profile
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math"
 	"slices"
 	"sort"
 )
 
-// The stored record of a profile is a hand-rolled binary encoding, chosen
-// over JSON or reflection-based encodings because QueryAudience decodes
-// hundreds of thousands of records a second. Every section carries its
-// length, so a scan reads the consent and the head of each token and skips
-// the rest (device details, history) without decoding it.
+// Records are a hand-rolled binary encoding, chosen over JSON or
+// reflection-based encodings because imports and audience scans decode
+// hundreds of thousands of them a second. Sections carry their length, so a
+// scan decodes only what a condition reads.
 //
-//	record   = version:1 create:varint update:varint consent:1 consentTime:varint
+//	profile  = version:1 create:varint update:varint consent:1 consentTime:varint
 //	           len(identities):uvarint identities
 //	           len(attributes):uvarint attributes
-//	           tokenCount:uvarint { len(token):uvarint token }
 //	identities = count:uvarint { namespace:str value:str }
 //	attributes = count:uvarint { key:str time:varint value }
-//	token    = platform:1 appID:str token:str sourceTime:varint sourceTie:8
-//	           deactivatedAt:varint reason:1
-//	           env:1 envTime:varint envTie:8
+//
+//	hot      = owner:16 flags:1 sourceTime:varint sourceTie:4 env:1
+//	           [envTime:varint envTie:4]        (unless flags&1: same as source)
+//	           deviceFP:8
+//	           [deviceTime:varint deviceTie:4]  (unless flags&2: same as source)
+//	           deactivatedAt:varint reason:1 update:varint
+//
+//	details  = version:1 platform:1 active:1 appID:str token:str env:1
 //	           deviceID:str model:str os:str appVersion:str locale:str tz:str
-//	           deviceTime:varint deviceTie:8
-//	           create:varint update:varint
-//	           historyCount:uvarint { from:16 to:16 time:varint source:str }
+//	           create:varint historyCount:uvarint { from:16 to:16 time:varint source:str }
+//
 //	str      = len:uvarint bytes
 //	value    = kind:1 payload (see appendValue)
 const recordVersion = 1
+
+// Hot record flags.
+const (
+	hotEnvStampIsSource    = 1 << 0
+	hotDeviceStampIsSource = 1 << 1
+)
 
 // Value kinds.
 const (
@@ -44,17 +51,21 @@ const (
 )
 
 // ErrCorrupt says a stored record cannot be decoded.
-var ErrCorrupt = errors.New("corrupt profile record")
+var ErrCorrupt = errors.New("corrupt record")
 
-// Encode appends p's record to dst.
-func Encode(dst []byte, p *Profile) []byte {
+// EncodeProfile appends p's record to dst.
+func EncodeProfile(dst []byte, p *Profile) []byte {
 	dst = append(dst, recordVersion)
 	dst = binary.AppendVarint(dst, p.CreateTime)
 	dst = binary.AppendVarint(dst, p.UpdateTime)
 	dst = append(dst, byte(p.Consent))
 	dst = binary.AppendVarint(dst, p.ConsentTime)
 
-	var sec []byte
+	n := 1
+	for _, idn := range p.Identities {
+		n += 2*binary.MaxVarintLen16 + len(idn.Namespace) + len(idn.Value)
+	}
+	sec := make([]byte, 0, n)
 	sec = binary.AppendUvarint(sec, uint64(len(p.Identities)))
 	for _, idn := range p.Identities {
 		sec = appendStr(sec, idn.Namespace)
@@ -69,34 +80,90 @@ func Encode(dst []byte, p *Profile) []byte {
 		sec = binary.AppendVarint(sec, a.Time)
 		sec = appendValue(sec, a.Value)
 	}
-	dst = appendBytes(dst, sec)
-
-	dst = binary.AppendUvarint(dst, uint64(len(p.Tokens)))
-	for i := range p.Tokens {
-		sec = appendToken(sec[:0], &p.Tokens[i])
-		dst = appendBytes(dst, sec)
-	}
-	return dst
+	return appendBytes(dst, sec)
 }
 
-func appendToken(dst []byte, t *Token) []byte {
-	dst = append(dst, byte(t.Platform))
-	dst = appendStr(dst, t.AppID)
-	dst = appendStr(dst, t.Token)
+// EncodeHot appends the hot part of t to dst.
+func EncodeHot(dst []byte, t *Token) []byte {
+	dst = append(dst, t.Owner[:]...)
+	var flags byte
+	if t.EnvStamp == t.SourceStamp {
+		flags |= hotEnvStampIsSource
+	}
+	if t.DeviceStamp == t.SourceStamp {
+		flags |= hotDeviceStampIsSource
+	}
+	dst = append(dst, flags)
 	dst = appendStamp(dst, t.SourceStamp)
+	dst = append(dst, byte(t.Env))
+	if flags&hotEnvStampIsSource == 0 {
+		dst = appendStamp(dst, t.EnvStamp)
+	}
+	dst = binary.LittleEndian.AppendUint64(dst, t.DeviceFP)
+	if flags&hotDeviceStampIsSource == 0 {
+		dst = appendStamp(dst, t.DeviceStamp)
+	}
 	dst = binary.AppendVarint(dst, t.DeactivatedAt)
 	dst = append(dst, byte(t.Reason))
+	return binary.AppendVarint(dst, t.UpdateTime)
+}
+
+// DecodeHot decodes a hot record into a Token (Full false) for key k.
+func DecodeHot(k TokenKey, b []byte) (*Token, error) {
+	t := &Token{Platform: k.Platform, AppID: k.AppID, Token: k.Token}
+	if err := DecodeHotInto(t, b); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// DecodeHotInto fills t's hot fields from a hot record.
+func DecodeHotInto(t *Token, b []byte) error {
+	r := reader{b: b}
+	t.Owner = r.id()
+	flags := r.byte()
+	t.SourceStamp = r.stamp()
+	t.Env = Environment(r.byte())
+	t.EnvStamp = t.SourceStamp
+	if flags&hotEnvStampIsSource == 0 {
+		t.EnvStamp = r.stamp()
+	}
+	t.DeviceFP = r.uint64()
+	t.DeviceStamp = t.SourceStamp
+	if flags&hotDeviceStampIsSource == 0 {
+		t.DeviceStamp = r.stamp()
+	}
+	t.DeactivatedAt = r.varint()
+	t.Reason = InactiveReason(r.byte())
+	t.UpdateTime = r.varint()
+	return r.err
+}
+
+// HotOwner returns the owner stored in a hot record.
+func HotOwner(b []byte) (ID, error) {
+	r := reader{b: b}
+	id := r.id()
+	return id, r.err
+}
+
+// EncodeDetails appends the details part of t to dst.
+func EncodeDetails(dst []byte, t *Token) []byte {
+	dst = append(dst, recordVersion, byte(t.Platform))
+	if t.Active() {
+		dst = append(dst, 1)
+	} else {
+		dst = append(dst, 0)
+	}
+	dst = appendStr(dst, t.AppID)
+	dst = appendStr(dst, t.Token)
 	dst = append(dst, byte(t.Env))
-	dst = appendStamp(dst, t.EnvStamp)
 	dst = appendStr(dst, t.DeviceID)
 	dst = appendStr(dst, t.Device.Model)
 	dst = appendStr(dst, t.Device.OSVersion)
 	dst = appendStr(dst, t.Device.AppVersion)
 	dst = appendStr(dst, t.Device.Locale)
 	dst = appendStr(dst, t.Device.TimeZone)
-	dst = appendStamp(dst, t.DeviceStamp)
 	dst = binary.AppendVarint(dst, t.CreateTime)
-	dst = binary.AppendVarint(dst, t.UpdateTime)
 	dst = binary.AppendUvarint(dst, uint64(len(t.History)))
 	for _, m := range t.History {
 		dst = append(dst, m.From[:]...)
@@ -107,9 +174,57 @@ func appendToken(dst []byte, t *Token) []byte {
 	return dst
 }
 
+// DecodeDetails fills t's details fields from a details record. The hot
+// fields (stamps, Env, deactivation) are left alone: the hot record is
+// their authority.
+func DecodeDetails(t *Token, b []byte) error {
+	var d Token
+	if err := decodeDetails(&d, b); err != nil {
+		return err
+	}
+	t.Platform, t.AppID, t.Token = d.Platform, d.AppID, d.Token
+	t.DeviceID, t.Device = d.DeviceID, d.Device
+	t.CreateTime, t.History = d.CreateTime, d.History
+	t.Full = true
+	return nil
+}
+
+// DecodeFullDetails decodes a details record into t, including the stored
+// Env; fill the hot fields with DecodeHotInto afterwards.
+func DecodeFullDetails(t *Token, b []byte) error { return decodeDetails(t, b) }
+
+// decodeDetails decodes a details record into t, including the stored Env;
+// scans use it without the hot record.
+func decodeDetails(t *Token, b []byte) error {
+	r := reader{b: b}
+	if r.byte() != recordVersion {
+		return ErrCorrupt
+	}
+	t.Platform = Platform(r.byte())
+	r.byte() // active: derived from the hot record when that is at hand
+	t.AppID = r.str()
+	t.Token = r.str()
+	t.Env = Environment(r.byte())
+	t.DeviceID = r.str()
+	t.Device.Model = r.str()
+	t.Device.OSVersion = r.str()
+	t.Device.AppVersion = r.str()
+	t.Device.Locale = r.str()
+	t.Device.TimeZone = r.str()
+	t.CreateTime = r.varint()
+	if n := r.count(34); n > 0 {
+		t.History = make([]Move, n)
+		for i := range t.History {
+			t.History[i] = Move{From: r.id(), To: r.id(), Time: r.varint(), Source: r.str()}
+		}
+	}
+	t.Full = true
+	return r.err
+}
+
 func appendStamp(dst []byte, s Stamp) []byte {
 	dst = binary.AppendVarint(dst, s.Time)
-	return binary.LittleEndian.AppendUint64(dst, s.Tie)
+	return binary.LittleEndian.AppendUint32(dst, s.Tie)
 }
 
 func appendStr(dst []byte, s string) []byte {
@@ -235,7 +350,17 @@ func (r *reader) bytes() []byte {
 
 func (r *reader) str() string { return string(r.bytes()) }
 
-func (r *reader) stamp() Stamp { return Stamp{Time: r.varint(), Tie: r.uint64()} }
+func (r *reader) uint32() uint32 {
+	if len(r.b) < 4 {
+		r.fail()
+		return 0
+	}
+	v := binary.LittleEndian.Uint32(r.b)
+	r.b = r.b[4:]
+	return v
+}
+
+func (r *reader) stamp() Stamp { return Stamp{Time: r.varint(), Tie: r.uint32()} }
 
 func (r *reader) id() ID {
 	var id ID
@@ -296,10 +421,10 @@ func (r *reader) value(depth int) any {
 	return nil
 }
 
-// Decode decodes a record stored under id. The result shares no memory with
-// b, so it can outlive the transaction b came from.
-func Decode(id ID, b []byte) (*Profile, error) {
-	v, err := ParseView(b)
+// DecodeProfile decodes a profile record stored under id. The result shares
+// no memory with b, so it can outlive the transaction b came from.
+func DecodeProfile(id ID, b []byte) (*Profile, error) {
+	v, err := ParseView(b, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -310,68 +435,27 @@ func Decode(id ID, b []byte) (*Profile, error) {
 	if p.Attributes, err = v.allAttributes(); err != nil {
 		return nil, err
 	}
-	p.Tokens = make([]Token, 0, v.TokenCount)
-	r := reader{b: v.tokens}
-	for i := 0; i < v.TokenCount; i++ {
-		t, err := decodeToken(r.bytes())
-		if err != nil {
-			return nil, err
-		}
-		p.Tokens = append(p.Tokens, t)
-	}
-	if r.err != nil {
-		return nil, fmt.Errorf("profile %s: %w", id, r.err)
-	}
 	return p, nil
 }
 
-func decodeToken(b []byte) (Token, error) {
-	r := reader{b: b}
-	var t Token
-	t.Platform = Platform(r.byte())
-	t.AppID = r.str()
-	t.Token = r.str()
-	t.SourceStamp = r.stamp()
-	t.DeactivatedAt = r.varint()
-	t.Reason = InactiveReason(r.byte())
-	t.Env = Environment(r.byte())
-	t.EnvStamp = r.stamp()
-	t.DeviceID = r.str()
-	t.Device.Model = r.str()
-	t.Device.OSVersion = r.str()
-	t.Device.AppVersion = r.str()
-	t.Device.Locale = r.str()
-	t.Device.TimeZone = r.str()
-	t.DeviceStamp = r.stamp()
-	t.CreateTime = r.varint()
-	t.UpdateTime = r.varint()
-	if n := r.count(34); n > 0 {
-		t.History = make([]Move, n)
-		for i := range t.History {
-			t.History[i] = Move{From: r.id(), To: r.id(), Time: r.varint(), Source: r.str()}
-		}
-	}
-	return t, r.err
-}
-
-// View is a record parsed just enough to evaluate audience conditions: the
-// fixed fields are decoded, sections are located, and everything else is
-// decoded on demand. A View borrows b; nothing it returns does.
+// View is a profile record and its tokens' details records parsed just
+// enough to evaluate audience conditions: the fixed fields are decoded,
+// sections located, everything else decoded on demand. A View borrows its
+// bytes; nothing it returns does.
 type View struct {
 	CreateTime  int64
 	UpdateTime  int64
 	Consent     Consent
 	ConsentTime int64
-	TokenCount  int
 
 	identities []byte
 	attributes []byte
-	tokens     []byte
+	tokens     [][]byte
 }
 
-// ParseView locates the sections of a record.
-func ParseView(b []byte) (View, error) {
-	r := reader{b: b}
+// ParseView parses a profile record with the details records of its tokens.
+func ParseView(profile []byte, tokens [][]byte) (View, error) {
+	r := reader{b: profile}
 	var v View
 	if r.byte() != recordVersion {
 		return v, ErrCorrupt
@@ -382,10 +466,12 @@ func ParseView(b []byte) (View, error) {
 	v.ConsentTime = r.varint()
 	v.identities = r.bytes()
 	v.attributes = r.bytes()
-	v.TokenCount = r.count(1)
-	v.tokens = r.b
+	v.tokens = tokens
 	return v, r.err
 }
+
+// TokenCount is the number of tokens the profile owns.
+func (v *View) TokenCount() int { return len(v.tokens) }
 
 // DetailBytes approximates the size of the identities and attributes, to
 // bound the size of messages carrying them.
@@ -440,32 +526,35 @@ type TokenHead struct {
 // Size is the token's encoded size.
 func (h *TokenHead) Size() int { return len(h.raw) }
 
-// Full decodes the whole token.
-func (h *TokenHead) Full() (Token, error) { return decodeToken(h.raw) }
+// Full decodes the token's details (the hot fields stay zero, except Env).
+func (h *TokenHead) Full() (Token, error) {
+	var t Token
+	err := decodeDetails(&t, h.raw)
+	return t, err
+}
 
-// EachTokenHead calls fn for each token in order, stopping when fn returns
-// false. The head passed to fn is only valid during the call.
+// EachTokenHead calls fn for each token, stopping when fn returns false.
+// The head passed to fn is only valid during the call.
 func (v *View) EachTokenHead(fn func(h *TokenHead) bool) error {
-	r := reader{b: v.tokens}
 	var h TokenHead
-	for i := 0; i < v.TokenCount; i++ {
-		h.raw = r.bytes()
-		tr := reader{b: h.raw}
-		h.Platform = Platform(tr.byte())
-		h.AppID = tr.bytes()
-		h.Token = tr.bytes()
-		source := tr.varint()
-		tr.uint64()
-		deactivated := tr.varint()
-		h.Active = deactivated < source
-		if r.err != nil || tr.err != nil {
+	for _, raw := range v.tokens {
+		r := reader{b: raw}
+		if r.byte() != recordVersion {
+			return ErrCorrupt
+		}
+		h.raw = raw
+		h.Platform = Platform(r.byte())
+		h.Active = r.byte() == 1
+		h.AppID = r.bytes()
+		h.Token = r.bytes()
+		if r.err != nil {
 			return ErrCorrupt
 		}
 		if !fn(&h) {
 			return nil
 		}
 	}
-	return r.err
+	return nil
 }
 
 // compareValues orders two encoded values, for deterministic merge ties.

@@ -6,7 +6,7 @@
 package profile
 
 import (
-	"hash/fnv"
+	"crypto/sha256"
 	"slices"
 	"strings"
 )
@@ -123,7 +123,7 @@ func (d Device) IsZero() bool { return d == Device{} }
 // with the same time resolve the same way whatever order they arrive in.
 type Stamp struct {
 	Time int64
-	Tie  uint64
+	Tie  uint32
 }
 
 // Less reports whether s is older than o.
@@ -147,6 +147,25 @@ type TokenKey struct {
 	Token    string
 }
 
+// TokenID is the fixed-size identity of a token: its platform and the first
+// 16 bytes of sha256(app id, 0x00, token). Indexes key tokens by it (FCM
+// tokens run to hundreds of bytes); a collision would take about 2^64
+// tokens.
+type TokenID [17]byte
+
+// ID returns the token's TokenID.
+func (k TokenKey) ID() TokenID {
+	h := sha256.New()
+	h.Write([]byte(k.AppID))
+	h.Write([]byte{0})
+	h.Write([]byte(k.Token))
+	var sum [sha256.Size]byte
+	var id TokenID
+	id[0] = byte(k.Platform)
+	copy(id[1:], h.Sum(sum[:0]))
+	return id
+}
+
 // DeviceKey identifies an app install, to detect token rotation.
 type DeviceKey struct {
 	Platform Platform
@@ -157,8 +176,7 @@ type DeviceKey struct {
 // Token is one push token. Its state is a few last-writer-wins registers,
 // each ordered by Stamp, which is what makes imports converge whatever the
 // order of their rows:
-//   - ownership (Owner is the profile holding it; SourceStamp the winning
-//     registration),
+//   - ownership (Owner; SourceStamp is the winning registration),
 //   - the APNs environment (EnvStamp),
 //   - the device id and device details (DeviceStamp),
 //   - the last deactivation (DeactivatedAt, Reason).
@@ -166,7 +184,15 @@ type DeviceKey struct {
 // A token is active when its newest registration is newer than its last
 // deactivation, so a registration newer than a gateway's 410 timestamp
 // revives it and an older one does not.
+//
+// The store keeps a token in two parts: the small "hot" part every
+// registration reads and most write (Owner, the stamps, Env, DeviceFP,
+// DeactivatedAt, Reason, UpdateTime), keyed by TokenID, and the details
+// (token string, device, history, CreateTime) stored next to the owner's
+// profile for audience scans. A Token loaded from the hot part only has
+// Full false; details are loaded when a rule needs to change them.
 type Token struct {
+	Owner       ID
 	Platform    Platform
 	AppID       string
 	Token       string
@@ -180,11 +206,16 @@ type Token struct {
 
 	DeviceID    string
 	Device      Device
+	DeviceFP    uint64 // fingerprint of DeviceID and Device; 0 when neither is set
 	DeviceStamp Stamp
 
 	CreateTime int64
 	UpdateTime int64
 	History    []Move
+
+	// Full says the details fields (DeviceID, Device, CreateTime, History)
+	// are loaded.
+	Full bool
 }
 
 // Key returns the token's key.
@@ -213,7 +244,8 @@ func (t *Token) deactivate(at int64, reason InactiveReason) bool {
 	return false
 }
 
-// Profile is one customer, with every token it owns.
+// Profile is one customer: identities, attributes and consent. Its tokens
+// are stored apart (see Token) and loaded separately.
 type Profile struct {
 	ID          ID
 	CreateTime  int64
@@ -224,19 +256,6 @@ type Profile struct {
 	Identities []Identity
 	// Attributes, sorted by key, tombstones included.
 	Attributes []Attribute
-	// Tokens, sorted by app id, token, platform.
-	Tokens []Token
-}
-
-// ActiveTokenCount counts the active tokens.
-func (p *Profile) ActiveTokenCount() int {
-	n := 0
-	for i := range p.Tokens {
-		if p.Tokens[i].Active() {
-			n++
-		}
-	}
-	return n
 }
 
 // HasIdentity reports whether the profile owns idn.
@@ -255,44 +274,6 @@ func (p *Profile) addIdentity(idn Identity) bool {
 	return true
 }
 
-func compareTokenKey(t *Token, k TokenKey) int {
-	if c := strings.Compare(t.AppID, k.AppID); c != 0 {
-		return c
-	}
-	if c := strings.Compare(t.Token, k.Token); c != 0 {
-		return c
-	}
-	return int(t.Platform) - int(k.Platform)
-}
-
-// FindToken returns the profile's token with key k, or nil.
-func (p *Profile) FindToken(k TokenKey) *Token {
-	i, found := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
-	if !found {
-		return nil
-	}
-	return &p.Tokens[i]
-}
-
-// insertToken adds t in order and returns a pointer to the stored copy.
-func (p *Profile) insertToken(t Token) *Token {
-	k := t.Key()
-	i, _ := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
-	p.Tokens = slices.Insert(p.Tokens, i, t)
-	return &p.Tokens[i]
-}
-
-// removeToken removes the token with key k and returns it.
-func (p *Profile) removeToken(k TokenKey) (Token, bool) {
-	i, found := slices.BinarySearchFunc(p.Tokens, k, func(t Token, k TokenKey) int { return compareTokenKey(&t, k) })
-	if !found {
-		return Token{}, false
-	}
-	t := p.Tokens[i]
-	p.Tokens = slices.Delete(p.Tokens, i, i+1)
-	return t, true
-}
-
 // VisibleAttributes returns the attributes that are set (no tombstones) as a
 // map, the form conditions and the API use.
 func (p *Profile) VisibleAttributes() map[string]any {
@@ -303,6 +284,20 @@ func (p *Profile) VisibleAttributes() map[string]any {
 		}
 	}
 	return m
+}
+
+// SortTokens orders tokens by app id, then token, then platform: the order
+// ListPushTokens promises.
+func SortTokens(ts []Token) {
+	slices.SortFunc(ts, func(a, b Token) int {
+		if c := strings.Compare(a.AppID, b.AppID); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Token, b.Token); c != 0 {
+			return c
+		}
+		return int(a.Platform) - int(b.Platform)
+	})
 }
 
 // Registration is one attempt to attach a token to a profile.
@@ -319,18 +314,54 @@ type Registration struct {
 	// customer id), so ties on Time break identically whatever the order of
 	// arrival and whatever profile ids were generated.
 	OwnerKey string
+	// ID caches Key.ID() for callers that computed it already; zero means
+	// not computed.
+	ID TokenID
+}
+
+func (r *Registration) tokenID() TokenID {
+	if r.ID == (TokenID{}) {
+		return r.Key.ID()
+	}
+	return r.ID
 }
 
 // stamp returns the registration's stamp: its time and a hash of everything
 // it would write.
 func (r *Registration) stamp() Stamp {
-	h := fnv.New64a()
-	for _, s := range []string{r.OwnerKey, r.DeviceID, r.Device.Model, r.Device.OSVersion, r.Device.AppVersion, r.Device.Locale, r.Device.TimeZone} {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
+	h := fnvStrings(fnvOffset64, r.OwnerKey, r.DeviceID, r.Device.Model, r.Device.OSVersion, r.Device.AppVersion, r.Device.Locale, r.Device.TimeZone)
+	h = fnvByte(h, byte(r.Env))
+	return Stamp{Time: r.Time, Tie: uint32(h) ^ uint32(h>>32)}
+}
+
+// deviceFP fingerprints the registration's device id and details.
+func (r *Registration) deviceFP() uint64 { return DeviceFingerprint(r.DeviceID, r.Device) }
+
+// DeviceFingerprint hashes a device id and details; 0 means neither is set.
+func DeviceFingerprint(deviceID string, d Device) uint64 {
+	if deviceID == "" && d.IsZero() {
+		return 0
 	}
-	h.Write([]byte{byte(r.Env)})
-	return Stamp{Time: r.Time, Tie: h.Sum64()}
+	return fnvStrings(fnvOffset64, deviceID, d.Model, d.OSVersion, d.AppVersion, d.Locale, d.TimeZone) | 1 // never 0
+}
+
+// FNV-1a, 64 bits, over strings separated by 0x00: a stable hash (unlike
+// hash/maphash) without the allocations of hash.Hash.
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
+
+func fnvByte(h uint64, c byte) uint64 { return (h ^ uint64(c)) * fnvPrime64 }
+
+func fnvStrings(h uint64, ss ...string) uint64 {
+	for _, s := range ss {
+		for i := 0; i < len(s); i++ {
+			h = fnvByte(h, s[i])
+		}
+		h = fnvByte(h, 0)
+	}
+	return h
 }
 
 func (r *Registration) hasDevice() bool { return r.DeviceID != "" || !r.Device.IsZero() }

@@ -21,18 +21,42 @@ var (
 const CustomerIDNamespace = "customer_id"
 
 // Loader reads stored state for a Workset. The store implements it over one
-// bbolt transaction. Every method reports absence with found=false (or a nil
-// profile), not with an error.
+// bbolt transaction. Absence is reported with nil or found=false, never with
+// an error.
 type Loader interface {
+	// LoadProfile returns the profile record, or nil.
 	LoadProfile(id ID) (*Profile, error)
-	LoadTokenOwner(k TokenKey) (owner ID, found bool, err error)
+	// ProfileExists reports whether a profile record exists.
+	ProfileExists(id ID) (bool, error)
+	// LoadToken returns the hot part of the token with key k (Full false),
+	// or nil.
+	LoadToken(k TokenKey) (*Token, error)
+	// LoadTokenDetails fills t's details from the record of token id stored
+	// under owner.
+	LoadTokenDetails(owner ID, id TokenID, t *Token) error
+	// LoadProfileTokens returns the full tokens stored under owner.
+	LoadProfileTokens(owner ID) ([]*Token, error)
 	LoadIdentityOwner(idn Identity) (owner ID, found bool, err error)
 	LoadDeviceToken(k DeviceKey) (token string, found bool, err error)
 }
 
 type profileSlot struct {
-	p     *Profile // nil: absent, or deleted when dirty
-	dirty bool
+	p      *Profile // nil: absent, deleted, or not loaded yet
+	loaded bool     // p reflects the store (or a change)
+	known  bool     // exists is known
+	exists bool
+	dirty  bool
+}
+
+type tokenSlot struct {
+	id TokenID
+	t  *Token // nil: absent or deleted
+	// stored says records exist in the store; storedOwner is the profile
+	// its details are stored under.
+	stored       bool
+	storedOwner  ID
+	hotDirty     bool
+	detailsDirty bool
 }
 
 type ownerSlot struct {
@@ -58,9 +82,33 @@ type Workset struct {
 	now   int64
 
 	profiles       map[ID]*profileSlot
-	tokenOwners    map[TokenKey]*ownerSlot
+	tokens         map[TokenID]*tokenSlot
 	identityOwners map[Identity]*ownerSlot
 	deviceTokens   map[DeviceKey]*deviceSlot
+
+	// Slots come from slabs: a batch makes hundreds of thousands of them.
+	profileSlots slab[profileSlot]
+	tokenSlots   slab[tokenSlot]
+	ownerSlots   slab[ownerSlot]
+}
+
+// slab hands out pointers to values allocated a thousand at a time.
+type slab[T any] struct{ buf []T }
+
+func (s *slab[T]) alloc(v T) *T {
+	if len(s.buf) == cap(s.buf) {
+		s.buf = make([]T, 0, 1024)
+	}
+	s.buf = append(s.buf, v)
+	return &s.buf[len(s.buf)-1]
+}
+
+// Reserve sizes the workset for a batch touching about n rows' worth of
+// profiles, tokens and identities, so its maps do not grow step by step.
+func (w *Workset) Reserve(n int) {
+	w.profiles = make(map[ID]*profileSlot, n)
+	w.tokens = make(map[TokenID]*tokenSlot, n)
+	w.identityOwners = make(map[Identity]*ownerSlot, n)
 }
 
 // NewWorkset starts a workset reading through load; newID makes ids for new
@@ -71,7 +119,7 @@ func NewWorkset(load Loader, newID func() ID, now int64) *Workset {
 		newID:          newID,
 		now:            now,
 		profiles:       map[ID]*profileSlot{},
-		tokenOwners:    map[TokenKey]*ownerSlot{},
+		tokens:         map[TokenID]*tokenSlot{},
 		identityOwners: map[Identity]*ownerSlot{},
 		deviceTokens:   map[DeviceKey]*deviceSlot{},
 	}
@@ -84,21 +132,22 @@ func (w *Workset) Now() int64 { return w.now }
 // read its keys in sorted order before applying rows.
 func (w *Workset) SeedProfile(id ID, p *Profile) {
 	if _, ok := w.profiles[id]; !ok {
-		w.profiles[id] = &profileSlot{p: p}
+		w.profiles[id] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: p != nil})
 	}
 }
 
-// SeedTokenOwner caches a token index entry loaded ahead.
-func (w *Workset) SeedTokenOwner(k TokenKey, owner ID, found bool) {
-	if _, ok := w.tokenOwners[k]; !ok {
-		w.tokenOwners[k] = &ownerSlot{id: owner, found: found}
+// SeedToken caches a token loaded ahead (nil when absent): its hot part, and
+// its details too when t.Full.
+func (w *Workset) SeedToken(id TokenID, t *Token) {
+	if _, ok := w.tokens[id]; !ok {
+		w.tokens[id] = w.newTokenSlot(id, t)
 	}
 }
 
 // SeedIdentityOwner caches an identity index entry loaded ahead.
 func (w *Workset) SeedIdentityOwner(idn Identity, owner ID, found bool) {
 	if _, ok := w.identityOwners[idn]; !ok {
-		w.identityOwners[idn] = &ownerSlot{id: owner, found: found}
+		w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: owner, found: found})
 	}
 }
 
@@ -109,49 +158,95 @@ func (w *Workset) SeedDeviceToken(k DeviceKey, token string, found bool) {
 	}
 }
 
+// TokenOwnerHint returns the stored owner of a token already cached, for
+// batches that prefetch the details of tokens about to move.
+func (w *Workset) TokenOwnerHint(id TokenID) (ID, bool) {
+	s, ok := w.tokens[id]
+	if !ok || s.t == nil || !s.stored {
+		return ID{}, false
+	}
+	return s.storedOwner, true
+}
+
+func (w *Workset) newTokenSlot(id TokenID, t *Token) *tokenSlot {
+	s := w.tokenSlots.alloc(tokenSlot{id: id, t: t})
+	if t != nil {
+		s.stored, s.storedOwner = true, t.Owner
+	}
+	return s
+}
+
 // Profile returns the profile with id, or nil when there is none.
 func (w *Workset) Profile(id ID) (*Profile, error) {
-	if s, ok := w.profiles[id]; ok {
+	s, ok := w.profiles[id]
+	if ok && s.loaded {
 		return s.p, nil
+	}
+	if ok && s.known && !s.exists {
+		return nil, nil
 	}
 	p, err := w.load.LoadProfile(id)
 	if err != nil {
 		return nil, err
 	}
-	w.profiles[id] = &profileSlot{p: p}
+	w.profiles[id] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: p != nil})
 	return p, nil
+}
+
+func (w *Workset) profileExists(id ID) (bool, error) {
+	if s, ok := w.profiles[id]; ok && s.known {
+		return s.exists, nil
+	}
+	exists, err := w.load.ProfileExists(id)
+	if err != nil {
+		return false, err
+	}
+	w.profiles[id] = w.profileSlots.alloc(profileSlot{known: true, exists: exists})
+	return exists, nil
 }
 
 func (w *Workset) markDirty(p *Profile) {
 	p.UpdateTime = w.now
-	s, ok := w.profiles[p.ID]
-	if !ok {
-		s = &profileSlot{p: p}
-		w.profiles[p.ID] = s
+	if s, ok := w.profiles[p.ID]; ok {
+		*s = profileSlot{p: p, loaded: true, known: true, exists: true, dirty: true}
+		return
 	}
-	s.dirty = true
+	w.profiles[p.ID] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: true, dirty: true})
 }
 
 func (w *Workset) newProfile() *Profile {
-	p := &Profile{ID: w.newID(), CreateTime: w.now, UpdateTime: w.now}
-	w.profiles[p.ID] = &profileSlot{p: p, dirty: true}
+	p := &Profile{ID: w.newID(), CreateTime: w.now}
+	w.markDirty(p)
 	return p
 }
 
-func (w *Workset) tokenOwner(k TokenKey) (ID, bool, error) {
-	if s, ok := w.tokenOwners[k]; ok {
-		return s.id, s.found, nil
+// token returns the slot of the token with key k, loading its hot part.
+func (w *Workset) token(k TokenKey) (*tokenSlot, error) { return w.tokenByID(k, k.ID()) }
+
+// tokenByID is token for a key whose id the caller already has.
+func (w *Workset) tokenByID(k TokenKey, id TokenID) (*tokenSlot, error) {
+	if s, ok := w.tokens[id]; ok {
+		return s, nil
 	}
-	id, found, err := w.load.LoadTokenOwner(k)
+	t, err := w.load.LoadToken(k)
 	if err != nil {
-		return ID{}, false, err
+		return nil, err
 	}
-	w.tokenOwners[k] = &ownerSlot{id: id, found: found}
-	return id, found, nil
+	s := w.newTokenSlot(id, t)
+	w.tokens[id] = s
+	return s, nil
 }
 
-func (w *Workset) setTokenOwner(k TokenKey, id ID, found bool) {
-	w.tokenOwners[k] = &ownerSlot{id: id, found: found, dirty: true}
+// full loads the token's details unless they are at hand.
+func (w *Workset) full(s *tokenSlot) error {
+	if s.t == nil || s.t.Full {
+		return nil
+	}
+	if !s.stored {
+		s.t.Full = true // a new token: nothing stored yet
+		return nil
+	}
+	return w.load.LoadTokenDetails(s.storedOwner, s.id, s.t)
 }
 
 // IdentityOwner returns the id of the profile owning idn.
@@ -163,12 +258,16 @@ func (w *Workset) IdentityOwner(idn Identity) (ID, bool, error) {
 	if err != nil {
 		return ID{}, false, err
 	}
-	w.identityOwners[idn] = &ownerSlot{id: id, found: found}
+	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: id, found: found})
 	return id, found, nil
 }
 
 func (w *Workset) setIdentityOwner(idn Identity, id ID, found bool) {
-	w.identityOwners[idn] = &ownerSlot{id: id, found: found, dirty: true}
+	if s, ok := w.identityOwners[idn]; ok {
+		*s = ownerSlot{id: id, found: found, dirty: true}
+		return
+	}
+	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: id, found: found, dirty: true})
 }
 
 func (w *Workset) deviceToken(k DeviceKey) (string, bool, error) {
@@ -187,22 +286,32 @@ func (w *Workset) setDeviceToken(k DeviceKey, token string, found bool) {
 	w.deviceTokens[k] = &deviceSlot{token: token, found: found, dirty: true}
 }
 
-// LocateToken returns the token with key k and the profile owning it, or
-// nils when no profile owns it.
-func (w *Workset) LocateToken(k TokenKey) (*Profile, *Token, error) {
-	id, found, err := w.tokenOwner(k)
-	if err != nil || !found {
-		return nil, nil, err
+// Token returns a full copy of the token with key k; found is false when no
+// profile owns it.
+func (w *Workset) Token(k TokenKey) (t Token, found bool, err error) {
+	s, err := w.token(k)
+	if err != nil || s.t == nil {
+		return Token{}, false, err
 	}
-	p, err := w.Profile(id)
-	if err != nil || p == nil {
-		return nil, nil, err
+	if err := w.full(s); err != nil {
+		return Token{}, false, err
 	}
-	t := p.FindToken(k)
-	if t == nil {
-		return nil, nil, nil
+	return cloneToken(s.t), true, nil
+}
+
+// ProfileTokens returns the full tokens of a profile, ordered by app id then
+// token (the workset must not have changed them).
+func (w *Workset) ProfileTokens(id ID) ([]Token, error) {
+	ts, err := w.load.LoadProfileTokens(id)
+	if err != nil {
+		return nil, err
 	}
-	return p, t, nil
+	out := make([]Token, len(ts))
+	for i, t := range ts {
+		out[i] = *t
+	}
+	SortTokens(out)
+	return out, nil
 }
 
 // Ref names a profile by id or by identity.
@@ -227,19 +336,35 @@ func (r Ref) String() string {
 	return "profile " + r.ID.String()
 }
 
-// Resolve finds the profile ref names; NotFound on the ref's field under
-// prefix otherwise.
-func (w *Workset) Resolve(ref Ref, prefix string) (*Profile, error) {
-	id := ref.ID
+// ResolveID finds the id of the profile ref names; NotFound on the ref's
+// field under prefix otherwise.
+func (w *Workset) ResolveID(ref Ref, prefix string) (ID, error) {
 	if ref.ByIdentity {
 		owner, found, err := w.IdentityOwner(ref.Identity)
 		if err != nil {
-			return nil, err
+			return ID{}, err
 		}
 		if !found {
-			return nil, fault.OnField(ErrNotFound, ref.Field(prefix), "%s not found", ref)
+			return ID{}, fault.OnField(ErrNotFound, ref.Field(prefix), "%s not found", ref)
 		}
-		id = owner
+		return owner, nil
+	}
+	exists, err := w.profileExists(ref.ID)
+	if err != nil {
+		return ID{}, err
+	}
+	if !exists {
+		return ID{}, fault.OnField(ErrNotFound, ref.Field(prefix), "%s not found", ref)
+	}
+	return ref.ID, nil
+}
+
+// Resolve loads the profile ref names; NotFound on the ref's field under
+// prefix otherwise.
+func (w *Workset) Resolve(ref Ref, prefix string) (*Profile, error) {
+	id, err := w.ResolveID(ref, prefix)
+	if err != nil {
+		return nil, err
 	}
 	p, err := w.Profile(id)
 	if err != nil {
@@ -251,27 +376,21 @@ func (w *Workset) Resolve(ref Ref, prefix string) (*Profile, error) {
 	return p, nil
 }
 
-// ResolveOrCreate is Resolve, except that a profile named by an identity
+// ResolveOrCreate is ResolveID, except that a profile named by an identity
 // nobody owns yet is created with that identity.
-func (w *Workset) ResolveOrCreate(ref Ref, prefix string) (p *Profile, created bool, err error) {
+func (w *Workset) ResolveOrCreate(ref Ref, prefix string) (id ID, created bool, err error) {
 	if !ref.ByIdentity {
-		p, err := w.Resolve(ref, prefix)
-		return p, false, err
+		id, err := w.ResolveID(ref, prefix)
+		return id, false, err
 	}
 	owner, found, err := w.IdentityOwner(ref.Identity)
-	if err != nil {
-		return nil, false, err
+	if err != nil || found {
+		return owner, false, err
 	}
-	if found {
-		if p, err = w.Profile(owner); err != nil || p != nil {
-			return p, false, err
-		}
-		// The index names a profile that is gone: repair by recreating.
-	}
-	p = w.newProfile()
+	p := w.newProfile()
 	p.addIdentity(ref.Identity)
 	w.setIdentityOwner(ref.Identity, p.ID, true)
-	return p, true, nil
+	return p.ID, true, nil
 }
 
 // ConsentUpdate is a consent change with the source's time.
@@ -406,15 +525,13 @@ const (
 // RegisterResult is what Register did.
 type RegisterResult struct {
 	Outcome Outcome
-	// Token is a copy of the token after the registration.
-	Token Token
 	// Owner is the profile owning the token afterwards.
 	Owner ID
 	// Replaced lists tokens this registration deactivated as REPLACED.
 	Replaced []string
 }
 
-// Register attaches r's token to target under the rules:
+// Register attaches r's token to the profile target under the rules:
 //   - a new token is stored on target;
 //   - a registration newer (by Stamp) than the token's winning one takes
 //     ownership: the token moves to target if another profile owned it, and
@@ -426,130 +543,169 @@ type RegisterResult struct {
 //     that device becomes inactive REPLACED;
 //   - a token is active when its newest registration is newer than its last
 //     deactivation, which is how a late registration revives a dead token.
-func (w *Workset) Register(target *Profile, r Registration) (RegisterResult, error) {
+//
+// The common case (a newer registration by the same owner) only changes the
+// token's hot part; the details are read and rewritten only on a move, a
+// device or environment change, or a change of active state.
+func (w *Workset) Register(target ID, r Registration) (RegisterResult, error) {
 	st := r.stamp()
-	owner, tok, err := w.LocateToken(r.Key)
+	s, err := w.tokenByID(r.Key, r.tokenID())
 	if err != nil {
 		return RegisterResult{}, err
 	}
-	res := RegisterResult{Outcome: OutcomeUnchanged}
-	if tok == nil {
-		t := Token{
+	res := RegisterResult{Outcome: OutcomeUnchanged, Owner: target}
+	if s.t == nil {
+		t := &Token{
+			Owner:       target,
 			Platform:    r.Key.Platform,
 			AppID:       r.Key.AppID,
 			Token:       r.Key.Token,
 			SourceStamp: st,
 			CreateTime:  w.now,
 			UpdateTime:  w.now,
-			History:     []Move{{To: target.ID, Time: r.Time, Source: r.Source}},
+			History:     []Move{{To: target, Time: r.Time, Source: r.Source}},
+			Full:        true,
 		}
 		if r.Env != EnvUnspecified {
 			t.Env, t.EnvStamp = r.Env, st
 		}
 		if r.hasDevice() {
-			t.DeviceID, t.Device, t.DeviceStamp = r.DeviceID, r.Device, st
+			t.DeviceID, t.Device, t.DeviceFP, t.DeviceStamp = r.DeviceID, r.Device, r.deviceFP(), st
 		}
-		tok = target.insertToken(t)
-		owner = target
-		w.setTokenOwner(r.Key, target.ID, true)
-		w.markDirty(target)
+		s.t, s.hotDirty, s.detailsDirty = t, true, true
 		res.Outcome = OutcomeCreated
-		if tok.DeviceID != "" {
-			if res.Replaced, err = w.rotate(owner, tok); err != nil {
+		if t.DeviceID != "" {
+			if res.Replaced, err = w.rotate(s); err != nil {
 				return RegisterResult{}, err
 			}
 		}
-		res.Token, res.Owner = cloneToken(tok), owner.ID
 		return res, nil
 	}
 
+	t := s.t
+	wasActive := t.Active()
+	wins := t.SourceStamp.Less(st)
+	move := wins && t.Owner != target
+	envAdvance := r.Env != EnvUnspecified && t.EnvStamp.Less(st)
+	deviceAdvance := r.hasDevice() && t.DeviceStamp.Less(st)
+	deviceChange := deviceAdvance && r.deviceFP() != t.DeviceFP
+	nowActive := wasActive
+	if wins {
+		nowActive = t.DeactivatedAt < st.Time
+	}
+	if move || deviceChange || (envAdvance && t.Env != r.Env) || nowActive != wasActive {
+		if err := w.full(s); err != nil {
+			return RegisterResult{}, err
+		}
+		s.detailsDirty = true
+	}
+	oldDevice := t.DeviceID
 	changed := false
-	if tok.SourceStamp.Less(st) {
-		tok.SourceStamp = st
+	if wins {
+		t.SourceStamp = st
 		changed = true
-		if owner.ID != target.ID {
-			t, _ := owner.removeToken(r.Key)
-			t.History = append(t.History, Move{From: owner.ID, To: target.ID, Time: r.Time, Source: r.Source})
-			t.UpdateTime = w.now
-			w.markDirty(owner)
-			tok = target.insertToken(t)
-			owner = target
-			w.setTokenOwner(r.Key, target.ID, true)
+		if move {
+			t.History = append(t.History, Move{From: t.Owner, To: target, Time: r.Time, Source: r.Source})
+			t.Owner = target
 			res.Outcome = OutcomeMoved
 		}
 	}
-	if r.Env != EnvUnspecified && tok.EnvStamp.Less(st) {
-		tok.Env, tok.EnvStamp = r.Env, st
+	if envAdvance {
+		t.Env, t.EnvStamp = r.Env, st
 		changed = true
 	}
-	oldDevice := tok.DeviceID
-	deviceChanged := false
-	if r.hasDevice() && tok.DeviceStamp.Less(st) {
-		tok.DeviceID, tok.Device, tok.DeviceStamp = r.DeviceID, r.Device, st
-		changed, deviceChanged = true, true
-	}
-	if changed {
-		tok.UpdateTime = w.now
-		w.markDirty(owner)
-		if res.Outcome == OutcomeUnchanged {
-			res.Outcome = OutcomeUpdated
+	if deviceAdvance {
+		t.DeviceStamp = st
+		changed = true
+		if deviceChange {
+			t.DeviceID, t.Device, t.DeviceFP = r.DeviceID, r.Device, r.deviceFP()
 		}
 	}
-	if deviceChanged {
-		if oldDevice != "" && oldDevice != tok.DeviceID {
-			if err := w.releaseDevice(DeviceKey{tok.Platform, tok.AppID, oldDevice}, tok.Token); err != nil {
+	res.Owner = t.Owner
+	if !changed {
+		return res, nil
+	}
+	t.UpdateTime = w.now
+	s.hotDirty = true
+	if res.Outcome == OutcomeUnchanged {
+		res.Outcome = OutcomeUpdated
+	}
+	if deviceChange {
+		if oldDevice != "" && oldDevice != t.DeviceID {
+			if err := w.releaseDevice(DeviceKey{t.Platform, t.AppID, oldDevice}, t.Token); err != nil {
 				return RegisterResult{}, err
 			}
 		}
-		if tok.DeviceID != "" {
-			if res.Replaced, err = w.rotate(owner, tok); err != nil {
+		if t.DeviceID != "" {
+			if res.Replaced, err = w.rotate(s); err != nil {
 				return RegisterResult{}, err
 			}
 		}
 	}
-	res.Token, res.Owner = cloneToken(tok), owner.ID
 	return res, nil
 }
 
-// rotate makes tok the current token of its device unless the device's
-// current token is newer, deactivating whichever of the two is older as
-// REPLACED. It returns the tokens it replaced.
-func (w *Workset) rotate(owner *Profile, tok *Token) ([]string, error) {
-	dk := DeviceKey{tok.Platform, tok.AppID, tok.DeviceID}
+// deactivate records a deactivation of the token in s; it reports whether
+// the token went from active to inactive.
+func (w *Workset) deactivate(s *tokenSlot, at int64, reason InactiveReason) (bool, error) {
+	wasActive := s.t.Active()
+	if !s.t.deactivate(at, reason) {
+		return false, nil
+	}
+	s.t.UpdateTime = w.now
+	s.hotDirty = true
+	if s.t.Active() == wasActive {
+		return false, nil
+	}
+	// The details carry the active flag audience scans read.
+	if err := w.full(s); err != nil {
+		return false, err
+	}
+	s.detailsDirty = true
+	return true, nil
+}
+
+// rotate makes the token in s the current token of its device unless the
+// device's current token is newer, deactivating whichever of the two is
+// older as REPLACED. It returns the tokens it replaced.
+func (w *Workset) rotate(s *tokenSlot) ([]string, error) {
+	t := s.t
+	dk := DeviceKey{t.Platform, t.AppID, t.DeviceID}
 	cur, found, err := w.deviceToken(dk)
 	if err != nil {
 		return nil, err
 	}
-	if found && cur == tok.Token {
+	if found && cur == t.Token {
 		return nil, nil
 	}
 	if !found {
-		w.setDeviceToken(dk, tok.Token, true)
+		w.setDeviceToken(dk, t.Token, true)
 		return nil, nil
 	}
-	curOwner, curTok, err := w.LocateToken(TokenKey{tok.Platform, tok.AppID, cur})
+	cs, err := w.token(TokenKey{t.Platform, t.AppID, cur})
 	if err != nil {
 		return nil, err
 	}
-	if curTok == nil || curTok.DeviceID != tok.DeviceID {
+	if cs.t != nil {
+		if err := w.full(cs); err != nil {
+			return nil, err
+		}
+	}
+	if cs.t == nil || cs.t.DeviceID != t.DeviceID {
 		// The index is stale (the token is gone or moved devices).
-		w.setDeviceToken(dk, tok.Token, true)
+		w.setDeviceToken(dk, t.Token, true)
 		return nil, nil
 	}
-	if curTok.DeviceStamp.Less(tok.DeviceStamp) {
-		if curTok.deactivate(tok.DeviceStamp.Time, ReasonReplaced) {
-			curTok.UpdateTime = w.now
-			w.markDirty(curOwner)
+	if cs.t.DeviceStamp.Less(t.DeviceStamp) {
+		if _, err := w.deactivate(cs, t.DeviceStamp.Time, ReasonReplaced); err != nil {
+			return nil, err
 		}
-		w.setDeviceToken(dk, tok.Token, true)
+		w.setDeviceToken(dk, t.Token, true)
 		return []string{cur}, nil
 	}
 	// The device already has a newer token: this one is the replaced one.
-	if tok.deactivate(curTok.DeviceStamp.Time, ReasonReplaced) {
-		tok.UpdateTime = w.now
-		w.markDirty(owner)
-	}
-	return nil, nil
+	_, err = w.deactivate(s, cs.t.DeviceStamp.Time, ReasonReplaced)
+	return nil, err
 }
 
 // releaseDevice drops the device index entry dk if it points at token.
@@ -568,20 +724,21 @@ func (w *Workset) releaseDevice(dk DeviceKey, token string) error {
 // profile owns it. The deactivation is dated now, or at the token's source
 // time if that is later (a device clock ahead of ours must not make the
 // unregistration a no-op); a registration newer than that revives it.
-func (w *Workset) Unregister(k TokenKey, reason InactiveReason) (Token, ID, error) {
-	owner, tok, err := w.LocateToken(k)
+func (w *Workset) Unregister(k TokenKey, reason InactiveReason) (Token, error) {
+	s, err := w.token(k)
 	if err != nil {
-		return Token{}, ID{}, err
+		return Token{}, err
 	}
-	if tok == nil {
-		return Token{}, ID{}, fault.OnField(ErrNotFound, "token", "token not found for app %q on %s", k.AppID, k.Platform)
+	if s.t == nil {
+		return Token{}, fault.OnField(ErrNotFound, "token", "token not found for app %q on %s", k.AppID, k.Platform)
 	}
-	at := max(w.now, tok.SourceStamp.Time)
-	if tok.deactivate(at, reason) {
-		tok.UpdateTime = w.now
-		w.markDirty(owner)
+	if _, err := w.deactivate(s, max(w.now, s.t.SourceStamp.Time), reason); err != nil {
+		return Token{}, err
 	}
-	return cloneToken(tok), owner.ID, nil
+	if err := w.full(s); err != nil {
+		return Token{}, err
+	}
+	return cloneToken(s.t), nil
 }
 
 // FeedbackOutcome says what one gateway verdict changed.
@@ -597,19 +754,18 @@ const (
 // Feedback records a gateway verdict on a token dated at (the gateway's
 // timestamp). The token becomes inactive unless it was registered after at.
 func (w *Workset) Feedback(k TokenKey, reason InactiveReason, at int64) (FeedbackOutcome, error) {
-	owner, tok, err := w.LocateToken(k)
+	s, err := w.token(k)
 	if err != nil {
 		return 0, err
 	}
-	if tok == nil {
+	if s.t == nil {
 		return FeedbackUnknown, nil
 	}
-	wasActive := tok.Active()
-	if tok.deactivate(at, reason) {
-		tok.UpdateTime = w.now
-		w.markDirty(owner)
+	deactivated, err := w.deactivate(s, at, reason)
+	if err != nil {
+		return 0, err
 	}
-	if wasActive && !tok.Active() {
+	if deactivated {
 		return FeedbackDeactivated, nil
 	}
 	return FeedbackUnchanged, nil
@@ -627,23 +783,27 @@ func (w *Workset) Delete(p *Profile) (int, error) {
 			w.setIdentityOwner(idn, ID{}, false)
 		}
 	}
-	for i := range p.Tokens {
-		t := &p.Tokens[i]
-		owner, found, err := w.tokenOwner(t.Key())
-		if err != nil {
-			return 0, err
-		}
-		if found && owner == p.ID {
-			w.setTokenOwner(t.Key(), ID{}, false)
+	tokens, err := w.load.LoadProfileTokens(p.ID)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range tokens {
+		id := t.Key().ID()
+		s, ok := w.tokens[id]
+		if !ok {
+			s = w.newTokenSlot(id, t)
+			w.tokens[id] = s
 		}
 		if t.DeviceID != "" {
 			if err := w.releaseDevice(DeviceKey{t.Platform, t.AppID, t.DeviceID}, t.Token); err != nil {
 				return 0, err
 			}
 		}
+		s.t = nil
+		s.hotDirty, s.detailsDirty = true, true
 	}
-	w.profiles[p.ID] = &profileSlot{p: nil, dirty: true}
-	return len(p.Tokens), nil
+	w.profiles[p.ID] = w.profileSlots.alloc(profileSlot{loaded: true, known: true, exists: false, dirty: true})
+	return len(tokens), nil
 }
 
 // ImportRow is one valid CRM row.
@@ -660,15 +820,21 @@ type ImportRow struct {
 // registration's outcome and whether a profile was created.
 func (w *Workset) Import(row ImportRow) (Outcome, bool, error) {
 	idn := Identity{Namespace: CustomerIDNamespace, Value: row.CustomerID}
-	p, created, err := w.ResolveOrCreate(Ref{Identity: idn, ByIdentity: true}, "customer_id")
+	id, created, err := w.ResolveOrCreate(Ref{Identity: idn, ByIdentity: true}, "customer_id")
 	if err != nil {
 		return 0, false, err
 	}
-	if mergeAttributes(p, row.Attributes, row.Reg.Time) {
-		w.markDirty(p)
+	if len(row.Attributes) > 0 {
+		p, err := w.Profile(id)
+		if err != nil {
+			return 0, false, err
+		}
+		if p != nil && mergeAttributes(p, row.Attributes, row.Reg.Time) {
+			w.markDirty(p)
+		}
 	}
 	row.Reg.OwnerKey = CustomerIDNamespace + "\x00" + row.CustomerID
-	res, err := w.Register(p, row.Reg)
+	res, err := w.Register(id, row.Reg)
 	if err != nil {
 		return 0, false, err
 	}
@@ -691,17 +857,23 @@ func cloneToken(t *Token) Token {
 	return c
 }
 
-// ProfileChange is one profile to write (Profile nil: delete ID).
+// ProfileChange is one profile record to write (Profile nil: delete ID).
 type ProfileChange struct {
 	ID      ID
 	Profile *Profile
 }
 
-// TokenOwnerChange is one token index entry to write (Found false: delete).
-type TokenOwnerChange struct {
-	Key   TokenKey
-	Owner ID
-	Found bool
+// TokenChange is one token to write. Token nil deletes both parts (details
+// under DeleteDetailsOf). Otherwise Hot writes the hot part and Details the
+// details under Token.Owner, after deleting the details stored under
+// DeleteDetailsOf (a move) when HasOldDetails.
+type TokenChange struct {
+	ID              TokenID
+	Token           *Token
+	Hot             bool
+	Details         bool
+	HasOldDetails   bool
+	DeleteDetailsOf ID
 }
 
 // IdentityOwnerChange is one identity index entry to write.
@@ -721,14 +893,14 @@ type DeviceTokenChange struct {
 // Changes lists what a workset changed, for the store to persist.
 type Changes struct {
 	Profiles       []ProfileChange
-	TokenOwners    []TokenOwnerChange
+	Tokens         []TokenChange
 	IdentityOwners []IdentityOwnerChange
 	DeviceTokens   []DeviceTokenChange
 }
 
 // Empty reports whether nothing changed.
 func (c *Changes) Empty() bool {
-	return len(c.Profiles)+len(c.TokenOwners)+len(c.IdentityOwners)+len(c.DeviceTokens) == 0
+	return len(c.Profiles)+len(c.Tokens)+len(c.IdentityOwners)+len(c.DeviceTokens) == 0
 }
 
 // Changes returns everything the workset changed, in no particular order.
@@ -739,10 +911,18 @@ func (w *Workset) Changes() Changes {
 			c.Profiles = append(c.Profiles, ProfileChange{ID: id, Profile: s.p})
 		}
 	}
-	for k, s := range w.tokenOwners {
-		if s.dirty {
-			c.TokenOwners = append(c.TokenOwners, TokenOwnerChange{Key: k, Owner: s.id, Found: s.found})
+	for id, s := range w.tokens {
+		if !s.hotDirty && !s.detailsDirty {
+			continue
 		}
+		tc := TokenChange{ID: id, Token: s.t, Hot: s.hotDirty, Details: s.detailsDirty}
+		if s.stored && (s.t == nil || (s.detailsDirty && s.storedOwner != s.t.Owner)) {
+			tc.HasOldDetails, tc.DeleteDetailsOf = true, s.storedOwner
+		}
+		if s.t == nil && !s.stored {
+			continue // created and deleted in the same workset
+		}
+		c.Tokens = append(c.Tokens, tc)
 	}
 	for k, s := range w.identityOwners {
 		if s.dirty {

@@ -37,15 +37,23 @@ type ImportCounts struct {
 	RejectedRows []RejectedRow
 }
 
-// Import is one running CRM import. The caller adds valid rows (and reports
-// invalid ones) from the stream; full batches go to a writer goroutine that
-// applies each in one transaction while the caller keeps decoding the next,
-// so network decoding and bbolt overlap on two cores.
+// Import is one running CRM import, a pipeline of three goroutines:
 //
-// Each batch is resolved as a whole: its keys are read sorted, its rows
-// applied in memory, its changes written sorted. Because every rule is a
-// last-writer-wins merge ordered by the rows' own timestamps, the result
-// does not depend on how rows fall into batches or in which order they come.
+//   - the caller decodes the stream and adds valid rows (and reports
+//     invalid ones) until a batch is full;
+//   - a reader reads everything the batch needs (sorted, in a read
+//     transaction) while the previous batch is being written;
+//   - a writer applies each batch in one write transaction.
+//
+// The reader reads batch N+1 before batch N commits, so the writer checks
+// bbolt's transaction ids: if batch N was the only commit in between, the
+// keys N wrote are dropped from N+1's reads and read again; if anything else
+// committed, N+1 is read again inside its write transaction. Correctness
+// never depends on the read-ahead, only speed does.
+//
+// Because every rule is a last-writer-wins merge ordered by the rows' own
+// timestamps, the result does not depend on how rows fall into batches or in
+// which order they come.
 type Import struct {
 	s         *Store
 	ctx       context.Context
@@ -58,16 +66,30 @@ type Import struct {
 	nReject int64
 
 	batches chan []profile.ImportRow
-	failed  chan struct{} // closed when the writer fails
+	reads   chan *readBatch
+	failed  chan struct{} // closed on the first error
 	done    chan struct{} // closed when the writer exits
 
-	mu     sync.Mutex // guards applied and err, written by the writer
+	mu      sync.Mutex // guards applied and err
 	applied ImportCounts
 	err     error
 }
 
+// readBatch is a batch with what the reader read for it.
+type readBatch struct {
+	rows []profile.ImportRow
+	pre  *prefetched
+	txID int // the read transaction's id: the last commit it saw
+}
+
+// lastCommit is the writer's previous batch.
+type lastCommit struct {
+	txID    int
+	changes *changeSet
+}
+
 // StartImport starts an import for ctx's tenant. Finish or Abort must be
-// called to release its writer.
+// called to release its goroutines.
 func (s *Store) StartImport(ctx context.Context) *Import {
 	im := &Import{
 		s:         s,
@@ -75,10 +97,12 @@ func (s *Store) StartImport(ctx context.Context) *Import {
 		tenant:    tenant.FromContext(ctx),
 		batchRows: s.opts.ImportBatchRows,
 		batches:   make(chan []profile.ImportRow, 1),
+		reads:     make(chan *readBatch), // unbuffered: read at most one batch ahead
 		failed:    make(chan struct{}),
 		done:      make(chan struct{}),
 	}
 	im.pending = make([]profile.ImportRow, 0, im.batchRows)
+	go im.reader()
 	go im.writer()
 	return im
 }
@@ -103,9 +127,6 @@ func (im *Import) Reject(index int64, field, reason string) {
 	}
 }
 
-// Rows is how many rows were added or rejected so far.
-func (im *Import) Rows() int64 { return im.rows }
-
 func (im *Import) flush() error {
 	if len(im.pending) == 0 {
 		return nil
@@ -116,20 +137,29 @@ func (im *Import) flush() error {
 	case im.batches <- batch:
 		return nil
 	case <-im.failed:
-		return im.writerErr()
+		return im.firstErr()
 	case <-im.ctx.Done():
 		return im.ctx.Err()
 	}
 }
 
-func (im *Import) writerErr() error {
+func (im *Import) fail(err error) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if im.err == nil {
+		im.err = err
+		close(im.failed)
+	}
+}
+
+func (im *Import) firstErr() error {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	return im.err
 }
 
-// Finish writes the remaining rows, waits for the writer and returns the
-// totals. Rows of batches committed before an error stay committed.
+// Finish writes the remaining rows, waits for the pipeline and returns the
+// totals. Batches committed before an error stay committed.
 func (im *Import) Finish() (ImportCounts, error) {
 	err := im.flush()
 	close(im.batches)
@@ -150,65 +180,144 @@ func (im *Import) Finish() (ImportCounts, error) {
 // dropped.
 func (im *Import) Abort() {
 	im.pending = nil
+	im.fail(context.Canceled)
 	close(im.batches)
 	<-im.done
 }
 
-func (im *Import) writer() {
-	defer close(im.done)
-	for batch := range im.batches {
-		if im.writerErr() != nil || im.ctx.Err() != nil {
-			continue // drain; the caller learns the error from flush or Finish
-		}
-		c, err := im.s.importBatch(im.ctx, im.tenant, batch)
-		im.mu.Lock()
-		if err != nil {
-			im.err = err
-			close(im.failed)
-		} else {
-			im.applied.Created += c.Created
-			im.applied.Updated += c.Updated
-			im.applied.Moved += c.Moved
-			im.applied.Unchanged += c.Unchanged
-			im.applied.ProfilesCreated += c.ProfilesCreated
-		}
-		im.mu.Unlock()
+func (im *Import) stopped() bool {
+	select {
+	case <-im.failed:
+		return true
+	default:
+		return im.ctx.Err() != nil
 	}
 }
 
-// importBatch applies rows in one write transaction.
-func (s *Store) importBatch(ctx context.Context, tenantID string, rows []profile.ImportRow) (ImportCounts, error) {
-	_, span := s.tracer.Start(ctx, "store.import.batch", trace.WithAttributes(attribute.Int("import.rows", len(rows))))
+func (im *Import) reader() {
+	defer close(im.reads)
+	for rows := range im.batches {
+		if im.stopped() {
+			continue // drain; the caller learns the error from flush or Finish
+		}
+		for i := range rows {
+			rows[i].Reg.ID = rows[i].Reg.Key.ID()
+		}
+		rb := &readBatch{rows: rows}
+		err := im.s.db.View(func(tx *bolt.Tx) error {
+			rb.txID = tx.ID()
+			var err error
+			rb.pre, err = readImport(newLoader(tx, im.tenant), rows)
+			return err
+		})
+		if err != nil {
+			im.fail(fmt.Errorf("import read-ahead: %w", err))
+			continue
+		}
+		select {
+		case im.reads <- rb:
+		case <-im.failed:
+		case <-im.ctx.Done():
+		}
+	}
+}
+
+func (im *Import) writer() {
+	defer close(im.done)
+	var prev lastCommit
+	for rb := range im.reads {
+		if im.stopped() {
+			continue
+		}
+		c, err := im.s.importBatch(im.ctx, im.tenant, rb, &prev)
+		if err != nil {
+			im.fail(err)
+			continue
+		}
+		im.mu.Lock()
+		im.applied.Created += c.Created
+		im.applied.Updated += c.Updated
+		im.applied.Moved += c.Moved
+		im.applied.Unchanged += c.Unchanged
+		im.applied.ProfilesCreated += c.ProfilesCreated
+		im.mu.Unlock()
+	}
+	if err := im.ctx.Err(); err != nil {
+		im.fail(err)
+	}
+}
+
+// readImport reads everything a batch of rows needs, each bucket in key
+// order.
+func readImport(ld *loader, rows []profile.ImportRow) (*prefetched, error) {
+	idns := make([]profile.Identity, len(rows))
+	keys := make([]profile.TokenKey, len(rows))
+	ids := make([]profile.TokenID, len(rows))
+	var devices []profile.DeviceKey
+	var withAttrs []int
+	for i, r := range rows {
+		idns[i] = profile.Identity{Namespace: profile.CustomerIDNamespace, Value: r.CustomerID}
+		keys[i], ids[i] = r.Reg.Key, r.Reg.ID
+		if r.Reg.DeviceID != "" {
+			devices = append(devices, profile.DeviceKey{Platform: r.Reg.Key.Platform, AppID: r.Reg.Key.AppID, DeviceID: r.Reg.DeviceID})
+		}
+		if len(r.Attributes) > 0 {
+			withAttrs = append(withAttrs, i)
+		}
+	}
+	pre := &prefetched{}
+	owners, seeds, err := ld.readIdentities(idns)
+	if err != nil {
+		return nil, err
+	}
+	pre.identities = seeds
+	// Rows with attributes rewrite their profile.
+	heads := make([]profile.ID, 0, len(withAttrs))
+	for _, i := range withAttrs {
+		heads = append(heads, owners[i])
+	}
+	if pre.profiles, err = ld.readProfiles(heads); err != nil {
+		return nil, err
+	}
+	// A token whose owner is not the row's customer is about to move: its
+	// details will be rewritten under the new owner.
+	needDetails := func(i int, t *profile.Token) bool { return t.Owner != owners[i] }
+	if pre.tokens, err = ld.readTokens(keys, ids, needDetails); err != nil {
+		return nil, err
+	}
+	pre.devices = ld.readDevices(devices)
+	return pre, nil
+}
+
+// importBatch applies a batch in one write transaction.
+func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch, prev *lastCommit) (ImportCounts, error) {
+	_, span := s.tracer.Start(ctx, "store.import.batch", trace.WithAttributes(attribute.Int("import.rows", len(rb.rows))))
 	defer span.End()
-	var counts ImportCounts
+	var (
+		counts ImportCounts
+		commit lastCommit
+		reread bool
+	)
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		counts = ImportCounts{}
 		ld := newLoader(tx, tenantID)
 		ws := profile.NewWorkset(ld, s.ids.New, s.clock())
-
-		idns := make([]profile.Identity, len(rows))
-		keys := make([]profile.TokenKey, len(rows))
-		var devices []profile.DeviceKey
-		for i, r := range rows {
-			idns[i] = profile.Identity{Namespace: profile.CustomerIDNamespace, Value: r.CustomerID}
-			keys[i] = r.Reg.Key
-			if r.Reg.DeviceID != "" {
-				devices = append(devices, profile.DeviceKey{Platform: r.Reg.Key.Platform, AppID: r.Reg.Key.AppID, DeviceID: r.Reg.DeviceID})
+		ws.Reserve(len(rb.rows))
+		switch {
+		case rb.txID == tx.ID()-1:
+			rb.pre.seed(ws, nil) // nothing committed since the read
+		case rb.txID == tx.ID()-2 && prev.txID == tx.ID()-1:
+			rb.pre.seed(ws, prev.changes) // only our previous batch did
+		default:
+			// Another writer committed in between: read again, here.
+			reread = true
+			pre, err := readImport(ld, rb.rows)
+			if err != nil {
+				return err
 			}
+			pre.seed(ws, nil)
 		}
-		owners, err := ld.prefetchIdentities(ws, idns)
-		if err != nil {
-			return err
-		}
-		if err := ld.prefetchProfiles(ws, owners); err != nil {
-			return err
-		}
-		if err := ld.prefetchTokens(ws, keys); err != nil {
-			return err
-		}
-		ld.prefetchDevices(ws, devices)
-
-		for _, r := range rows {
+		for _, r := range rb.rows {
 			outcome, created, err := ws.Import(r)
 			if err != nil {
 				return err
@@ -227,14 +336,18 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rows []profile
 				counts.Unchanged++
 			}
 		}
-		return persist(tx, tenantID, ws.Changes())
+		ch := ws.Changes()
+		commit = lastCommit{txID: tx.ID(), changes: newChangeSet(&ch)}
+		return persist(tx, tenantID, ch)
 	})
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		return ImportCounts{}, fmt.Errorf("import batch of %d rows: %w", len(rows), err)
+		return ImportCounts{}, fmt.Errorf("import batch of %d rows: %w", len(rb.rows), err)
 	}
+	*prev = commit
 	span.SetAttributes(
+		attribute.Bool("import.reread", reread),
 		attribute.Int64("import.created", counts.Created),
 		attribute.Int64("import.moved", counts.Moved),
 		attribute.Int64("import.profiles_created", counts.ProfilesCreated))

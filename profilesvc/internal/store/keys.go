@@ -1,8 +1,6 @@
 package store
 
 import (
-	"crypto/sha256"
-
 	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 )
@@ -13,22 +11,26 @@ var (
 	// bucketMeta holds the schema version.
 	bucketMeta = []byte("meta")
 	// bucketProfiles: tenant | profile id (16 bytes) → profile record
-	// (profile.Encode), with the profile's tokens inline so an audience scan
-	// reads one value per profile. IDs grow with time, so new profiles append.
+	// (identities, attributes, consent). IDs grow with time, so new profiles
+	// append at the end.
 	bucketProfiles = []byte("profiles")
 	// bucketIdentities: tenant | namespace | 0x00 | value → profile id.
 	bucketIdentities = []byte("identities")
-	// bucketTokens: tenant | platform (1 byte) | sha256(app id | 0x00 |
-	// token)[:16] → owner profile id. The hash keeps keys short and fixed
-	// (FCM tokens run to hundreds of bytes), which keeps this random-key
-	// index small; the owner's record holds the token itself and is checked
-	// on every lookup.
+	// bucketTokens: tenant | token id (platform + 16 hash bytes) → the
+	// token's hot record: owner, stamps, deactivation (profile.EncodeHot).
+	// Small on purpose: every registration reads it and most rewrite only
+	// it, and random-key writes cost bbolt whole pages.
 	bucketTokens = []byte("tokens")
+	// bucketProfileTokens: tenant | owner id | token id → the token's
+	// details (token string, device, history, active flag). Keyed by owner,
+	// so a profile's tokens sit next to each other and an audience scan
+	// walks them in step with the profiles bucket.
+	bucketProfileTokens = []byte("profile_tokens")
 	// bucketDevices: tenant | platform | app id | 0x00 | device id → the
 	// device's current token, to detect token rotation.
 	bucketDevices = []byte("devices")
 
-	allBuckets = [][]byte{bucketMeta, bucketProfiles, bucketIdentities, bucketTokens, bucketDevices}
+	allBuckets = [][]byte{bucketMeta, bucketProfiles, bucketIdentities, bucketTokens, bucketProfileTokens, bucketDevices}
 )
 
 // schemaVersion is written in bucketMeta; a store refuses to open a file of
@@ -55,15 +57,20 @@ func (k keyer) identity(dst []byte, idn profile.Identity) []byte {
 	return append(dst, idn.Value...)
 }
 
-func (k keyer) token(dst []byte, tk profile.TokenKey) []byte {
-	h := sha256.New()
-	h.Write([]byte(tk.AppID))
-	h.Write([]byte{0})
-	h.Write([]byte(tk.Token))
-	var sum [sha256.Size]byte
+func (k keyer) token(dst []byte, id profile.TokenID) []byte {
 	dst = append(dst, k.prefix...)
-	dst = append(dst, byte(tk.Platform))
-	return append(dst, h.Sum(sum[:0])[:16]...)
+	return append(dst, id[:]...)
+}
+
+// details is the key of a token's details under its owner; with the token
+// id left out it is the prefix of all the owner's tokens.
+func (k keyer) details(dst []byte, owner profile.ID, id *profile.TokenID) []byte {
+	dst = append(dst, k.prefix...)
+	dst = append(dst, owner[:]...)
+	if id != nil {
+		dst = append(dst, id[:]...)
+	}
+	return dst
 }
 
 func (k keyer) device(dst []byte, dk profile.DeviceKey) []byte {

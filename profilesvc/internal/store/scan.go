@@ -13,27 +13,38 @@ import (
 // ScanChunk visits, in id order, up to max profiles of ctx's tenant whose id
 // is greater than after (all profiles when first), inside one read
 // transaction; it stops early when visit returns false. The View passed to
-// visit borrows the transaction's memory and is only valid during the call.
+// visit holds the profile and the details of its tokens; it borrows the
+// transaction's memory and is only valid during the call.
+//
+// The profiles and profile_tokens buckets are both ordered by profile id, so
+// one cursor on each walks them in step: no random reads.
 //
 // Scans run chunk by chunk so a long audience query never holds one read
 // transaction open: an open read transaction keeps the pages it sees from
 // being reused and stalls writers that need to grow the file.
 func (s *Store) ScanChunk(ctx context.Context, after profile.ID, first bool, max int,
 	visit func(id profile.ID, v *profile.View) (bool, error)) (last profile.ID, visited int, end bool, err error) {
-	prefix := newKeyer(tenant.FromContext(ctx)).prefix
+	keys := newKeyer(tenant.FromContext(ctx))
+	prefix := keys.prefix
 	err = s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketProfiles).Cursor()
+		pc := tx.Bucket(bucketProfiles).Cursor()
+		dc := tx.Bucket(bucketProfileTokens).Cursor()
 		var k, v []byte
 		if first {
-			k, v = c.Seek(prefix)
+			k, v = pc.Seek(prefix)
 		} else {
-			start := append(append(make([]byte, 0, len(prefix)+len(after)), prefix...), after[:]...)
-			k, v = c.Seek(start)
+			start := keys.profile(nil, after)
+			k, v = pc.Seek(start)
 			if k != nil && bytes.Equal(k, start) {
-				k, v = c.Next()
+				k, v = pc.Next()
 			}
 		}
-		for ; ; k, v = c.Next() {
+		var dk, dv []byte
+		if k != nil {
+			dk, dv = dc.Seek(k)
+		}
+		var tokens [][]byte
+		for ; ; k, v = pc.Next() {
 			if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+len(last) {
 				end = true
 				return nil
@@ -46,8 +57,18 @@ func (s *Store) ScanChunk(ctx context.Context, after profile.ID, first bool, max
 					return err
 				}
 			}
+			// Details keys are tenant | owner | token id: skip to this
+			// profile's, then take them all.
+			tokens = tokens[:0]
+			for dk != nil && bytes.Compare(dk, k) < 0 {
+				dk, dv = dc.Next()
+			}
+			for dk != nil && bytes.HasPrefix(dk, k) {
+				tokens = append(tokens, dv)
+				dk, dv = dc.Next()
+			}
 			id, _ := idFromKey(k)
-			view, err := profile.ParseView(v)
+			view, err := profile.ParseView(v, tokens)
 			if err != nil {
 				return err
 			}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -144,6 +145,7 @@ type loader struct {
 	profiles   *bolt.Bucket
 	identities *bolt.Bucket
 	tokens     *bolt.Bucket
+	details    *bolt.Bucket
 	devices    *bolt.Bucket
 	buf        []byte
 }
@@ -154,6 +156,7 @@ func newLoader(tx *bolt.Tx, tenantID string) *loader {
 		profiles:   tx.Bucket(bucketProfiles),
 		identities: tx.Bucket(bucketIdentities),
 		tokens:     tx.Bucket(bucketTokens),
+		details:    tx.Bucket(bucketProfileTokens),
 		devices:    tx.Bucket(bucketDevices),
 	}
 }
@@ -164,7 +167,63 @@ func (l *loader) LoadProfile(id profile.ID) (*profile.Profile, error) {
 	if v == nil {
 		return nil, nil
 	}
-	return profile.Decode(id, v)
+	p, err := profile.DecodeProfile(id, v)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", id, err)
+	}
+	return p, nil
+}
+
+func (l *loader) ProfileExists(id profile.ID) (bool, error) {
+	l.buf = l.keys.profile(l.buf[:0], id)
+	return l.profiles.Get(l.buf) != nil, nil
+}
+
+func (l *loader) LoadToken(k profile.TokenKey) (*profile.Token, error) {
+	return l.loadToken(k, k.ID())
+}
+
+func (l *loader) loadToken(k profile.TokenKey, id profile.TokenID) (*profile.Token, error) {
+	l.buf = l.keys.token(l.buf[:0], id)
+	v := l.tokens.Get(l.buf)
+	if v == nil {
+		return nil, nil
+	}
+	t, err := profile.DecodeHot(k, v)
+	if err != nil {
+		return nil, fmt.Errorf("token of app %q: %w", k.AppID, err)
+	}
+	return t, nil
+}
+
+func (l *loader) LoadTokenDetails(owner profile.ID, id profile.TokenID, t *profile.Token) error {
+	l.buf = l.keys.details(l.buf[:0], owner, &id)
+	v := l.details.Get(l.buf)
+	if v == nil {
+		return fmt.Errorf("details of a token of profile %s missing: %w", owner, profile.ErrCorrupt)
+	}
+	return profile.DecodeDetails(t, v)
+}
+
+func (l *loader) LoadProfileTokens(owner profile.ID) ([]*profile.Token, error) {
+	prefix := l.keys.details(nil, owner, nil)
+	var out []*profile.Token
+	c := l.details.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		t := &profile.Token{}
+		if err := profile.DecodeFullDetails(t, v); err != nil {
+			return nil, fmt.Errorf("token of profile %s: %w", owner, err)
+		}
+		hot := l.tokens.Get(append(slices.Clone(l.keys.prefix), k[len(prefix):]...))
+		if hot == nil {
+			return nil, fmt.Errorf("hot record of a token of profile %s missing: %w", owner, profile.ErrCorrupt)
+		}
+		if err := profile.DecodeHotInto(t, hot); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 func (l *loader) owner(b *bolt.Bucket, key []byte) (profile.ID, bool, error) {
@@ -178,11 +237,6 @@ func (l *loader) owner(b *bolt.Bucket, key []byte) (profile.ID, bool, error) {
 	}
 	copy(id[:], v)
 	return id, true, nil
-}
-
-func (l *loader) LoadTokenOwner(k profile.TokenKey) (profile.ID, bool, error) {
-	l.buf = l.keys.token(l.buf[:0], k)
-	return l.owner(l.tokens, l.buf)
 }
 
 func (l *loader) LoadIdentityOwner(idn profile.Identity) (profile.ID, bool, error) {
@@ -199,77 +253,153 @@ func (l *loader) LoadDeviceToken(k profile.DeviceKey) (string, bool, error) {
 	return string(v), true, nil
 }
 
-// persist writes a workset's changes, each bucket's keys in sorted order
-// (bbolt inserts sorted keys much faster than random ones).
+// put is one key to write (or delete) in a bucket.
+type put struct {
+	key, val []byte
+	del      bool
+}
+
+// Fill factors for page splits. Profiles, their tokens' details and (for
+// CRM customer ids, usually sequential) identities mostly grow at the end,
+// where bbolt's default of half-full pages would double the file and every
+// later page rewrite; the random-key token index keeps slack for inserts.
+var fillPercent = map[string]float64{
+	string(bucketProfiles):      0.95,
+	string(bucketProfileTokens): 0.9,
+	string(bucketIdentities):    0.8,
+	string(bucketTokens):        0.7,
+	string(bucketDevices):       0.5,
+}
+
+// bucket opens a bucket for writing with its fill factor.
+func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
+	b := tx.Bucket(name)
+	if f, ok := fillPercent[string(name)]; ok {
+		b.FillPercent = f
+	}
+	return b
+}
+
+// sortPuts orders puts by key: bbolt inserts sorted keys much faster than
+// random ones, since each page is visited once.
+func sortPuts(puts []put) {
+	slices.SortFunc(puts, func(a, b put) int { return bytes.Compare(a.key, b.key) })
+}
+
+// writePuts writes puts (sorted) to b.
+func writePuts(b *bolt.Bucket, puts []put) error {
+	for _, p := range puts {
+		var err error
+		if p.del {
+			err = b.Delete(p.key)
+		} else {
+			err = b.Put(p.key, p.val)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// persist writes a workset's changes, each bucket in sorted key order.
+// Building and sorting the keys and values is pure CPU work and runs on
+// several goroutines (big batches have hundreds of thousands of them); only
+// the writes themselves go through the transaction, one at a time.
 func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 	keys := newKeyer(tenantID)
-	var mem arena
-	type put struct {
-		key, val []byte
-		del      bool
+	var (
+		profiles, hot, details, identities, devices []put
+		wg                                          sync.WaitGroup
+	)
+	parallel := len(ch.Profiles)+len(ch.Tokens) > 1000
+	run := func(fn func()) {
+		if !parallel {
+			fn()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn()
+		}()
 	}
-	write := func(b *bolt.Bucket, puts []put) error {
-		slices.SortFunc(puts, func(a, b put) int { return bytes.Compare(a.key, b.key) })
-		for _, p := range puts {
-			var err error
-			if p.del {
-				err = b.Delete(p.key)
-			} else {
-				err = b.Put(p.key, p.val)
+	run(func() {
+		var mem arena
+		profiles = make([]put, 0, len(ch.Profiles))
+		for _, c := range ch.Profiles {
+			p := put{key: mem.build(func(dst []byte) []byte { return keys.profile(dst, c.ID) }), del: c.Profile == nil}
+			if c.Profile != nil {
+				p.val = mem.build(func(dst []byte) []byte { return profile.EncodeProfile(dst, c.Profile) })
 			}
-			if err != nil {
-				return err
+			profiles = append(profiles, p)
+		}
+		sortPuts(profiles)
+		identities = make([]put, 0, len(ch.IdentityOwners))
+		for _, c := range ch.IdentityOwners {
+			p := put{key: mem.build(func(dst []byte) []byte { return keys.identity(dst, c.Identity) }), del: !c.Found}
+			if c.Found {
+				p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Owner[:]...) })
+			}
+			identities = append(identities, p)
+		}
+		sortPuts(identities)
+		devices = make([]put, 0, len(ch.DeviceTokens))
+		for _, c := range ch.DeviceTokens {
+			p := put{key: mem.build(func(dst []byte) []byte { return keys.device(dst, c.Key) }), del: !c.Found}
+			if c.Found {
+				p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Token...) })
+			}
+			devices = append(devices, p)
+		}
+		sortPuts(devices)
+	})
+	run(func() {
+		var mem arena
+		hot = make([]put, 0, len(ch.Tokens))
+		for _, c := range ch.Tokens {
+			if !c.Hot {
+				continue
+			}
+			p := put{key: mem.build(func(dst []byte) []byte { return keys.token(dst, c.ID) }), del: c.Token == nil}
+			if c.Token != nil {
+				p.val = mem.build(func(dst []byte) []byte { return profile.EncodeHot(dst, c.Token) })
+			}
+			hot = append(hot, p)
+		}
+		sortPuts(hot)
+	})
+	run(func() {
+		var mem arena
+		details = make([]put, 0, len(ch.Tokens))
+		for _, c := range ch.Tokens {
+			if c.HasOldDetails {
+				details = append(details, put{key: mem.build(func(dst []byte) []byte { return keys.details(dst, c.DeleteDetailsOf, &c.ID) }), del: true})
+			}
+			if c.Details && c.Token != nil {
+				details = append(details, put{
+					key: mem.build(func(dst []byte) []byte { return keys.details(dst, c.Token.Owner, &c.ID) }),
+					val: mem.build(func(dst []byte) []byte { return profile.EncodeDetails(dst, c.Token) }),
+				})
 			}
 		}
-		return nil
-	}
+		sortPuts(details)
+	})
+	wg.Wait()
 
-	puts := make([]put, 0, len(ch.Profiles))
-	for _, c := range ch.Profiles {
-		p := put{key: mem.build(func(dst []byte) []byte { return keys.profile(dst, c.ID) }), del: c.Profile == nil}
-		if c.Profile != nil {
-			p.val = mem.build(func(dst []byte) []byte { return profile.Encode(dst, c.Profile) })
+	for _, w := range []struct {
+		name []byte
+		puts []put
+	}{
+		{bucketProfiles, profiles},
+		{bucketTokens, hot},
+		{bucketProfileTokens, details},
+		{bucketIdentities, identities},
+		{bucketDevices, devices},
+	} {
+		if err := writePuts(bucket(tx, w.name), w.puts); err != nil {
+			return fmt.Errorf("write %s: %w", w.name, err)
 		}
-		puts = append(puts, p)
-	}
-	if err := write(tx.Bucket(bucketProfiles), puts); err != nil {
-		return fmt.Errorf("write profiles: %w", err)
-	}
-
-	puts = puts[:0]
-	for _, c := range ch.TokenOwners {
-		p := put{key: mem.build(func(dst []byte) []byte { return keys.token(dst, c.Key) }), del: !c.Found}
-		if c.Found {
-			p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Owner[:]...) })
-		}
-		puts = append(puts, p)
-	}
-	if err := write(tx.Bucket(bucketTokens), puts); err != nil {
-		return fmt.Errorf("write token index: %w", err)
-	}
-
-	puts = puts[:0]
-	for _, c := range ch.IdentityOwners {
-		p := put{key: mem.build(func(dst []byte) []byte { return keys.identity(dst, c.Identity) }), del: !c.Found}
-		if c.Found {
-			p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Owner[:]...) })
-		}
-		puts = append(puts, p)
-	}
-	if err := write(tx.Bucket(bucketIdentities), puts); err != nil {
-		return fmt.Errorf("write identity index: %w", err)
-	}
-
-	puts = puts[:0]
-	for _, c := range ch.DeviceTokens {
-		p := put{key: mem.build(func(dst []byte) []byte { return keys.device(dst, c.Key) }), del: !c.Found}
-		if c.Found {
-			p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Token...) })
-		}
-		puts = append(puts, p)
-	}
-	if err := write(tx.Bucket(bucketDevices), puts); err != nil {
-		return fmt.Errorf("write device index: %w", err)
 	}
 	return nil
 }

@@ -9,12 +9,18 @@
 //  2. drives Send streams over real gRPC to both emulators through the real
 //     apns2 and firebase clients, and counts the per-token results.
 //
-// It prints notifications/s, the ceiling, their ratio, and CPU-seconds per
-// 100,000 pushes: deliverysvc's own (the child's utime+stime, the counters
-// getrusage reports, read from /proc over the timed window) and the bench
-// process's (emulators, fakes and load generator, via syscall.Getrusage).
+// It prints notifications/s, the ceiling (measured before and after the Send
+// phase, and averaged, since the machine may be shared), their ratio, the
+// ratio to the same mix of raw client calls (adding a firebase SendEach →
+// FCM emulator ceiling), and CPU-seconds per 100,000 pushes: deliverysvc's
+// own (the child's utime+stime, the counters getrusage reports, read from
+// /proc over the timed window) and the bench process's (emulators, fakes and
+// load generator, via syscall.Getrusage). The machine CPU per push of the
+// Send phase against that of the raw calls is the figure least disturbed by
+// other work on the machine.
 //
-//	go run ./deliverysvc/cmd/deliverybench -n 200000
+//	go run ./deliverysvc/cmd/deliverybench               # 100,000 notifications, half APNs, half FCM
+//	go run ./deliverysvc/cmd/deliverybench -fcm-share 0  # APNs only
 package main
 
 import (
@@ -28,6 +34,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -40,8 +47,13 @@ import (
 	"syscall"
 	"time"
 
+	firebase "firebase.google.com/go/v4"
+	"firebase.google.com/go/v4/messaging"
 	"github.com/sideshow/apns2"
 	"github.com/sideshow/apns2/token"
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/google"
+	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -114,7 +126,7 @@ type options struct {
 func run(ctx context.Context, args []string) error {
 	var o options
 	fs := flag.NewFlagSet("deliverybench", flag.ContinueOnError)
-	fs.IntVar(&o.n, "n", 200_000, "notifications to send through deliverysvc")
+	fs.IntVar(&o.n, "n", 100_000, "notifications to send through deliverysvc")
 	fs.IntVar(&o.streams, "streams", 4, "concurrent Send streams")
 	fs.IntVar(&o.batch, "batch", 1000, "messages per SendRequest (one token each)")
 	fs.Float64Var(&o.fcmShare, "fcm-share", 0.5, "fraction of notifications sent to FCM tokens (the rest to APNs)")
@@ -129,6 +141,8 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 
+	// The same GC setting as deliverysvc, for the emulators and the ceiling.
+	server.TuneRuntime()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ca, err := tlsca.New()
 	if err != nil {
@@ -200,40 +214,56 @@ func run(ctx context.Context, args []string) error {
 	fmt.Printf("deliverybench: %d notifications (%.0f%% FCM), %d streams × batches of %d, max in flight %d, %d APNs connections, GOMAXPROCS=%s\n",
 		o.n, 100*o.fcmShare, o.streams, o.batch, o.concurrency, o.connections, gomaxprocs())
 
-	// 1. The ceiling: apns2 straight at the emulator.
-	ceiling, err := apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, o)
+	// 1. The ceiling: apns2 straight at the emulator. It is measured again
+	// after the pipeline, and the two averaged, so that a neighbour's load
+	// on a shared machine skews the ratio less.
+	ceilingBefore, ceilingCPU, err := apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, o)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("  apns2 → APNs emulator ceiling: %8.0f pushes/s  (%d pushes, %d goroutines, %d connections)\n", ceiling, o.ceilingN, o.concurrency, o.connections)
+	fmt.Printf("  apns2 → APNs emulator ceiling: %8.0f pushes/s  (%d pushes, %d goroutines, %d connections; %.2f CPU-s per 100k, client and emulator)\n",
+		ceilingBefore, o.ceilingN, o.concurrency, o.connections, ceilingCPU.Seconds()/float64(o.ceilingN)*100_000)
+	var fcmRate float64
+	var fcmCPU time.Duration
+	if o.fcmShare > 0 {
+		if fcmRate, fcmCPU, err = fcmCeiling(ctx, fcmEmu, ca, saJSON, o.ceilingN/2); err != nil {
+			return err
+		}
+		fmt.Printf("  firebase SendEach → FCM emulator ceiling: %8.0f messages/s  (%d messages, chunks of 500, 8 in flight; %.2f CPU-s per 100k)\n",
+			fcmRate, o.ceilingN/2, fcmCPU.Seconds()/float64(o.ceilingN/2)*100_000)
+	}
 
 	// Warm-up: connections, provider token, OAuth2 token, JIT-free but
 	// allocator and scheduler settle.
-	if _, err := sendAll(ctx, svc.conn, o, 2*o.batch, bundleID, packageName, "warmup"); err != nil {
+	if _, err := sendAll(ctx, svc.conn, o, 2*o.batch, bundleID, packageName, "warmup", func() {}); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	eventsBefore := len(events.All())
 
 	// 2. The pipeline.
-	childBefore, err := processCPU(svc.pid)
+	var childBefore, selfBefore time.Duration
+	var start time.Time
+	var readyErr error
+	res, err := sendAll(ctx, svc.conn, o, o.n, bundleID, packageName, "run", func() {
+		if o.benchprofile != "" {
+			f, err := os.Create(o.benchprofile)
+			if err == nil {
+				err = pprof.StartCPUProfile(f)
+			}
+			readyErr = err
+		}
+		childBefore, err = processCPU(svc.pid)
+		if readyErr == nil {
+			readyErr = err
+		}
+		selfBefore = selfCPU()
+		start = time.Now()
+	})
 	if err != nil {
 		return err
 	}
-	selfBefore := selfCPU()
-	if o.benchprofile != "" {
-		f, err := os.Create(o.benchprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-	}
-	start := time.Now()
-	res, err := sendAll(ctx, svc.conn, o, o.n, bundleID, packageName, "run")
-	if err != nil {
-		return err
+	if readyErr != nil {
+		return readyErr
 	}
 	elapsed := time.Since(start)
 	if o.benchprofile != "" {
@@ -249,9 +279,27 @@ func run(ctx context.Context, args []string) error {
 	per100k := func(d time.Duration) float64 { return d.Seconds() / float64(res.sent) * 100_000 }
 	fmt.Printf("  deliverysvc Send → both emulators: %8.0f notifications/s  (%d sent: %d APNs, %d FCM; %d failed) in %s\n",
 		rate, res.sent, res.apns, res.fcm, res.failed, elapsed.Round(time.Millisecond))
-	fmt.Printf("  ratio to the ceiling: %.2f\n", rate/ceiling)
-	fmt.Printf("  CPU per 100k pushes: deliverysvc %.2f CPU-s; bench process (emulators, fakes, load) %.2f CPU-s  [gorush: 6.5 CPU-s]\n",
-		per100k(childAfter-childBefore), per100k(selfAfter-selfBefore))
+	ceilingAfter, _, err := apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, o)
+	if err != nil {
+		return err
+	}
+	ceiling := (ceilingBefore + ceilingAfter) / 2
+	fmt.Printf("  apns2 → APNs emulator ceiling again: %8.0f pushes/s; mean %.0f\n", ceilingAfter, ceiling)
+	fmt.Printf("  ratio to the apns2 ceiling: %.2f\n", rate/ceiling)
+	apnsShare := float64(res.apns) / float64(max(1, res.sent))
+	apnsCeilingCPU := ceilingCPU.Seconds() / float64(o.ceilingN) * 1e6
+	mixedCeilingCPU := apnsCeilingCPU
+	if o.fcmShare > 0 {
+		// The same mix of raw client calls: time per push weighted by
+		// the share of each gateway.
+		mixed := 1 / (apnsShare/ceiling + (1-apnsShare)/fcmRate)
+		fmt.Printf("  ratio to the same mix of raw client calls (%.0f/s): %.2f\n", mixed, rate/mixed)
+		mixedCeilingCPU = apnsShare*apnsCeilingCPU + (1-apnsShare)*fcmCPU.Seconds()/float64(o.ceilingN/2)*1e6
+	}
+	childCPU, selfCPUUsed := per100k(childAfter-childBefore), per100k(selfAfter-selfBefore)
+	fmt.Printf("  CPU per 100k pushes: deliverysvc %.2f CPU-s; bench process (emulators, fakes, load) %.2f CPU-s  [gorush: 6.5 CPU-s]\n", childCPU, selfCPUUsed)
+	fmt.Printf("  machine CPU per push: pipeline %.0f µs, raw client calls %.0f µs (CPU ratio %.2f: robust to a busy machine)\n",
+		(childCPU+selfCPUUsed)*10, mixedCeilingCPU, mixedCeilingCPU/((childCPU+selfCPUUsed)*10))
 	if res.failed > 0 {
 		fmt.Printf("  first failure: %s\n", res.firstFailure)
 	}
@@ -375,11 +423,11 @@ func freeAddr() (string, error) {
 
 // apnsCeiling pushes with apns2 straight at the emulator: o.connections
 // clients, o.concurrency goroutines, one provider token.
-func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleID string, o options) (float64, error) {
+func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleID string, o options) (float64, time.Duration, error) {
 	tok := &token.Token{KeyID: testenv.KeyID, TeamID: testenv.TeamID}
 	var err error
 	if tok.AuthKey, err = ecdsaKey(key); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	clients := make([]*apns2.Client, o.connections)
 	for i := range clients {
@@ -403,12 +451,13 @@ func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleI
 	}
 	for i := range clients { // connect and verify the token outside the timer
 		if err := push(i); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	var next atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	cpu0 := selfCPU()
 	start := time.Now()
 	for w := 0; w < o.concurrency; w++ {
 		wg.Add(1)
@@ -427,10 +476,82 @@ func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleI
 		}()
 	}
 	wg.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
-		return 0, err
+	elapsed, cpu := time.Since(start), selfCPU()-cpu0
+	for _, c := range clients {
+		c.CloseIdleConnections()
 	}
-	return float64(o.ceilingN) / time.Since(start).Seconds(), nil
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, 0, err
+	}
+	return float64(o.ceilingN) / elapsed.Seconds(), cpu, nil
+}
+
+// fcmCeiling sends with firebase's SendEach straight at the FCM emulator:
+// chunks of 500, 8 in flight (as deliverysvc's FCM gateway), after a real
+// OAuth2 token exchange done outside the timer.
+func fcmCeiling(ctx context.Context, emu *fcm.Server, ca *tlsca.CA, saJSON []byte, n int) (float64, time.Duration, error) {
+	tokenCtx := context.WithValue(context.Background(), oauth2.HTTPClient, ca.HTTPClient())
+	creds, err := google.CredentialsFromJSONWithType(tokenCtx, saJSON, google.ServiceAccount, fcm.ScopeFirebaseMessaging)
+	if err != nil {
+		return 0, 0, err
+	}
+	hc := &http.Client{Transport: &oauth2.Transport{Source: creds.TokenSource, Base: ca.HTTPClient().Transport}}
+	app, err := firebase.NewApp(ctx, &firebase.Config{ProjectID: "pushmesh-bench"}, option.WithHTTPClient(hc), option.WithEndpoint(emu.URL()+"/v1"))
+	if err != nil {
+		return 0, 0, err
+	}
+	mc, err := app.Messaging(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	ttl := 24 * time.Hour
+	msg := func(i int) *messaging.Message {
+		return &messaging.Message{
+			Token:        testenv.FCMToken(i),
+			Data:         map[string]string{"offer": "spring", "pm_message_id": "ceiling"},
+			Notification: &messaging.Notification{Title: "Hello", Body: "A benchmark notification"},
+			Android:      &messaging.AndroidConfig{CollapseKey: "ceiling", TTL: &ttl},
+		}
+	}
+	if _, err := mc.Send(ctx, msg(0)); err != nil { // token exchange and connection
+		return 0, 0, err
+	}
+	const chunk, inFlight = 500, 8
+	chunks := make(chan []*messaging.Message, n/chunk+1)
+	for i := 0; i < n; i += chunk {
+		var c []*messaging.Message
+		for j := i; j < min(i+chunk, n); j++ {
+			c = append(c, msg(j))
+		}
+		chunks <- c
+	}
+	close(chunks)
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	cpu0 := selfCPU()
+	start := time.Now()
+	for w := 0; w < inFlight; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range chunks {
+				br, err := mc.SendEach(ctx, c)
+				if err == nil && br.FailureCount > 0 {
+					err = fmt.Errorf("%d of %d failed", br.FailureCount, len(c))
+				}
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed, cpu := time.Since(start), selfCPU()-cpu0
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, 0, fmt.Errorf("FCM ceiling: %w", err)
+	}
+	return float64(n) / elapsed.Seconds(), cpu, nil
 }
 
 type sendResult struct {
@@ -439,37 +560,66 @@ type sendResult struct {
 }
 
 // sendAll sends n single-token messages over o.streams Send streams and
-// counts the results.
-func sendAll(ctx context.Context, conn *grpc.ClientConn, o options, n int, bundleID, packageName, prefix string) (sendResult, error) {
+// counts the results. It opens the streams and encodes every request first
+// (grpc.PreparedMsg: the load generator stands for clients elsewhere, so
+// their encoding is kept out of the measurement), then calls ready, then
+// sends.
+func sendAll(ctx context.Context, conn *grpc.ClientConn, o options, n int, bundleID, packageName, prefix string, ready func()) (sendResult, error) {
 	client := deliveryv1.NewDeliveryServiceClient(conn)
-	var mu sync.Mutex
-	var total sendResult
-	var wg sync.WaitGroup
-	errs := make(chan error, o.streams)
-	per := (n + o.streams - 1) / o.streams
 	fcmEvery := 0
 	if o.fcmShare > 0 {
 		fcmEvery = int(1 / o.fcmShare)
 	}
 	notification := &deliveryv1.Notification{Title: "Hello", Body: "A benchmark notification", Data: map[string]string{"offer": "spring"}}
+	type streamRun struct {
+		stream   grpc.BidiStreamingClient[deliveryv1.SendRequest, deliveryv1.SendResponse]
+		requests []*grpc.PreparedMsg
+	}
+	var runs []*streamRun
+	per := (n + o.streams - 1) / o.streams
 	for s := 0; s < o.streams; s++ {
 		first, last := s*per, min((s+1)*per, n)
 		if first >= last {
 			break
 		}
+		stream, err := client.Send(ctx)
+		if err != nil {
+			return sendResult{}, err
+		}
+		run := &streamRun{stream: stream}
+		for i := first; i < last; i += o.batch {
+			msgs := make([]*deliveryv1.Message, 0, o.batch)
+			for j := i; j < min(i+o.batch, last); j++ {
+				var target *deliveryv1.TokenTarget
+				if fcmEvery > 0 && j%fcmEvery == 0 {
+					target = testenv.FCMTarget(testenv.FCMToken(j), packageName)
+				} else {
+					target = testenv.APNsTarget(testenv.APNsToken(j), bundleID)
+				}
+				msgs = append(msgs, testenv.TokensMessage(prefix+"-"+strconv.Itoa(j), notification, target))
+			}
+			pm := &grpc.PreparedMsg{}
+			if err := pm.Encode(stream, &deliveryv1.SendRequest{Messages: msgs}); err != nil {
+				return sendResult{}, err
+			}
+			run.requests = append(run.requests, pm)
+		}
+		runs = append(runs, run)
+	}
+	ready()
+
+	var mu sync.Mutex
+	var total sendResult
+	var wg sync.WaitGroup
+	for _, run := range runs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			stream, err := client.Send(ctx)
-			if err != nil {
-				errs <- err
-				return
-			}
 			recvDone := make(chan sendResult, 1)
 			go func() {
 				var r sendResult
 				for {
-					res, err := stream.Recv()
+					res, err := run.stream.Recv()
 					if err != nil {
 						if !errors.Is(err, io.EOF) {
 							r.firstFailure = "stream: " + err.Error()
@@ -495,22 +645,12 @@ func sendAll(ctx context.Context, conn *grpc.ClientConn, o options, n int, bundl
 					}
 				}
 			}()
-			for i := first; i < last; i += o.batch {
-				msgs := make([]*deliveryv1.Message, 0, o.batch)
-				for j := i; j < min(i+o.batch, last); j++ {
-					var target *deliveryv1.TokenTarget
-					if fcmEvery > 0 && j%fcmEvery == 0 {
-						target = testenv.FCMTarget(testenv.FCMToken(j), packageName)
-					} else {
-						target = testenv.APNsTarget(testenv.APNsToken(j), bundleID)
-					}
-					msgs = append(msgs, testenv.TokensMessage(prefix+"-"+strconv.Itoa(j), notification, target))
-				}
-				if err := stream.Send(&deliveryv1.SendRequest{Messages: msgs}); err != nil {
-					break
+			for _, req := range run.requests {
+				if err := run.stream.SendMsg(req); err != nil {
+					break // Recv reports why
 				}
 			}
-			_ = stream.CloseSend()
+			_ = run.stream.CloseSend()
 			r := <-recvDone
 			mu.Lock()
 			total.sent += r.sent
@@ -524,10 +664,6 @@ func sendAll(ctx context.Context, conn *grpc.ClientConn, o options, n int, bundl
 		}()
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		return total, err
-	}
 	return total, nil
 }
 

@@ -46,12 +46,9 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 		}
 		writeErr <- err
 	}()
-	session := s.Pipeline.Open(ctx, func(r delivery.Result) {
-		select {
-		case results <- r:
-		case <-ctx.Done():
-		}
-	})
+	// A plain send: the writer drains the channel until it is closed, even
+	// after the client went away, so this never blocks for good.
+	session := s.Pipeline.Open(ctx, func(r delivery.Result) { results <- r })
 
 	var streamErr error
 	for {

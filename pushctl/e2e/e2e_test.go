@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -83,7 +84,7 @@ func register(t *testing.T, m *mesh.Mesh, customer, token string, platform commo
 	_, err := m.Profiles.RegisterPushToken(context.Background(), &profilev1.RegisterPushTokenRequest{
 		Profile: &profilev1.ProfileRef{Ref: &profilev1.ProfileRef_Identity{Identity: &profilev1.Identity{Namespace: "customer_id", Value: customer}}},
 		Token:   token, Platform: platform, AppId: app, SourceTime: timestamppb.New(at),
-		DeviceId: token[:12], Source: "e2e",
+		DeviceId: fmt.Sprintf("%x", sha256.Sum256([]byte(token)))[:16], Source: "e2e",
 	})
 	if err != nil {
 		t.Fatalf("register token for %s: %v", customer, err)

@@ -152,12 +152,15 @@ func (s *Server) UnregisterPushToken(ctx context.Context, req *profilev1.Unregis
 	var v fault.ValidationError
 	k := tokenKey(&v, "", req.GetToken(), req.GetPlatform(), req.GetAppId())
 	reason := profile.ReasonUninstalled
-	switch rs := req.GetReason(); {
-	case rs == profilev1.InactiveReason_INACTIVE_REASON_UNSPECIFIED:
-	case rs < 0 || rs > profilev1.InactiveReason_INACTIVE_REASON_BAD_TOKEN:
-		v.Add("reason", "unknown inactive reason %d", rs)
-	default:
+	switch rs := req.GetReason(); rs {
+	case profilev1.InactiveReason_INACTIVE_REASON_UNSPECIFIED:
+	case profilev1.InactiveReason_INACTIVE_REASON_UNINSTALLED, profilev1.InactiveReason_INACTIVE_REASON_STALE,
+		profilev1.InactiveReason_INACTIVE_REASON_UNREGISTERED, profilev1.InactiveReason_INACTIVE_REASON_BAD_TOKEN:
 		reason = profile.InactiveReason(rs)
+	case profilev1.InactiveReason_INACTIVE_REASON_REPLACED:
+		v.Add("reason", "REPLACED is decided by token rotation (a newer token for the same app and device), not set by callers")
+	default:
+		v.Add("reason", "unknown inactive reason %d", rs)
 	}
 	if err := v.Err(); err != nil {
 		return nil, s.status(ctx, err)

@@ -19,7 +19,7 @@ import (
 //	identities = count:uvarint { namespace:str value:str }
 //	attributes = count:uvarint { key:str time:varint value }
 //
-//	hot      = owner:16 flags:1 sourceTime:varint sourceTie:4 env:1
+//	hot      = owner:16 flags:1 sourceTime:varint sourceTie:4 env:1 (flags&4: replaced)
 //	           [envTime:varint envTie:4]        (unless flags&1: same as source)
 //	           deviceFP:8
 //	           [deviceTime:varint deviceTie:4]  (unless flags&2: same as source)
@@ -37,6 +37,7 @@ const recordVersion = 1
 const (
 	hotEnvStampIsSource    = 1 << 0
 	hotDeviceStampIsSource = 1 << 1
+	hotReplaced            = 1 << 2
 )
 
 // Value kinds.
@@ -93,6 +94,9 @@ func EncodeHot(dst []byte, t *Token) []byte {
 	if t.DeviceStamp == t.SourceStamp {
 		flags |= hotDeviceStampIsSource
 	}
+	if t.Replaced {
+		flags |= hotReplaced
+	}
 	dst = append(dst, flags)
 	dst = appendStamp(dst, t.SourceStamp)
 	dst = append(dst, byte(t.Env))
@@ -122,6 +126,7 @@ func DecodeHotInto(t *Token, b []byte) error {
 	r := reader{b: b}
 	t.Owner = r.id()
 	flags := r.byte()
+	t.Replaced = flags&hotReplaced != 0
 	t.SourceStamp = r.stamp()
 	t.Env = Environment(r.byte())
 	t.EnvStamp = t.SourceStamp

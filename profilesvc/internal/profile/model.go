@@ -179,11 +179,16 @@ type DeviceKey struct {
 //   - ownership (Owner; SourceStamp is the winning registration),
 //   - the APNs environment (EnvStamp),
 //   - the device id and device details (DeviceStamp),
-//   - the last deactivation (DeactivatedAt, Reason).
+//   - the last deactivation by a gateway or an unregistration
+//     (DeactivatedAt, Reason).
 //
 // A token is active when its newest registration is newer than its last
 // deactivation, so a registration newer than a gateway's 410 timestamp
-// revives it and an older one does not.
+// revives it and an older one does not, and when no other token of the same
+// app and device id was registered for that device more recently (token
+// rotation: it is then Replaced). Replaced is derived from the device's
+// tokens each time one of them changes, never accumulated, so it too ends up
+// the same whatever order registrations come in.
 //
 // The store keeps a token in two parts: the small "hot" part every
 // registration reads and most write (Owner, the stamps, Env, DeviceFP,
@@ -200,6 +205,9 @@ type Token struct {
 
 	DeactivatedAt int64
 	Reason        InactiveReason
+	// Replaced says a newer token was registered for the same app and
+	// device id.
+	Replaced bool
 
 	Env      Environment
 	EnvStamp Stamp
@@ -222,12 +230,15 @@ type Token struct {
 func (t *Token) Key() TokenKey { return TokenKey{t.Platform, t.AppID, t.Token} }
 
 // Active reports whether the token is targeted.
-func (t *Token) Active() bool { return t.DeactivatedAt < t.SourceStamp.Time }
+func (t *Token) Active() bool { return !t.Replaced && t.DeactivatedAt < t.SourceStamp.Time }
 
 // InactiveReason returns why the token is inactive, or ReasonNone.
 func (t *Token) InactiveReason() InactiveReason {
-	if t.Active() {
+	switch {
+	case t.Active():
 		return ReasonNone
+	case t.Replaced:
+		return ReasonReplaced
 	}
 	return t.Reason
 }

@@ -37,7 +37,8 @@ type Loader interface {
 	// LoadProfileTokens returns the full tokens stored under owner.
 	LoadProfileTokens(owner ID) ([]*Token, error)
 	LoadIdentityOwner(idn Identity) (owner ID, found bool, err error)
-	LoadDeviceToken(k DeviceKey) (token string, found bool, err error)
+	// LoadDeviceTokens returns the tokens registered for an app install.
+	LoadDeviceTokens(k DeviceKey) ([]string, error)
 }
 
 type profileSlot struct {
@@ -65,10 +66,11 @@ type ownerSlot struct {
 	dirty bool
 }
 
+// deviceSlot is the set of tokens registered for one app install, with the
+// entries changed (token → present) to write back.
 type deviceSlot struct {
-	token string
-	found bool
-	dirty bool
+	members map[string]struct{}
+	changed map[string]bool
 }
 
 // Workset is the in-memory state one mutation (or one import batch) works
@@ -151,11 +153,19 @@ func (w *Workset) SeedIdentityOwner(idn Identity, owner ID, found bool) {
 	}
 }
 
-// SeedDeviceToken caches a device index entry loaded ahead.
-func (w *Workset) SeedDeviceToken(k DeviceKey, token string, found bool) {
+// SeedDevice caches the tokens of an app install loaded ahead.
+func (w *Workset) SeedDevice(k DeviceKey, tokens []string) {
 	if _, ok := w.deviceTokens[k]; !ok {
-		w.deviceTokens[k] = &deviceSlot{token: token, found: found}
+		w.deviceTokens[k] = newDeviceSlot(tokens)
 	}
+}
+
+func newDeviceSlot(tokens []string) *deviceSlot {
+	ds := &deviceSlot{members: make(map[string]struct{}, len(tokens))}
+	for _, t := range tokens {
+		ds.members[t] = struct{}{}
+	}
+	return ds
 }
 
 // TokenOwnerHint returns the stored owner of a token already cached, for
@@ -270,20 +280,32 @@ func (w *Workset) setIdentityOwner(idn Identity, id ID, found bool) {
 	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: id, found: found, dirty: true})
 }
 
-func (w *Workset) deviceToken(k DeviceKey) (string, bool, error) {
-	if s, ok := w.deviceTokens[k]; ok {
-		return s.token, s.found, nil
+func (w *Workset) device(k DeviceKey) (*deviceSlot, error) {
+	if ds, ok := w.deviceTokens[k]; ok {
+		return ds, nil
 	}
-	tok, found, err := w.load.LoadDeviceToken(k)
+	tokens, err := w.load.LoadDeviceTokens(k)
 	if err != nil {
-		return "", false, err
+		return nil, err
 	}
-	w.deviceTokens[k] = &deviceSlot{token: tok, found: found}
-	return tok, found, nil
+	ds := newDeviceSlot(tokens)
+	w.deviceTokens[k] = ds
+	return ds, nil
 }
 
-func (w *Workset) setDeviceToken(k DeviceKey, token string, found bool) {
-	w.deviceTokens[k] = &deviceSlot{token: token, found: found, dirty: true}
+func (ds *deviceSlot) set(token string, present bool) {
+	if _, ok := ds.members[token]; ok == present {
+		return
+	}
+	if present {
+		ds.members[token] = struct{}{}
+	} else {
+		delete(ds.members, token)
+	}
+	if ds.changed == nil {
+		ds.changed = map[string]bool{}
+	}
+	ds.changed[token] = present
 }
 
 // Token returns a full copy of the token with key k; found is false when no
@@ -575,7 +597,7 @@ func (w *Workset) Register(target ID, r Registration) (RegisterResult, error) {
 		s.t, s.hotDirty, s.detailsDirty = t, true, true
 		res.Outcome = OutcomeCreated
 		if t.DeviceID != "" {
-			if res.Replaced, err = w.rotate(s); err != nil {
+			if res.Replaced, err = w.joinDevice(s, t.DeviceID); err != nil {
 				return RegisterResult{}, err
 			}
 		}
@@ -599,7 +621,7 @@ func (w *Workset) Register(target ID, r Registration) (RegisterResult, error) {
 		}
 		s.detailsDirty = true
 	}
-	oldDevice := t.DeviceID
+	oldDevice := t.DeviceID // loaded above when the device changes
 	changed := false
 	if wins {
 		t.SourceStamp = st
@@ -630,14 +652,19 @@ func (w *Workset) Register(target ID, r Registration) (RegisterResult, error) {
 	if res.Outcome == OutcomeUnchanged {
 		res.Outcome = OutcomeUpdated
 	}
-	if deviceChange {
-		if oldDevice != "" && oldDevice != t.DeviceID {
-			if err := w.releaseDevice(DeviceKey{t.Platform, t.AppID, oldDevice}, t.Token); err != nil {
+	if deviceAdvance {
+		// A newer device registration can make this token its device's
+		// current one again, or move it to another device.
+		if deviceChange && oldDevice != "" && oldDevice != t.DeviceID {
+			if err := w.leaveDevice(DeviceKey{t.Platform, t.AppID, oldDevice}, s, t.Token); err != nil {
 				return RegisterResult{}, err
 			}
 		}
-		if t.DeviceID != "" {
-			if res.Replaced, err = w.rotate(s); err != nil {
+		// The device id is the registration's: it either just changed to it
+		// or matched it already (same fingerprint), even when the token's
+		// details are not loaded.
+		if r.DeviceID != "" {
+			if res.Replaced, err = w.joinDevice(s, r.DeviceID); err != nil {
 				return RegisterResult{}, err
 			}
 		}
@@ -665,57 +692,97 @@ func (w *Workset) deactivate(s *tokenSlot, at int64, reason InactiveReason) (boo
 	return true, nil
 }
 
-// rotate makes the token in s the current token of its device unless the
-// device's current token is newer, deactivating whichever of the two is
-// older as REPLACED. It returns the tokens it replaced.
-func (w *Workset) rotate(s *tokenSlot) ([]string, error) {
-	t := s.t
-	dk := DeviceKey{t.Platform, t.AppID, t.DeviceID}
-	cur, found, err := w.deviceToken(dk)
+// joinDevice adds the token in s to its device and settles which of the
+// device's tokens is current; it returns the tokens this replaced.
+func (w *Workset) joinDevice(s *tokenSlot, deviceID string) ([]string, error) {
+	dk := DeviceKey{s.t.Platform, s.t.AppID, deviceID}
+	ds, err := w.device(dk)
 	if err != nil {
 		return nil, err
 	}
-	if found && cur == t.Token {
-		return nil, nil
-	}
-	if !found {
-		w.setDeviceToken(dk, t.Token, true)
-		return nil, nil
-	}
-	cs, err := w.token(TokenKey{t.Platform, t.AppID, cur})
-	if err != nil {
-		return nil, err
-	}
-	if cs.t != nil {
-		if err := w.full(cs); err != nil {
-			return nil, err
-		}
-	}
-	if cs.t == nil || cs.t.DeviceID != t.DeviceID {
-		// The index is stale (the token is gone or moved devices).
-		w.setDeviceToken(dk, t.Token, true)
-		return nil, nil
-	}
-	if cs.t.DeviceStamp.Less(t.DeviceStamp) {
-		if _, err := w.deactivate(cs, t.DeviceStamp.Time, ReasonReplaced); err != nil {
-			return nil, err
-		}
-		w.setDeviceToken(dk, t.Token, true)
-		return []string{cur}, nil
-	}
-	// The device already has a newer token: this one is the replaced one.
-	_, err = w.deactivate(s, cs.t.DeviceStamp.Time, ReasonReplaced)
-	return nil, err
+	ds.set(s.t.Token, true)
+	replaced, err := w.settleDevice(dk)
+	// The token itself may turn out older than the device's current one:
+	// it is replaced, but it did not replace itself.
+	return slices.DeleteFunc(replaced, func(t string) bool { return t == s.t.Token }), err
 }
 
-// releaseDevice drops the device index entry dk if it points at token.
-func (w *Workset) releaseDevice(dk DeviceKey, token string) error {
-	cur, found, err := w.deviceToken(dk)
+// leaveDevice removes the token in s from device dk and settles the tokens
+// left: when the current token leaves, the next newest becomes current
+// again. The token itself is no longer replaced by anything on dk (joining
+// its new device, if any, settles it there). s.t is nil for a deleted token.
+func (w *Workset) leaveDevice(dk DeviceKey, s *tokenSlot, token string) error {
+	ds, err := w.device(dk)
 	if err != nil {
 		return err
 	}
-	if found && cur == token {
-		w.setDeviceToken(dk, "", false)
+	if _, ok := ds.members[token]; !ok {
+		return nil
+	}
+	ds.set(token, false)
+	if s.t != nil {
+		if err := w.setReplaced(s, false); err != nil {
+			return err
+		}
+	}
+	_, err = w.settleDevice(dk)
+	return err
+}
+
+// settleDevice marks every token of device dk Replaced except the one
+// registered for the device most recently (by device stamp; equal stamps
+// go to the larger token, so every order agrees). It returns the tokens that
+// became replaced.
+func (w *Workset) settleDevice(dk DeviceKey) ([]string, error) {
+	ds, err := w.device(dk)
+	if err != nil {
+		return nil, err
+	}
+	slots := make([]*tokenSlot, 0, len(ds.members))
+	var newest *tokenSlot
+	for tok := range ds.members {
+		s, err := w.token(TokenKey{dk.Platform, dk.AppID, tok})
+		if err != nil {
+			return nil, err
+		}
+		if s.t == nil {
+			ds.set(tok, false) // a stale entry: the token is gone
+			continue
+		}
+		slots = append(slots, s)
+		if newest == nil || newest.t.DeviceStamp.Less(s.t.DeviceStamp) ||
+			(newest.t.DeviceStamp == s.t.DeviceStamp && newest.t.Token < s.t.Token) {
+			newest = s
+		}
+	}
+	var replaced []string
+	for _, s := range slots {
+		was := s.t.Replaced
+		if err := w.setReplaced(s, s != newest); err != nil {
+			return nil, err
+		}
+		if !was && s.t.Replaced {
+			replaced = append(replaced, s.t.Token)
+		}
+	}
+	slices.Sort(replaced)
+	return replaced, nil
+}
+
+func (w *Workset) setReplaced(s *tokenSlot, replaced bool) error {
+	if s.t.Replaced == replaced {
+		return nil
+	}
+	wasActive := s.t.Active()
+	s.t.Replaced = replaced
+	s.t.UpdateTime = w.now
+	s.hotDirty = true
+	if s.t.Active() != wasActive {
+		// The details carry the active flag audience scans read.
+		if err := w.full(s); err != nil {
+			return err
+		}
+		s.detailsDirty = true
 	}
 	return nil
 }
@@ -794,13 +861,13 @@ func (w *Workset) Delete(p *Profile) (int, error) {
 			s = w.newTokenSlot(id, t)
 			w.tokens[id] = s
 		}
+		s.t = nil
+		s.hotDirty, s.detailsDirty = true, true
 		if t.DeviceID != "" {
-			if err := w.releaseDevice(DeviceKey{t.Platform, t.AppID, t.DeviceID}, t.Token); err != nil {
+			if err := w.leaveDevice(DeviceKey{t.Platform, t.AppID, t.DeviceID}, s, t.Token); err != nil {
 				return 0, err
 			}
 		}
-		s.t = nil
-		s.hotDirty, s.detailsDirty = true, true
 	}
 	w.profiles[p.ID] = w.profileSlots.alloc(profileSlot{loaded: true, known: true, exists: false, dirty: true})
 	return len(tokens), nil
@@ -883,7 +950,7 @@ type IdentityOwnerChange struct {
 	Found    bool
 }
 
-// DeviceTokenChange is one device index entry to write.
+// DeviceTokenChange adds (Found) or removes a token of an app install.
 type DeviceTokenChange struct {
 	Key   DeviceKey
 	Token string
@@ -929,9 +996,9 @@ func (w *Workset) Changes() Changes {
 			c.IdentityOwners = append(c.IdentityOwners, IdentityOwnerChange{Identity: k, Owner: s.id, Found: s.found})
 		}
 	}
-	for k, s := range w.deviceTokens {
-		if s.dirty {
-			c.DeviceTokens = append(c.DeviceTokens, DeviceTokenChange{Key: k, Token: s.token, Found: s.found})
+	for k, ds := range w.deviceTokens {
+		for tok, present := range ds.changed {
+			c.DeviceTokens = append(c.DeviceTokens, DeviceTokenChange{Key: k, Token: tok, Found: present})
 		}
 	}
 	return c

@@ -26,8 +26,9 @@ var (
 	// so a profile's tokens sit next to each other and an audience scan
 	// walks them in step with the profiles bucket.
 	bucketProfileTokens = []byte("profile_tokens")
-	// bucketDevices: tenant | platform | app id | 0x00 | device id → the
-	// device's current token, to detect token rotation.
+	// bucketDevices: tenant | platform | app id | 0x00 | device id | 0x00 |
+	// token id → token: every token registered for an app install, to
+	// settle which one is current (token rotation).
 	bucketDevices = []byte("devices")
 
 	allBuckets = [][]byte{bucketMeta, bucketProfiles, bucketIdentities, bucketTokens, bucketProfileTokens, bucketDevices}
@@ -73,12 +74,20 @@ func (k keyer) details(dst []byte, owner profile.ID, id *profile.TokenID) []byte
 	return dst
 }
 
-func (k keyer) device(dst []byte, dk profile.DeviceKey) []byte {
+// device is the prefix of an app install's tokens; with a token id, the key
+// of one of them. App ids and device ids never hold 0x00 (validation), so
+// the prefix never matches another install.
+func (k keyer) device(dst []byte, dk profile.DeviceKey, id *profile.TokenID) []byte {
 	dst = append(dst, k.prefix...)
 	dst = append(dst, byte(dk.Platform))
 	dst = append(dst, dk.AppID...)
 	dst = append(dst, 0)
-	return append(dst, dk.DeviceID...)
+	dst = append(dst, dk.DeviceID...)
+	dst = append(dst, 0)
+	if id != nil {
+		dst = append(dst, id[:]...)
+	}
+	return dst
 }
 
 // idFromKey returns the profile id at the end of a profiles key.

@@ -70,9 +70,8 @@ type tokenSeed struct {
 }
 
 type deviceSeed struct {
-	dk    profile.DeviceKey
-	token string
-	found bool
+	dk     profile.DeviceKey
+	tokens []string
 }
 
 // readIdentities reads the owners of idns; owners[i] is the owner of
@@ -188,7 +187,7 @@ func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, need
 	return seeds, nil
 }
 
-// readDevices reads the current tokens of dks.
+// readDevices reads the tokens of the app installs dks.
 func (l *loader) readDevices(dks []profile.DeviceKey) []deviceSeed {
 	var mem arena
 	type item struct {
@@ -197,17 +196,16 @@ func (l *loader) readDevices(dks []profile.DeviceKey) []deviceSeed {
 	}
 	items := make([]item, len(dks))
 	for i, dk := range dks {
-		items[i] = item{key: mem.build(func(dst []byte) []byte { return l.keys.device(dst, dk) }), dk: dk}
+		items[i] = item{key: mem.build(func(dst []byte) []byte { return l.keys.device(dst, dk, nil) }), dk: dk}
 	}
 	slices.SortFunc(items, func(a, b item) int { return bytes.Compare(a.key, b.key) })
 	seeds := make([]deviceSeed, 0, len(items))
-	w := newWalker(l.devices)
+	c := l.devices.Cursor()
 	for j, it := range items {
 		if j > 0 && bytes.Equal(items[j-1].key, it.key) {
 			continue
 		}
-		v := w.get(it.key)
-		seeds = append(seeds, deviceSeed{dk: it.dk, token: string(v), found: v != nil})
+		seeds = append(seeds, deviceSeed{dk: it.dk, tokens: deviceTokens(c, it.key)})
 	}
 	return seeds
 }
@@ -284,6 +282,6 @@ func (p *prefetched) seed(ws *profile.Workset, stale *changeSet) {
 				continue
 			}
 		}
-		ws.SeedDeviceToken(s.dk, s.token, s.found)
+		ws.SeedDevice(s.dk, s.tokens)
 	}
 }

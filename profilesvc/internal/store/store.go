@@ -244,13 +244,17 @@ func (l *loader) LoadIdentityOwner(idn profile.Identity) (profile.ID, bool, erro
 	return l.owner(l.identities, l.buf)
 }
 
-func (l *loader) LoadDeviceToken(k profile.DeviceKey) (string, bool, error) {
-	l.buf = l.keys.device(l.buf[:0], k)
-	v := l.devices.Get(l.buf)
-	if v == nil {
-		return "", false, nil
+func (l *loader) LoadDeviceTokens(k profile.DeviceKey) ([]string, error) {
+	return deviceTokens(l.devices.Cursor(), l.keys.device(nil, k, nil)), nil
+}
+
+// deviceTokens lists the tokens stored under a device prefix.
+func deviceTokens(c *bolt.Cursor, prefix []byte) []string {
+	var out []string
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		out = append(out, string(v))
 	}
-	return string(v), true, nil
+	return out
 }
 
 // put is one key to write (or delete) in a bucket.
@@ -346,7 +350,8 @@ func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 		sortPuts(identities)
 		devices = make([]put, 0, len(ch.DeviceTokens))
 		for _, c := range ch.DeviceTokens {
-			p := put{key: mem.build(func(dst []byte) []byte { return keys.device(dst, c.Key) }), del: !c.Found}
+			id := profile.TokenKey{Platform: c.Key.Platform, AppID: c.Key.AppID, Token: c.Token}.ID()
+			p := put{key: mem.build(func(dst []byte) []byte { return keys.device(dst, c.Key, &id) }), del: !c.Found}
 			if c.Found {
 				p.val = mem.build(func(dst []byte) []byte { return append(dst, c.Token...) })
 			}

@@ -50,7 +50,7 @@ type Config struct {
 	// 5,000.
 	BatchSize int
 	// CommitLinger is how long a group commit waits for more appends
-	// after its first; default 5 ms.
+	// after its first; default 20 ms.
 	CommitLinger time.Duration
 	// Interval is the least time between two forwarding rounds while the
 	// remote is up, so records travel in few big batches (and their deletes
@@ -99,7 +99,7 @@ func New(db *bolt.DB, bucket []byte, deliver Deliver, cfg Config) *Outbox {
 		cfg.BatchSize = 5000
 	}
 	if cfg.CommitLinger <= 0 {
-		cfg.CommitLinger = 5 * time.Millisecond
+		cfg.CommitLinger = 20 * time.Millisecond
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 50 * time.Millisecond

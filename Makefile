@@ -21,3 +21,11 @@ tools:
 ## build: the service binaries, pushctl and pushemu into bin/
 build:
 	go build -o bin/ ./profilesvc/cmd/profilesvc ./deliverysvc/cmd/deliverysvc ./trackingsvc/cmd/trackingsvc ./pushctl/cmd/pushctl ./emulator/cmd/pushemu
+
+## bench: the headline benchmarks of every service, as a table (QUICK=1 for a smoke run)
+bench:
+	./scripts/bench.sh
+
+## dev: the whole system locally, with the emulators and a demo journey
+dev:
+	go run ./pushctl/cmd/pushctl dev

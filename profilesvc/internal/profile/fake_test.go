@@ -326,4 +326,3 @@ func sortedIdentities(ids []Identity) []Identity {
 	slices.SortFunc(out, compareIdentity)
 	return out
 }
-

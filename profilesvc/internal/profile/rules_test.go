@@ -15,7 +15,9 @@ const sec = int64(1_000_000_000)
 // t0 is a base source time; tests add seconds to it.
 const t0 = int64(1_690_000_000) * sec
 
-func apnsKey(tok string) TokenKey { return TokenKey{Platform: PlatformAPNS, AppID: "com.example", Token: tok} }
+func apnsKey(tok string) TokenKey {
+	return TokenKey{Platform: PlatformAPNS, AppID: "com.example", Token: tok}
+}
 
 // step is one operation of a rule scenario.
 type step struct {
@@ -435,10 +437,10 @@ func TestUpsertRules(t *testing.T) {
 			wantField: "",
 		},
 		{
-			name:      "two identities of two profiles conflict",
-			req:       UpsertRequest{Identities: []Identity{{Namespace: CustomerIDNamespace, Value: "C2"}}},
-			wantErr:   nil,
-			wantField: "",
+			name:        "two identities of two profiles conflict",
+			req:         UpsertRequest{Identities: []Identity{{Namespace: CustomerIDNamespace, Value: "C2"}}},
+			wantErr:     nil,
+			wantField:   "",
 			wantCreated: true,
 		},
 		{

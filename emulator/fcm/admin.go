@@ -68,38 +68,9 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		adminapi.OK(w)
 	})
-	mux.HandleFunc("GET /_emulator/faults", func(w http.ResponseWriter, r *http.Request) {
-		adminapi.JSON(w, http.StatusOK, s.Faults())
-	})
-	mux.HandleFunc("PUT /_emulator/faults", func(w http.ResponseWriter, r *http.Request) {
-		var f Faults
-		if err := adminapi.Decode(r, &f); err != nil {
-			adminapi.Error(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if err := s.SetFaults(f); err != nil {
-			adminapi.Error(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		adminapi.JSON(w, http.StatusOK, s.Faults())
-	})
-	mux.HandleFunc("GET /_emulator/available", func(w http.ResponseWriter, r *http.Request) {
-		adminapi.JSON(w, http.StatusOK, map[string]bool{"available": s.up.Load()})
-	})
-	mux.HandleFunc("PUT /_emulator/available", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Available *bool `json:"available"`
-		}
-		if err := adminapi.Decode(r, &req); err != nil {
-			adminapi.Error(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		if req.Available == nil {
-			adminapi.Error(w, http.StatusBadRequest, "available (true or false) is required")
-			return
-		}
-		s.SetAvailable(*req.Available)
-		adminapi.JSON(w, http.StatusOK, map[string]bool{"available": *req.Available})
+	adminapi.RegisterSwitches(mux, adminapi.Switches{
+		Faults: s.Faults, SetFaults: s.SetFaults,
+		Available: s.up.Load, SetAvailable: s.SetAvailable,
 	})
 	mux.HandleFunc("GET /_emulator/quota", func(w http.ResponseWriter, r *http.Request) {
 		adminapi.JSON(w, http.StatusOK, map[string]int{"per_minute": s.Quota()})

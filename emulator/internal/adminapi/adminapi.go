@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pushmesh/pushmesh/emulator/fault"
 	"io"
 	"net/http"
 	"strconv"
@@ -60,4 +61,50 @@ func Limit(r *http.Request) (int, error) {
 		return 0, fmt.Errorf("limit %q is not a non-negative integer", s)
 	}
 	return n, nil
+}
+
+// Switches are the fault and availability controls both emulators share.
+type Switches struct {
+	Faults       func() fault.Faults
+	SetFaults    func(fault.Faults) error
+	Available    func() bool
+	SetAvailable func(bool)
+}
+
+// RegisterSwitches serves GET/PUT /_emulator/faults and
+// GET/PUT /_emulator/available on mux.
+func RegisterSwitches(mux *http.ServeMux, sw Switches) {
+	mux.HandleFunc("GET /_emulator/faults", func(w http.ResponseWriter, r *http.Request) {
+		JSON(w, http.StatusOK, sw.Faults())
+	})
+	mux.HandleFunc("PUT /_emulator/faults", func(w http.ResponseWriter, r *http.Request) {
+		var f fault.Faults
+		if err := Decode(r, &f); err != nil {
+			Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if err := sw.SetFaults(f); err != nil {
+			Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		JSON(w, http.StatusOK, sw.Faults())
+	})
+	mux.HandleFunc("GET /_emulator/available", func(w http.ResponseWriter, r *http.Request) {
+		JSON(w, http.StatusOK, map[string]bool{"available": sw.Available()})
+	})
+	mux.HandleFunc("PUT /_emulator/available", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Available *bool `json:"available"`
+		}
+		if err := Decode(r, &req); err != nil {
+			Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if req.Available == nil {
+			Error(w, http.StatusBadRequest, "available (true or false) is required")
+			return
+		}
+		sw.SetAvailable(*req.Available)
+		JSON(w, http.StatusOK, map[string]bool{"available": *req.Available})
+	})
 }

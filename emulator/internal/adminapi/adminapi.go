@@ -8,10 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/pushmesh/pushmesh/emulator/fault"
 	"io"
 	"net/http"
 	"strconv"
+
+	"github.com/pushmesh/pushmesh/emulator/fault"
 )
 
 // maxBody bounds admin request bodies.

@@ -26,8 +26,8 @@ func sampleToken() *Token {
 		Env: EnvSandbox, EnvStamp: Stamp{90, 1},
 		DeviceID: "dev-1", Device: Device{"iPhone15,2", "17.4", "3.2.1", "en-GB", "Europe/London"}, DeviceFP: 12345, DeviceStamp: Stamp{100, 7},
 		CreateTime: 10, UpdateTime: 11,
-		History:    []Move{{To: ID{8}, Time: 20, Source: "import"}, {From: ID{8}, To: ID{9}, Time: 100, Source: "ios-sdk"}},
-		Full:       true,
+		History: []Move{{To: ID{8}, Time: 20, Source: "import"}, {From: ID{8}, To: ID{9}, Time: 100, Source: "ios-sdk"}},
+		Full:    true,
 	}
 }
 

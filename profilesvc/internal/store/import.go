@@ -311,6 +311,7 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 		default:
 			// Another writer committed in between: read again, here.
 			reread = true
+			s.importRereads.Add(1)
 			pre, err := readImport(ld, rb.rows)
 			if err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -52,6 +53,9 @@ type Store struct {
 	opts    Options
 	commits *committer
 	tracer  trace.Tracer
+
+	// importRereads counts import batches whose read-ahead went stale.
+	importRereads atomic.Int64
 }
 
 // Open prepares db (creating the buckets) and starts the group committer.

@@ -551,3 +551,46 @@ func TestCredentialsNeverInTheDataFile(t *testing.T) {
 		t.Fatal("deliverysvc.db does not hold the app ids either: wrong file?")
 	}
 }
+
+func TestBackpressureBoundsTheGateway(t *testing.T) {
+	const maxInFlight, latency = 4, 30 * time.Millisecond
+	env := testenv.Start(t, testenv.Options{MaxInFlight: maxInFlight})
+	if _, err := env.RegisterAPNsApp(context.Background(), bundleID, 0); err != nil {
+		t.Fatal(err)
+	}
+	env.APNs.Reset()
+	if err := env.APNs.SetFaults(apns.Faults{Latency: latency}); err != nil {
+		t.Fatal(err)
+	}
+	var batches [][]*deliveryv1.Message
+	for b := 0; b < 4; b++ {
+		var batch []*deliveryv1.Message
+		for i := 0; i < 10; i++ {
+			n := b*10 + i
+			batch = append(batch, testenv.TokensMessage(fmt.Sprint("bp", n), note(), testenv.APNsTarget(testenv.APNsToken(n), bundleID)))
+		}
+		batches = append(batches, batch)
+	}
+	out := send(t, env, context.Background(), batches...)
+	if len(out.Results) != 40 {
+		t.Fatalf("got %d results, want 40", len(out.Results))
+	}
+	// APNs answers no sooner than the latency after a request arrives, so
+	// requests arriving within one latency of each other were in flight
+	// together: their count is a lower bound of the concurrency.
+	got := env.APNs.Received()
+	most := 0
+	for i := range got {
+		n := 0
+		for j := i; j < len(got) && got[j].Time.Sub(got[i].Time) < latency; j++ {
+			n++
+		}
+		most = max(most, n)
+	}
+	if most > maxInFlight {
+		t.Errorf("%d pushes were in flight at once, want at most --max-in-flight %d", most, maxInFlight)
+	}
+	if len(got) != 40 {
+		t.Errorf("APNs received %d pushes, want 40", len(got))
+	}
+}

@@ -1,0 +1,145 @@
+package grpcapi_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
+)
+
+func queryAll(t testing.TB, ctx context.Context, c profilev1.ProfileServiceClient, req *profilev1.QueryAudienceRequest) []*profilev1.QueryAudienceResponse {
+	t.Helper()
+	stream, err := c.QueryAudience(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*profilev1.QueryAudienceResponse
+	for {
+		resp, err := stream.Recv()
+		if isEOF(err) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, resp)
+	}
+}
+
+func TestQueryAudienceOverGRPC(t *testing.T) {
+	ctx := ctxFor(t)
+	e := newEnv(t, store.Options{})
+	// 60 customers: tier gold for even ones, locale en for i%3 != 2; every
+	// customer has an APNs token, multiples of 4 an FCM one too; C5 opted
+	// out; C10 has no token at all.
+	var rows []*profilev1.ImportRow
+	for i := 0; i < 60; i++ {
+		if i == 10 {
+			continue
+		}
+		attrs, _ := structpb.NewStruct(map[string]any{
+			"tier":      []string{"gold", "silver"}[i%2],
+			"locale":    []string{"en-GB", "en-US", "fr-FR"}[i%3],
+			"firstName": fmt.Sprintf("Ada%d", i),
+		})
+		rows = append(rows, &profilev1.ImportRow{CustomerId: fmt.Sprintf("C%d", i), Token: fmt.Sprintf("%04x", i), Platform: apns, AppId: "com.example.ios", SourceTime: at(1), Attributes: attrs,
+			ApnsEnvironment: commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX, DeviceId: fmt.Sprintf("iphone-%d", i)})
+		if i%4 == 0 {
+			rows = append(rows, &profilev1.ImportRow{CustomerId: fmt.Sprintf("C%d", i), Token: fmt.Sprintf("fcm-%d", i), Platform: fcm, AppId: "com.example.android", SourceTime: at(1)})
+		}
+	}
+	importAll(t, ctx, e.client, rows, 25)
+	attrs, _ := structpb.NewStruct(map[string]any{"tier": "gold", "locale": "en-GB"})
+	must[*profilev1.UpsertProfileResponse](t)(e.client.UpsertProfile(ctx, &profilev1.UpsertProfileRequest{Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: "C10"}}, Attributes: attrs}))
+	must[*profilev1.UpsertProfileResponse](t)(e.client.UpsertProfile(ctx, &profilev1.UpsertProfileRequest{Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: "C4"}},
+		Consent: &profilev1.PushConsent{State: profilev1.ConsentState_CONSENT_STATE_OPTED_OUT, UpdateTime: at(2)}}))
+
+	cond := `attributes.tier == "gold" && attributes.locale.startsWith("en")`
+	// gold: even i; en: i%3 != 2 → i in {0,4,6,10,12,16,18,22,24,28,30,34,36,40,42,46,48,52,54,58}
+	resps := queryAll(t, ctx, e.client, &profilev1.QueryAudienceRequest{Condition: cond, BatchSize: 3})
+	var members []*profilev1.AudienceMember
+	for _, r := range resps {
+		members = append(members, r.GetMembers()...)
+	}
+	last := resps[len(resps)-1].GetStats()
+	if last.GetScanned() != 60 || last.GetQualified() != 20 || len(members) != 20 {
+		t.Fatalf("got scanned %d qualified %d members %d, want 60, 20, 20", last.GetScanned(), last.GetQualified(), len(members))
+	}
+	excluded := map[commonv1.ExclusionReason]int64{}
+	for _, x := range last.GetExcluded() {
+		excluded[x.GetReason()] = x.GetCount()
+	}
+	if excluded[commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT] != 1 || excluded[commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN] != 1 {
+		t.Fatalf("got exclusions %v, want one without consent (C4) and one without token (C10)", excluded)
+	}
+	var tokens int64
+	for _, m := range members {
+		tokens += int64(len(m.GetTokens()))
+		if m.GetExcluded() {
+			continue
+		}
+		if m.GetAttributes().GetFields()["tier"].GetStringValue() != "gold" || len(m.GetIdentities()) != 1 {
+			t.Fatalf("member %s: got attributes %v identities %v", m.GetProfileId(), m.GetAttributes(), m.GetIdentities())
+		}
+		for _, tk := range m.GetTokens() {
+			if tk.GetState() != profilev1.TokenState_TOKEN_STATE_ACTIVE || tk.GetProfileId() != m.GetProfileId() {
+				t.Fatalf("member %s: got token %v", m.GetProfileId(), tk)
+			}
+			if tk.GetPlatform() == apns && (tk.GetApnsEnvironment() != commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX || tk.GetDeviceId() == "") {
+				t.Fatalf("member %s: got APNs token %v, want sandbox with its device id", m.GetProfileId(), tk)
+			}
+		}
+	}
+	if last.GetTokens() != tokens {
+		t.Fatalf("got stats tokens %d, want %d streamed", last.GetTokens(), tokens)
+	}
+	for i := 1; i < len(members); i++ {
+		if members[i-1].GetProfileId() >= members[i].GetProfileId() {
+			t.Fatalf("members out of profile id order")
+		}
+	}
+
+	// Resume after the third message: exactly the members after it.
+	resumed := queryAll(t, ctx, e.client, &profilev1.QueryAudienceRequest{Condition: cond, BatchSize: 3, StartAfterProfileId: resps[2].GetResumeAfterProfileId()})
+	var rest []string
+	for _, r := range resumed {
+		for _, m := range r.GetMembers() {
+			rest = append(rest, m.GetProfileId())
+		}
+	}
+	if len(rest) != 20-9 || rest[0] != members[9].GetProfileId() {
+		t.Fatalf("resumed: got %d members starting %v, want 11 starting %s", len(rest), rest, members[9].GetProfileId())
+	}
+
+	// App filter and limit.
+	android := queryAll(t, ctx, e.client, &profilev1.QueryAudienceRequest{Condition: cond, AppIds: []string{"com.example.android"}, Limit: 5, RequireExplicitConsent: false})
+	var n int
+	for _, r := range android {
+		for _, m := range r.GetMembers() {
+			n++
+			for _, tk := range m.GetTokens() {
+				if tk.GetAppId() != "com.example.android" {
+					t.Fatalf("got token of app %s, want only com.example.android", tk.GetAppId())
+				}
+			}
+		}
+	}
+	if n != 5 {
+		t.Fatalf("got %d members with limit 5, want 5", n)
+	}
+
+	// Explicit consent: nobody recorded consent except C4's opt-out.
+	strict := queryAll(t, ctx, e.client, &profilev1.QueryAudienceRequest{Condition: cond, RequireExplicitConsent: true})
+	for _, r := range strict {
+		for _, m := range r.GetMembers() {
+			if !m.GetExcluded() {
+				t.Fatalf("member %s reachable without explicit consent", m.GetProfileId())
+			}
+		}
+	}
+}

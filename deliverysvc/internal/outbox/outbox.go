@@ -220,6 +220,9 @@ func (o *Outbox) write(group []*appendReq) error {
 			v.n++
 		}
 	}
+	_, span := o.tracer.Start(context.Background(), "outbox.commit", trace.WithAttributes(
+		attribute.String("pushmesh.outbox", o.cfg.Name), attribute.Int("pushmesh.appends", len(group)), attribute.Int("pushmesh.values", len(values))))
+	defer span.End()
 	return o.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(o.bucket)
 		// Keys only grow within a tenant: pack pages full.

@@ -128,7 +128,8 @@ func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content, parent
 	if parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	}
-	r := &runner{m: m, ref: ref, content: content, cancel: cancel, journey: j, window: &window{}}
+	// The runner owns its copy: the caller may still be marshalling j.
+	r := &runner{m: m, ref: ref, content: content, cancel: cancel, journey: proto.Clone(j).(*deliveryv1.Journey), window: &window{}}
 	m.mu.Lock()
 	m.runners[ref] = r
 	m.mu.Unlock()

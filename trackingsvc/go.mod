@@ -7,6 +7,7 @@ replace github.com/pushmesh/pushmesh/gen => ../gen
 replace github.com/pushmesh/pushmesh/servicekit => ../servicekit
 
 require (
+	github.com/cespare/xxhash/v2 v2.3.0
 	github.com/pushmesh/pushmesh/gen v0.0.0
 	github.com/pushmesh/pushmesh/servicekit v0.0.0
 	go.etcd.io/bbolt v1.4.3
@@ -20,7 +21,6 @@ require (
 
 require (
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
-	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
 	github.com/google/uuid v1.6.0 // indirect

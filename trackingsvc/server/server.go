@@ -32,9 +32,15 @@ type Config struct {
 	// HTTPListen is the address of the HTTP/JSON endpoint for mobile SDKs
 	// (POST /v1/events); empty disables it.
 	HTTPListen string
-	// Retention is how long events are kept (aggregates stay forever);
-	// events with an older event time are rejected. Default 30 days.
+	// Retention is how long events are kept after they were received
+	// (aggregates stay forever); events with an event time older than this
+	// are rejected. Default 30 days.
 	Retention time.Duration
+	// DedupeWindow is how long an event id is remembered after its event
+	// was received: the same id within the window is a duplicate and is not
+	// counted again. Memory grows with the ids in the window (about 20
+	// bytes each). Default 7 days.
+	DedupeWindow time.Duration
 	// SweepInterval is how often expired events are removed. Default 1 h.
 	SweepInterval time.Duration
 	// Now is the clock; time.Now when nil (tests inject their own).
@@ -44,7 +50,8 @@ type Config struct {
 // Defaults.
 const (
 	DefaultHTTPListen    = "127.0.0.1:7180"
-	DefaultRetention     = 30 * 24 * time.Hour
+	DefaultRetention     = store.DefaultRetention
+	DefaultDedupeWindow  = store.DefaultDedupeWindow
 	DefaultSweepInterval = time.Hour
 )
 
@@ -63,7 +70,8 @@ func Spec() service.Spec {
 
 func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPListen, "http-listen", DefaultHTTPListen, "HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it")
-	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept; aggregates stay")
+	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept after they were received; aggregates stay")
+	fs.DurationVar(&c.DedupeWindow, "dedupe-window", DefaultDedupeWindow, "how long event ids are remembered to drop duplicates (about 20 bytes of memory per id)")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", DefaultSweepInterval, "how often expired events are removed")
 }
 
@@ -72,6 +80,9 @@ func (c *Config) register(fs *flag.FlagSet) {
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
+	}
+	if cfg.DedupeWindow <= 0 {
+		cfg.DedupeWindow = DefaultDedupeWindow
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
@@ -83,11 +94,12 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(db)
+	st, err := store.Open(db, store.Options{DedupeWindow: cfg.DedupeWindow, Retention: cfg.Retention, Now: cfg.Now})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	log.Info("store open", "remembered_event_ids", st.RememberedIDs(), "dedupe_window", cfg.DedupeWindow, "retention", cfg.Retention)
 	api := &grpcapi.Server{
 		Ingester: &events.Ingester{Store: st, Retention: cfg.Retention, Now: cfg.Now},
 		Store:    st,
@@ -103,7 +115,14 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 			db.Close()
 			return nil, fmt.Errorf("http listen on %q: %w", cfg.HTTPListen, err)
 		}
-		httpSrv = &http.Server{Handler: api.HTTPHandler(), ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{
+			Handler:           api.HTTPHandler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
 		log.Info("http endpoint", "addr", lis.Addr().String(), "path", "POST /v1/events")
 		go func() { httpDone <- httpSrv.Serve(lis) }()
 	}
@@ -112,7 +131,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	swept := make(chan struct{})
 	go func() {
 		defer close(swept)
-		sweepLoop(sweepCtx, st, cfg, log)
+		sweepLoop(sweepCtx, st, cfg.SweepInterval, log)
 	}()
 
 	return func() error {
@@ -132,26 +151,23 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}, nil
 }
 
-// sweepLoop removes expired events every cfg.SweepInterval until ctx ends.
-func sweepLoop(ctx context.Context, st *store.Store, cfg Config, log *slog.Logger) {
-	t := time.NewTicker(cfg.SweepInterval)
+// sweepLoop removes expired events at start and then every interval until
+// ctx ends.
+func sweepLoop(ctx context.Context, st *store.Store, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		n, err := st.Sweep(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("retention sweep", "err", err)
+		case n > 0:
+			log.Info("retention sweep", "removed_events", n)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		now := cfg.Now()
-		// Dedupe partitions outlive the events by an hour: an event at the
-		// edge of the window is still recognized if retried.
-		n, err := st.Sweep(ctx, now.Add(-cfg.Retention), now.Add(-cfg.Retention-time.Hour))
-		if err != nil && ctx.Err() == nil {
-			log.Warn("retention sweep", "err", err)
-			continue
-		}
-		if n > 0 {
-			log.Info("retention sweep", "removed_events", n)
 		}
 	}
 }

@@ -6,18 +6,23 @@ package events
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 )
 
 // Limits on one event.
 const (
 	MaxEventIDLen = 128
-	MaxFieldLen   = 512
-	MaxTokenLen   = 4096
+	// MaxFieldLen bounds every other identifier (profile, app, journey,
+	// message, action, traceparent, device details): they become parts of
+	// aggregate keys, which must stay small.
+	MaxFieldLen = 512
+	// MaxTokenLen is generous: APNs tokens are 64 hex characters, FCM
+	// tokens about 160; only the hash is stored anyway.
+	MaxTokenLen = 4096
 	// MaxFutureSkew is how far in the future an event time may be: device
 	// clocks drift, but an event from next week is a bug.
 	MaxFutureSkew = 5 * time.Minute
@@ -41,52 +46,65 @@ func TokenHash(token string) string {
 }
 
 // Check validates one event and returns the field at fault and why, or ""
-// when the event is good.
+// when the event is good. Field names are relative to the event (e.g.
+// "event_time", "device.model"); the caller adds the event's index.
 func Check(e *trackingv1.Event, now time.Time) (field, reason string) {
+	typ := e.GetType()
 	switch {
 	case e.GetEventId() == "":
 		return "event_id", "required"
 	case len(e.GetEventId()) > MaxEventIDLen:
-		return "event_id", "longer than 128 bytes"
-	case e.GetType() == trackingv1.EventType_EVENT_TYPE_UNSPECIFIED:
+		return "event_id", "longer than " + strconv.Itoa(MaxEventIDLen) + " bytes"
+	case typ == trackingv1.EventType_EVENT_TYPE_UNSPECIFIED:
 		return "type", "required"
-	case trackingv1.EventType_name[int32(e.GetType())] == "":
-		return "type", "unknown event type"
+	case trackingv1.EventType_name[int32(typ)] == "":
+		return "type", "unknown event type " + strconv.Itoa(int(typ))
 	case e.GetEventTime() == nil:
 		return "event_time", "required"
 	case !e.GetEventTime().IsValid():
 		return "event_time", "not a valid timestamp"
+	case e.GetEventTime().GetSeconds() < 0:
+		return "event_time", "before 1970"
 	case e.GetEventTime().AsTime().After(now.Add(MaxFutureSkew)):
 		return "event_time", "more than 5 minutes in the future"
-	case e.GetType() == trackingv1.EventType_EVENT_TYPE_ACTION && e.GetActionId() == "":
+	case e.GetProfileId() == "" && e.GetToken() == "":
+		return "profile_id", "profile_id or token required"
+	case commonv1.Platform_name[int32(e.GetPlatform())] == "":
+		return "platform", "unknown platform " + strconv.Itoa(int(e.GetPlatform()))
+	case typ == trackingv1.EventType_EVENT_TYPE_ACTION && e.GetActionId() == "":
 		return "action_id", "required for an action event"
+	case typ == trackingv1.EventType_EVENT_TYPE_FAILED && e.GetFailureReason() == commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED:
+		return "failure_reason", "required for a failed event"
+	case commonv1.FailureReason_name[int32(e.GetFailureReason())] == "":
+		return "failure_reason", "unknown failure reason " + strconv.Itoa(int(e.GetFailureReason()))
+	case typ == trackingv1.EventType_EVENT_TYPE_EXCLUDED && e.GetExclusionReason() == commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED:
+		return "exclusion_reason", "required for an excluded event"
+	case commonv1.ExclusionReason_name[int32(e.GetExclusionReason())] == "":
+		return "exclusion_reason", "unknown exclusion reason " + strconv.Itoa(int(e.GetExclusionReason()))
 	case len(e.GetToken()) > MaxTokenLen:
-		return "token", "longer than 4096 bytes"
+		return "token", "longer than " + strconv.Itoa(MaxTokenLen) + " bytes"
 	}
-	for _, f := range []struct{ name, v string }{
+	d := e.GetDevice()
+	for _, f := range [...]struct{ name, v string }{
 		{"profile_id", e.GetProfileId()}, {"app_id", e.GetAppId()}, {"journey_id", e.GetJourneyId()},
 		{"message_id", e.GetMessageId()}, {"action_id", e.GetActionId()}, {"traceparent", e.GetTraceparent()},
+		{"device.model", d.GetModel()}, {"device.os_version", d.GetOsVersion()}, {"device.app_version", d.GetAppVersion()},
+		{"device.locale", d.GetLocale()}, {"device.time_zone", d.GetTimeZone()},
 	} {
 		if len(f.v) > MaxFieldLen {
-			return f.name, "longer than 512 bytes"
+			return f.name, "longer than " + strconv.Itoa(MaxFieldLen) + " bytes"
 		}
 	}
 	return "", ""
 }
 
-// Prepare returns the form of e that is stored: the token replaced by its
-// hash, the receive time set. e is not modified.
-func Prepare(e *trackingv1.Event, received time.Time) *trackingv1.Event {
-	out := &trackingv1.Event{
-		EventId: e.GetEventId(), Type: e.GetType(), EventTime: e.GetEventTime(),
-		ProfileId: e.GetProfileId(), TokenHash: e.GetTokenHash(), AppId: e.GetAppId(),
-		Platform: e.GetPlatform(), JourneyId: e.GetJourneyId(), MessageId: e.GetMessageId(),
-		ActionId: e.GetActionId(), FailureReason: e.GetFailureReason(), ExclusionReason: e.GetExclusionReason(),
-		Device: e.GetDevice(), Traceparent: e.GetTraceparent(),
-	}
-	if e.GetToken() != "" {
-		out.TokenHash = TokenHash(e.GetToken())
-	}
-	out.ReceiveTime = timestamppb.New(received)
-	return out
+// Prepare turns e, in place, into the form that is stored: the token
+// replaced by its hash, the output-only fields of the input (token_hash,
+// receive_time) dropped; the store stamps the receive time. Rewriting in
+// place spares a copy per event on the ingest path; callers pass events they
+// own (a decoded request).
+func Prepare(e *trackingv1.Event) {
+	e.TokenHash = TokenHash(e.GetToken())
+	e.Token = ""
+	e.ReceiveTime = nil
 }

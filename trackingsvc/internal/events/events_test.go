@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/trackingsvc/internal/store"
 )
@@ -36,7 +38,7 @@ func TestOpenWithTraceparentLinksToSendSpan(t *testing.T) {
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	_, err := in.Ingest(context.Background(), "default", []*trackingv1.Event{
 		{EventId: "1", Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now), Traceparent: tp, Token: "secret-token"},
-		{EventId: "2", Type: trackingv1.EventType_EVENT_TYPE_RECEIVED, EventTime: timestamppb.New(now), Traceparent: tp},
+		{EventId: "2", Type: trackingv1.EventType_EVENT_TYPE_RECEIVED, EventTime: timestamppb.New(now), Traceparent: tp, ProfileId: "p"},
 	}, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -55,27 +57,72 @@ func TestOpenWithTraceparentLinksToSendSpan(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	now := time.Now()
-	ok := func() *trackingv1.Event {
-		return &trackingv1.Event{EventId: "e", Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now)}
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	good := func() *trackingv1.Event {
+		return &trackingv1.Event{EventId: "e", Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now), ProfileId: "p"}
 	}
+	long := strings.Repeat("x", MaxFieldLen+1)
 	tests := []struct {
 		name  string
 		edit  func(*trackingv1.Event)
 		field string
 	}{
 		{"good", func(*trackingv1.Event) {}, ""},
-		{"four minutes ahead is fine", func(e *trackingv1.Event) { e.EventTime = timestamppb.New(now.Add(4 * time.Minute)) }, ""},
+		{"token instead of profile", func(e *trackingv1.Event) { e.ProfileId, e.Token = "", "tok" }, ""},
+		{"four minutes ahead", func(e *trackingv1.Event) { e.EventTime = timestamppb.New(now.Add(4 * time.Minute)) }, ""},
+		{"id of 128 bytes", func(e *trackingv1.Event) { e.EventId = strings.Repeat("i", 128) }, ""},
+		{"failed with reason", func(e *trackingv1.Event) {
+			e.Type, e.FailureReason = trackingv1.EventType_EVENT_TYPE_FAILED, commonv1.FailureReason_FAILURE_REASON_UNREGISTERED
+		}, ""},
 		{"no id", func(e *trackingv1.Event) { e.EventId = "" }, "event_id"},
-		{"failed without reason is allowed", func(e *trackingv1.Event) { e.Type = trackingv1.EventType_EVENT_TYPE_FAILED }, ""},
+		{"id of 129 bytes", func(e *trackingv1.Event) { e.EventId = strings.Repeat("i", 129) }, "event_id"},
+		{"no type", func(e *trackingv1.Event) { e.Type = 0 }, "type"},
+		{"unknown type", func(e *trackingv1.Event) { e.Type = 42 }, "type"},
+		{"no time", func(e *trackingv1.Event) { e.EventTime = nil }, "event_time"},
 		{"invalid time", func(e *trackingv1.Event) { e.EventTime = &timestamppb.Timestamp{Nanos: -1} }, "event_time"},
-		{"huge app id", func(e *trackingv1.Event) { e.AppId = string(make([]byte, 600)) }, "app_id"},
+		{"six minutes ahead", func(e *trackingv1.Event) { e.EventTime = timestamppb.New(now.Add(6 * time.Minute)) }, "event_time"},
+		{"before 1970", func(e *trackingv1.Event) { e.EventTime = &timestamppb.Timestamp{Seconds: -5} }, "event_time"},
+		{"nobody", func(e *trackingv1.Event) { e.ProfileId = "" }, "profile_id"},
+		{"unknown platform", func(e *trackingv1.Event) { e.Platform = 7 }, "platform"},
+		{"action without id", func(e *trackingv1.Event) { e.Type = trackingv1.EventType_EVENT_TYPE_ACTION }, "action_id"},
+		{"failed without reason", func(e *trackingv1.Event) { e.Type = trackingv1.EventType_EVENT_TYPE_FAILED }, "failure_reason"},
+		{"unknown failure reason", func(e *trackingv1.Event) {
+			e.Type, e.FailureReason = trackingv1.EventType_EVENT_TYPE_FAILED, 9
+		}, "failure_reason"},
+		{"excluded without reason", func(e *trackingv1.Event) { e.Type = trackingv1.EventType_EVENT_TYPE_EXCLUDED }, "exclusion_reason"},
+		{"unknown exclusion reason", func(e *trackingv1.Event) {
+			e.Type, e.ExclusionReason = trackingv1.EventType_EVENT_TYPE_EXCLUDED, 99
+		}, "exclusion_reason"},
+		{"huge token", func(e *trackingv1.Event) { e.Token = strings.Repeat("t", MaxTokenLen+1) }, "token"},
+		{"huge profile", func(e *trackingv1.Event) { e.ProfileId = long }, "profile_id"},
+		{"huge app", func(e *trackingv1.Event) { e.AppId = long }, "app_id"},
+		{"huge journey", func(e *trackingv1.Event) { e.JourneyId = long }, "journey_id"},
+		{"huge message", func(e *trackingv1.Event) { e.MessageId = long }, "message_id"},
+		{"huge action", func(e *trackingv1.Event) { e.ActionId = long }, "action_id"},
+		{"huge traceparent", func(e *trackingv1.Event) { e.Traceparent = long }, "traceparent"},
+		{"huge device model", func(e *trackingv1.Event) { e.Device = &commonv1.DeviceInfo{Model: long} }, "device.model"},
+		{"huge time zone", func(e *trackingv1.Event) { e.Device = &commonv1.DeviceInfo{TimeZone: long} }, "device.time_zone"},
 	}
 	for _, tt := range tests {
-		e := ok()
+		e := good()
 		tt.edit(e)
-		if field, _ := Check(e, now); field != tt.field {
-			t.Errorf("%s: got field %q, want %q", tt.name, field, tt.field)
+		if field, reason := Check(e, now); field != tt.field {
+			t.Errorf("%s: got field %q (%s), want %q", tt.name, field, reason, tt.field)
 		}
+	}
+}
+
+func TestPrepareKeepsOnlyTheTokenHash(t *testing.T) {
+	e := &trackingv1.Event{EventId: "e", Token: "secret", TokenHash: "forged", ReceiveTime: timestamppb.New(time.Unix(1, 0))}
+	Prepare(e)
+	if e.GetToken() != "" || e.GetTokenHash() != TokenHash("secret") || len(e.GetTokenHash()) != 32 {
+		t.Errorf("got token %q hash %q, want no token and the 32-hex hash", e.GetToken(), e.GetTokenHash())
+	}
+	if e.GetReceiveTime() != nil {
+		t.Errorf("got receive time %v, want it left to the store", e.GetReceiveTime())
+	}
+	forged := &trackingv1.Event{TokenHash: "forged"}
+	if Prepare(forged); forged.GetTokenHash() != "" {
+		t.Errorf("output-only token_hash on input: got %q kept, want it ignored", forged.GetTokenHash())
 	}
 }

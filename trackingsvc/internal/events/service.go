@@ -37,7 +37,8 @@ type Outcome struct {
 
 // Ingest validates evs (indexes in rejections start at base), stores the
 // good ones durably in one transaction, and links each stored OPENED event
-// with a traceparent to the span of the send it answers.
+// with a traceparent to the span of the send it answers. The good events are
+// rewritten in place to their stored form (see Prepare).
 func (in *Ingester) Ingest(ctx context.Context, tenant string, evs []*trackingv1.Event, base int64) (Outcome, error) {
 	now := in.Now()
 	var out Outcome
@@ -51,7 +52,8 @@ func (in *Ingester) Ingest(ctx context.Context, tenant string, evs []*trackingv1
 			out.Rejected = append(out.Rejected, Rejection{Index: base + int64(i), EventID: e.GetEventId(), Field: field, Reason: reason})
 			continue
 		}
-		good = append(good, Prepare(e, now))
+		Prepare(e)
+		good = append(good, e)
 	}
 	res, err := in.Store.Append(ctx, tenant, good)
 	if err != nil {

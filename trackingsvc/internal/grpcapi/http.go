@@ -1,9 +1,14 @@
 package grpcapi
 
 import (
+	"errors"
 	"io"
+	"mime"
 	"net/http"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -13,21 +18,44 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
-// maxHTTPBody bounds one POST /v1/events body.
-const maxHTTPBody = 1 << 20
+// MaxHTTPBody bounds one POST /v1/events body: a full TrackRequest of 1000
+// events fits, a runaway client does not.
+const MaxHTTPBody = 4 << 20
+
+// EventsPath is the HTTP endpoint for mobile SDKs.
+const EventsPath = "/v1/events"
+
+var httpTracer = otel.Tracer("github.com/pushmesh/pushmesh/trackingsvc/internal/grpcapi")
 
 // HTTPHandler serves `POST /v1/events` for mobile SDKs: a TrackRequest in its
-// protobuf JSON mapping in, a TrackResponse out. The tenant comes from the
-// x-pushmesh-tenant header. Errors answer the HTTP status matching the gRPC
-// code with a google.rpc.Status JSON body (code, message, details).
+// protobuf JSON mapping in, a TrackResponse out, with the same rules as the
+// Track RPC. The tenant comes from the x-pushmesh-tenant header. Errors
+// answer the HTTP status matching the gRPC code (as google.api's HTTP
+// mapping does) with a google.rpc.Status JSON body: code, message and
+// details (e.g. the BadRequest naming the field).
 func (s *Server) HTTPHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/events", s.postEvents)
-	return mux
+	return http.HandlerFunc(s.serveHTTP)
 }
 
-func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != EventsPath {
+		writeStatus(w, status.Newf(codes.NotFound, "no such endpoint %q; events go to POST %s", r.URL.Path, EventsPath))
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, status.Newf(codes.Unimplemented, "method %s not allowed; use POST", r.Method).Proto())
+		return
+	}
+	// Continue the SDK's trace if it sent a traceparent header.
+	ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := httpTracer.Start(ctx, "POST "+EventsPath, trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); r.Header.Get("Content-Type") != "" && (err != nil || mt != "application/json") {
+		writeJSON(w, http.StatusUnsupportedMediaType, status.Newf(codes.InvalidArgument, "content type %q: want application/json", r.Header.Get("Content-Type")).Proto())
+		return
+	}
 	if id := r.Header.Get(tenant.MetadataKey); id != "" {
 		if err := tenant.Validate(id); err != nil {
 			writeStatus(w, status.New(codes.InvalidArgument, err.Error()))
@@ -35,9 +63,14 @@ func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx = tenant.With(ctx, id)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxHTTPBody))
-	if err != nil {
-		writeStatus(w, status.Newf(codes.ResourceExhausted, "request body over %d bytes: split the events", maxHTTPBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxHTTPBody))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeJSON(w, http.StatusRequestEntityTooLarge, status.Newf(codes.InvalidArgument, "request body over %d bytes: send fewer events per request", MaxHTTPBody).Proto())
+		return
+	case err != nil:
+		writeStatus(w, status.Newf(codes.InvalidArgument, "read request body: %v", err))
 		return
 	}
 	var req trackingv1.TrackRequest
@@ -60,7 +93,7 @@ func writeStatus(w http.ResponseWriter, st *status.Status) {
 func writeJSON(w http.ResponseWriter, code int, m proto.Message) {
 	b, err := protojson.Marshal(m)
 	if err != nil {
-		http.Error(w, "encode response", http.StatusInternalServerError)
+		http.Error(w, `{"code":13,"message":"encode response"}`, http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -86,7 +119,7 @@ func httpStatus(c codes.Code) int {
 	case codes.ResourceExhausted:
 		return http.StatusTooManyRequests
 	case codes.Canceled:
-		return 499
+		return 499 // the client closed the request, as nginx and google.api say
 	case codes.Unavailable:
 		return http.StatusServiceUnavailable
 	case codes.DeadlineExceeded:

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
@@ -59,48 +60,69 @@ func (s *Server) Ingest(stream trackingv1.TrackingService_IngestServer) error {
 	return s.status(ctx, s.ingest(ctx, stream))
 }
 
+// ingest receives the stream while a committer goroutine stores what was
+// received before: decoding the next events overlaps the disk commit of the
+// previous ones. At most two gathered batches wait, which bounds memory and
+// pushes back on the client through gRPC flow control.
 func (s *Server) ingest(ctx context.Context, stream trackingv1.TrackingService_IngestServer) error {
 	t := tenant.FromContext(ctx)
-	resp := &trackingv1.IngestResponse{}
-	var pending []*trackingv1.Event
-	var base, seen int64
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		o, err := s.Ingester.Ingest(ctx, t, pending, base)
-		if err != nil {
-			return err
-		}
-		resp.Accepted += o.Accepted
-		resp.Duplicates += o.Duplicates
-		resp.RejectedCount += int64(len(o.Rejected))
-		room := maxRejectedShown - len(resp.Rejected)
-		resp.Rejected = append(resp.Rejected, rejections(o.Rejected, room)...)
-		base = seen
-		pending = pending[:0]
-		return nil
+	type batch struct {
+		events []*trackingv1.Event
+		base   int64 // stream index of events[0]
 	}
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
+	resp := &trackingv1.IngestResponse{}
+	work := make(chan batch, 1)
+	committed := make(chan error, 1)
+	var failed atomic.Bool
+	go func() {
+		var err error
+		for b := range work {
+			if err != nil {
+				continue // drain; the stream is failing
+			}
+			var o events.Outcome
+			if o, err = s.Ingester.Ingest(ctx, t, b.events, b.base); err != nil {
+				failed.Store(true)
+				continue
+			}
+			resp.Accepted += o.Accepted
+			resp.Duplicates += o.Duplicates
+			resp.RejectedCount += int64(len(o.Rejected))
+			resp.Rejected = append(resp.Rejected, rejections(o.Rejected, maxRejectedShown-len(resp.Rejected))...)
 		}
-		if err != nil {
-			return err
-		}
-		if n := len(req.GetEvents()); n > maxIngestEvents {
-			return fault.Invalid("events", "at most %d events per message, got %d", maxIngestEvents, n)
-		}
-		pending = append(pending, req.GetEvents()...)
-		seen += int64(len(req.GetEvents()))
-		if len(pending) >= ingestCommitEvents {
-			if err := flush(); err != nil {
+		committed <- err
+	}()
+
+	recvErr := func() error {
+		defer close(work)
+		var pending []*trackingv1.Event
+		var seen int64
+		for !failed.Load() {
+			req, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
 				return err
 			}
+			if n := len(req.GetEvents()); n > maxIngestEvents {
+				return fault.Invalid("events", "at most %d events per message, got %d", maxIngestEvents, n)
+			}
+			pending = append(pending, req.GetEvents()...)
+			seen += int64(len(req.GetEvents()))
+			if len(pending) >= ingestCommitEvents {
+				work <- batch{pending, seen - int64(len(pending))}
+				pending = nil
+			}
 		}
-	}
-	if err := flush(); err != nil {
+		if len(pending) > 0 {
+			work <- batch{pending, seen - int64(len(pending))}
+		}
+		return nil
+	}()
+	// Batches received before a failure are stored (or fail) either way:
+	// wait for the committer so nothing runs after the RPC returns.
+	if err := errors.Join(recvErr, <-committed); err != nil {
 		return err
 	}
 	return stream.SendAndClose(resp)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -39,6 +40,8 @@ type env struct {
 	client trackingv1.TrackingServiceClient
 	api    *grpcapi.Server
 	store  *store.Store
+	// clock is the service's clock, now unless a test moves it.
+	clock time.Time
 }
 
 func newEnv(t *testing.T) *env {
@@ -48,17 +51,22 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	st, err := store.Open(db)
+	e := &env{clock: now}
+	// Tests move the clock only between calls.
+	clock := func() time.Time { return e.clock }
+	st, err := store.Open(db, store.Options{Now: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := &grpcapi.Server{
-		Ingester: &events.Ingester{Store: st, Retention: 30 * 24 * time.Hour, Now: func() time.Time { return now }},
+	e.store = st
+	e.api = &grpcapi.Server{
+		Ingester: &events.Ingester{Store: st, Retention: 30 * 24 * time.Hour, Now: clock},
 		Store:    st,
 		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
-	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, api) })
-	return &env{client: trackingv1.NewTrackingServiceClient(conn), api: api, store: st}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, e.api) })
+	e.client = trackingv1.NewTrackingServiceClient(conn)
+	return e
 }
 
 func ev(id string, typ trackingv1.EventType, at time.Time) *trackingv1.Event {
@@ -365,8 +373,8 @@ func TestRetentionRemovesEventsKeepsAggregates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Received "now"; sweep as if 31 days had passed.
-	later := now.Add(31 * 24 * time.Hour)
-	n, err := e.store.Sweep(ctx, later.Add(-30*24*time.Hour), later.Add(-30*24*time.Hour-time.Hour))
+	e.clock = now.Add(31 * 24 * time.Hour)
+	n, err := e.store.Sweep(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("sweep: got %d, %v, want 2 removed", n, err)
 	}
@@ -416,12 +424,45 @@ func TestHTTPEndpoint(t *testing.T) {
 		want   int
 	}{
 		{"not json", []byte("{"), "", http.StatusBadRequest},
+		{"not a TrackRequest", []byte(`{"events":"x"}`), "", http.StatusBadRequest},
 		{"no events", []byte(`{"events":[]}`), "", http.StatusBadRequest},
 		{"bad tenant", body, "Not/Valid", http.StatusBadRequest},
-		{"too large", bytes.Repeat([]byte(" "), 2<<20), "", http.StatusTooManyRequests},
+		{"too large", bytes.Repeat([]byte(" "), grpcapi.MaxHTTPBody+1), "", http.StatusRequestEntityTooLarge},
 	} {
-		if resp, b := post(tt.body, tt.tenant); resp.StatusCode != tt.want {
+		resp, b := post(tt.body, tt.tenant)
+		if resp.StatusCode != tt.want {
 			t.Errorf("%s: got %d %s, want %d", tt.name, resp.StatusCode, b, tt.want)
+		}
+		var st spb.Status
+		if err := protojson.Unmarshal(b, &st); err != nil || st.GetMessage() == "" || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: got body %s (%v), want a JSON google.rpc.Status", tt.name, b, err)
+		}
+	}
+	// The error body names the field, as the gRPC status does.
+	_, b = post([]byte(`{"events":[]}`), "")
+	if !strings.Contains(string(b), `"field":"events"`) {
+		t.Errorf("got %s, want a BadRequest detail naming events", b)
+	}
+	for _, tt := range []struct {
+		name, method, path, contentType string
+		want                            int
+	}{
+		{"GET", http.MethodGet, "/v1/events", "", http.StatusMethodNotAllowed},
+		{"unknown path", http.MethodPost, "/v1/nope", "application/json", http.StatusNotFound},
+		{"not json content", http.MethodPost, "/v1/events", "text/plain", http.StatusUnsupportedMediaType},
+		{"json with charset", http.MethodPost, "/v1/events", "application/json; charset=utf-8", http.StatusOK},
+	} {
+		req, _ := http.NewRequest(tt.method, srv.URL+tt.path, bytes.NewReader(body))
+		if tt.contentType != "" {
+			req.Header.Set("Content-Type", tt.contentType)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, resp.StatusCode, tt.want)
 		}
 	}
 	m, err := e.client.GetMetrics(metadata.AppendToOutgoingContext(context.Background(), tenant.MetadataKey, "acme"), &trackingv1.GetMetricsRequest{})

@@ -1,44 +1,52 @@
-// Package store keeps trackingsvc's events and the aggregates derived from
-// them in bbolt.
+// Package store keeps trackingsvc's events, the index that deduplicates them
+// and the aggregates derived from them in bbolt.
 //
 // Layout (every key starts with the tenant, see boltdb.TenantPrefix):
 //
-//	events      tenant|seq(8)                               → Event (protobuf)
-//	dedupe      nested bucket tenant|hour(8) of the event time:
-//	            event_id                                    → seq(8)
-//	aggregates  tenant|journey|message|app|platform(1)|minute(8) → Metrics (protobuf)
-//	openers     tenant|journey|message|profile-or-token     → 1
+//	events      tenant|seq of its first event(8)       → block of events (see block.go)
+//	dedupe      one nested bucket per receive day (8), in it:
+//	            tenant|first seq of the batch(8)       → fingerprints (8 bytes each)
+//	aggregates  tenant|level(1)|mask(1)|dims|start(8)  → Metrics (protobuf)
+//	openers     tenant|journey|message|first seq of the batch(8)
+//	                                                   → profile fingerprints (8 bytes each)
 //
-// Events append under a sequence, so ingest writes sequential keys. The
-// dedupe index is partitioned by the hour of the event time: a retried event
-// carries the same event time, so one lookup in one small tree finds it, and
-// retention drops whole partitions. Aggregates are per minute and per
-// dimension tuple, maintained in the same transaction as the events, so a
-// metrics query reads aggregates only, never events.
+// Ingest writes sequential keys only: events append in blocks under a sequence,
+// and a
+// batch's event-id fingerprints append as one value in today's dedupe
+// partition. Whether an id was seen is answered from memory (idSet, rebuilt
+// from the dedupe partitions on Open), so no random-key index sits on the
+// hot path; the window of remembered ids is bounded (Options.DedupeWindow)
+// and expires by dropping whole day partitions. Aggregates are rolled up at
+// ingest, in the same transaction, per minute, hour and day and for every
+// combination of the filter dimensions, so a metrics query is one short
+// range scan whatever the filter and never reads events. Unique opens need
+// to know who already opened a message, forever: each message's openers are
+// one contiguous, append-only key range, held in memory while the message
+// receives opens (openerCache).
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"sync"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"google.golang.org/protobuf/proto"
+	"go.opentelemetry.io/otel/trace"
 
-	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 )
 
 var tracer = otel.Tracer("github.com/pushmesh/pushmesh/trackingsvc/internal/store")
 
-// The buckets, created on Open.
+// The buckets, created on Open: the one list.
 var (
 	bucketEvents     = []byte("events")
 	bucketDedupe     = []byte("dedupe")
@@ -50,13 +58,52 @@ var (
 // ErrBadPageToken is a page token this store did not issue.
 var ErrBadPageToken = errors.New("invalid page token")
 
-// Store is the event store.
-type Store struct {
-	db *bolt.DB
+// Defaults of Options.
+const (
+	DefaultDedupeWindow = 7 * 24 * time.Hour
+	DefaultRetention    = 30 * 24 * time.Hour
+)
+
+// Options configure a Store.
+type Options struct {
+	// DedupeWindow is how long an event id is remembered after the event
+	// was received: the same id arriving again within the window is a
+	// duplicate. Ids are kept per receive day (UTC), so an id is remembered
+	// for at least the window and at most a day longer. Default 7 days.
+	DedupeWindow time.Duration
+	// Retention is how long an event is kept after it was received; Sweep
+	// removes older ones. Aggregates are kept forever. Default 30 days.
+	Retention time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
 }
 
-// Open creates the buckets if needed.
-func Open(db *bolt.DB) (*Store, error) {
+// Store is the event store. It is safe for concurrent use.
+type Store struct {
+	db   *bolt.DB
+	opts Options
+
+	// mu serializes writers (bbolt does too) and guards ids, so the set in
+	// memory always equals what is committed: a batch's ids are added only
+	// after its transaction committed, before the next batch looks.
+	mu      sync.Mutex
+	ids     idSet
+	openers openerCache
+}
+
+// Open creates the buckets if needed and loads the event ids received
+// within the dedupe window into memory, dropping expired dedupe partitions.
+func Open(db *bolt.DB, opts Options) (*Store, error) {
+	if opts.DedupeWindow <= 0 {
+		opts.DedupeWindow = DefaultDedupeWindow
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = DefaultRetention
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Store{db: db, opts: opts, openers: openerCache{sets: map[messageKey]*openerSet{}}}
 	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -68,7 +115,36 @@ func Open(db *bolt.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create buckets: %w", err)
 	}
-	return &Store{db: db}, nil
+	if err := s.sweepDedupe(); err != nil {
+		return nil, err
+	}
+	if err := s.loadIDs(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// loadIDs fills the in-memory id set from the dedupe partitions.
+func (s *Store) loadIDs() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		dedupe := tx.Bucket(bucketDedupe)
+		return dedupe.ForEachBucket(func(name []byte) error {
+			day, ok := partitionDay(name)
+			if !ok {
+				return fmt.Errorf("dedupe partition %x: not a day", name)
+			}
+			set := s.ids.day(day)
+			return dedupe.Bucket(name).ForEach(func(_, v []byte) error {
+				if len(v)%8 != 0 {
+					return fmt.Errorf("dedupe partition %d: value of %d bytes", day, len(v))
+				}
+				for i := 0; i < len(v); i += 8 {
+					set[binary.BigEndian.Uint64(v[i:])] = struct{}{}
+				}
+				return nil
+			})
+		})
+	})
 }
 
 // AppendResult counts what Append stored.
@@ -80,249 +156,163 @@ type AppendResult struct {
 	New []bool
 }
 
-// Append stores valid, prepared events in one transaction: events not seen
-// before (by event id) are appended and counted into the aggregates;
-// duplicates, within the batch or of earlier batches, are skipped.
+// Append stores valid, prepared events (see events.Prepare) in one
+// transaction: events whose id was not seen within the dedupe window are
+// appended in the given order and counted into the aggregates; duplicates,
+// of earlier batches or inside this one, are skipped. When Append returns
+// without error the new events are durable. The receive time is the store's
+// clock at Append, the same for the whole batch.
 func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Event) (AppendResult, error) {
-	_, span := tracer.Start(ctx, "store.Append")
+	_, span := tracer.Start(ctx, "store.Append", trace.WithAttributes(attribute.Int("pushmesh.events", len(evs))))
 	defer span.End()
-	span.SetAttributes(attribute.Int("events", len(evs)))
 	res := AppendResult{New: make([]bool, len(evs))}
 	if len(evs) == 0 {
 		return res, nil
 	}
-	// Visit events sorted by dedupe partition and id: sorted keys make
-	// bbolt's random inserts much cheaper, and in-batch duplicates adjacent.
-	order := make([]int, len(evs))
-	for i := range order {
-		order[i] = i
-	}
-	hours := make([]int64, len(evs))
-	for i, e := range evs {
-		hours[i] = e.GetEventTime().GetSeconds() / 3600
-	}
-	sort.Slice(order, func(a, b int) bool {
-		ia, ib := order[a], order[b]
-		if hours[ia] != hours[ib] {
-			return hours[ia] < hours[ib]
-		}
-		return evs[ia].GetEventId() < evs[ib].GetEventId()
-	})
-
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		res.Accepted, res.Duplicates = 0, 0
-		clear(res.New)
-		dedupe := tx.Bucket(bucketDedupe)
-		events := tx.Bucket(bucketEvents)
-		openers := tx.Bucket(bucketOpeners)
-		deltas := map[string]*trackingv1.Metrics{}
-		var part *bolt.Bucket
-		partHour := int64(-1)
-		tp := boltdb.TenantPrefix(tenant)
-		for _, i := range order {
-			e := evs[i]
-			if hours[i] != partHour {
-				name := append(append([]byte{}, tp...), be64(uint64(hours[i]))...)
-				var err error
-				if part, err = dedupe.CreateBucketIfNotExists(name); err != nil {
-					return err
-				}
-				partHour = hours[i]
-			}
-			id := []byte(e.GetEventId())
-			// The partition sees this transaction's own writes, so an id
-			// repeated inside the batch is caught here too.
-			if part.Get(id) != nil {
-				res.Duplicates++
-				continue
-			}
-			seq, err := events.NextSequence()
-			if err != nil {
-				return err
-			}
-			val, err := proto.Marshal(e)
-			if err != nil {
-				return err
-			}
-			key := append(append([]byte{}, tp...), be64(seq)...)
-			if err := events.Put(key, val); err != nil {
-				return err
-			}
-			if err := part.Put(id, be64(seq)); err != nil {
-				return err
-			}
-			unique := false
-			if e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED {
-				who := e.GetProfileId()
-				if who == "" {
-					who = "t:" + e.GetTokenHash()
-				}
-				ok := boltdb.Key(tenant, e.GetJourneyId(), e.GetMessageId(), who)
-				if openers.Get(ok) == nil {
-					unique = true
-					if err := openers.Put(ok, []byte{1}); err != nil {
-						return err
-					}
-				}
-			}
-			ak := string(aggregateKey(tenant, e))
-			m := deltas[ak]
-			if m == nil {
-				m = &trackingv1.Metrics{}
-				deltas[ak] = m
-			}
-			count(m, e, unique)
-			res.New[i] = true
-			res.Accepted++
-		}
-		return mergeAggregates(tx.Bucket(bucketAggregates), deltas)
-	})
+	fps := fingerprints(tenant, evs)
+	encoded, err := encodeEvents(evs)
 	if err != nil {
-		return AppendResult{}, fmt.Errorf("append events: %w", err)
+		return AppendResult{}, err
 	}
-	return res, nil
-}
 
-// mergeAggregates adds deltas into the stored aggregates, in key order.
-func mergeAggregates(b *bolt.Bucket, deltas map[string]*trackingv1.Metrics) error {
-	keys := make([]string, 0, len(deltas))
-	for k := range deltas {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		m := deltas[k]
-		if old := b.Get([]byte(k)); old != nil {
-			var stored trackingv1.Metrics
-			if err := proto.Unmarshal(old, &stored); err != nil {
-				return fmt.Errorf("decode aggregate: %w", err)
-			}
-			Add(m, &stored)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Now()
+	day := dayOf(now)
+	// New ids go straight into today's set, which also catches repeats
+	// inside the batch; they are taken out again if the transaction fails.
+	// Nobody else looks meanwhile: the mutex is held.
+	today := s.ids.day(day)
+	fresh := make([]uint64, 0, len(evs))
+	for i, fp := range fps {
+		if s.ids.has(fp) {
+			res.Duplicates++
+			continue
 		}
-		val, err := proto.Marshal(m)
+		today[fp] = struct{}{}
+		fresh = append(fresh, fp)
+		res.New[i] = true
+		res.Accepted++
+	}
+	span.SetAttributes(attribute.Int("pushmesh.accepted", res.Accepted), attribute.Int("pushmesh.duplicates", res.Duplicates))
+	if res.Accepted == 0 {
+		return res, nil
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		firstSeq, err := appendEvents(tx.Bucket(bucketEvents), tenant, encoded, res.New, now)
 		if err != nil {
 			return err
 		}
-		if err := b.Put([]byte(k), val); err != nil {
+		if err := appendFingerprints(tx.Bucket(bucketDedupe), day, tenant, firstSeq, fresh); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// aggregateKey is tenant|journey|message|app|platform|minute.
-func aggregateKey(tenant string, e *trackingv1.Event) []byte {
-	k := boltdb.Key(tenant, e.GetJourneyId(), e.GetMessageId(), e.GetAppId())
-	k = append(k, 0, byte(e.GetPlatform()), 0)
-	return append(k, be64(uint64(e.GetEventTime().GetSeconds()/60))...)
-}
-
-// parseAggregateKey splits a key made by aggregateKey (after the tenant).
-func parseAggregateKey(rest []byte) (journey, message, app string, platform commonv1.Platform, minute int64, ok bool) {
-	parts := bytes.SplitN(rest, []byte{0}, 4)
-	if len(parts) != 4 || len(parts[3]) != 1+1+8 {
-		return "", "", "", 0, 0, false
-	}
-	tail := parts[3]
-	return string(parts[0]), string(parts[1]), string(parts[2]), commonv1.Platform(tail[0]), int64(binary.BigEndian.Uint64(tail[2:])), true
-}
-
-func be64(v uint64) []byte {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	return b[:]
-}
-
-// count adds one event to m.
-func count(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
-	switch e.GetType() {
-	case trackingv1.EventType_EVENT_TYPE_SENT:
-		m.Sent++
-		m.Targeted++
-	case trackingv1.EventType_EVENT_TYPE_FAILED:
-		m.Failed++
-		m.Targeted++
-		m.FailedByReason = addFailure(m.FailedByReason, e.GetFailureReason(), 1)
-	case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
-		m.Excluded++
-		m.ExcludedByReason = addExclusion(m.ExcludedByReason, e.GetExclusionReason(), 1)
-	case trackingv1.EventType_EVENT_TYPE_RECEIVED:
-		m.Received++
-	case trackingv1.EventType_EVENT_TYPE_OPENED:
-		m.Opened++
-		if uniqueOpen {
-			m.UniqueOpens++
+		unique, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
+		if err != nil {
+			return err
 		}
-	case trackingv1.EventType_EVENT_TYPE_DISMISSED:
-		m.Dismissed++
-	case trackingv1.EventType_EVENT_TYPE_ACTION:
-		m.Actions++
-		m.ActionsById = addAction(m.ActionsById, e.GetActionId(), 1)
+		return mergeRollups(tx.Bucket(bucketAggregates), tenant, countBatch(evs, res.New, unique))
+	})
+	if err != nil {
+		span.RecordError(err)
+		for _, fp := range fresh {
+			delete(today, fp)
+		}
+		s.openers.rollback()
+		return AppendResult{}, fmt.Errorf("append events: %w", err)
 	}
+	s.openers.commit()
+	return res, nil
 }
 
-// Add adds src's counters into dst (rates are derived later, by Finish).
-func Add(dst, src *trackingv1.Metrics) {
-	dst.Targeted += src.GetTargeted()
-	dst.Sent += src.GetSent()
-	dst.Failed += src.GetFailed()
-	dst.Excluded += src.GetExcluded()
-	dst.Received += src.GetReceived()
-	dst.Opened += src.GetOpened()
-	dst.UniqueOpens += src.GetUniqueOpens()
-	dst.Dismissed += src.GetDismissed()
-	dst.Actions += src.GetActions()
-	for _, f := range src.GetFailedByReason() {
-		dst.FailedByReason = addFailure(dst.FailedByReason, f.GetReason(), f.GetCount())
+// appendFingerprints records a batch's new ids in the partition of day.
+func appendFingerprints(dedupe *bolt.Bucket, day int64, tenant string, firstSeq uint64, fresh []uint64) error {
+	part, err := dedupe.CreateBucketIfNotExists(binary.BigEndian.AppendUint64(nil, uint64(day)))
+	if err != nil {
+		return err
 	}
-	for _, x := range src.GetExcludedByReason() {
-		dst.ExcludedByReason = addExclusion(dst.ExcludedByReason, x.GetReason(), x.GetCount())
+	part.FillPercent = 0.95
+	val := make([]byte, 0, 8*len(fresh))
+	for _, fp := range fresh {
+		val = binary.BigEndian.AppendUint64(val, fp)
 	}
-	for _, a := range src.GetActionsById() {
-		dst.ActionsById = addAction(dst.ActionsById, a.GetActionId(), a.GetCount())
-	}
+	key := binary.BigEndian.AppendUint64(boltdb.TenantPrefix(tenant), firstSeq)
+	return part.Put(key, val)
 }
 
-// Finish derives the rates and orders the breakdowns.
-func Finish(m *trackingv1.Metrics) {
-	if m.GetSent() > 0 {
-		m.OpenRate = float64(m.GetOpened()) / float64(m.GetSent())
-		m.ActionRate = float64(m.GetActions()) / float64(m.GetSent())
+// fingerprints hashes tenant and event id of each event to 64 bits. Two
+// different ids collide with probability 2^-64 per pair: with a billion ids
+// in the window, a new event is wrongly taken for a duplicate about once in
+// 18 billion.
+func fingerprints(tenant string, evs []*trackingv1.Event) []uint64 {
+	out := make([]uint64, len(evs))
+	buf := make([]byte, 0, 256)
+	for i, e := range evs {
+		buf = append(append(append(buf[:0], tenant...), 0), e.GetEventId()...)
+		out[i] = xxhash.Sum64(buf)
 	}
-	sort.Slice(m.FailedByReason, func(i, j int) bool { return m.FailedByReason[i].GetReason() < m.FailedByReason[j].GetReason() })
-	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].GetReason() < m.ExcludedByReason[j].GetReason() })
-	sort.Slice(m.ActionsById, func(i, j int) bool { return m.ActionsById[i].GetActionId() < m.ActionsById[j].GetActionId() })
+	return out
 }
 
-func addFailure(list []*commonv1.FailureCount, r commonv1.FailureReason, n int64) []*commonv1.FailureCount {
-	for _, f := range list {
-		if f.GetReason() == r {
-			f.Count += n
-			return list
+// dayOf is the UTC day number of t since 1970.
+func dayOf(t time.Time) int64 { return t.Unix() / 86400 }
+
+func partitionDay(name []byte) (int64, bool) {
+	if len(name) != 8 {
+		return 0, false
+	}
+	return int64(binary.BigEndian.Uint64(name)), true
+}
+
+// appendString appends s length-prefixed, so keys made of several free-form
+// strings stay unambiguous whatever bytes the strings hold.
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// idSet holds the fingerprints of the event ids received within the dedupe
+// window, one set per receive day, so a day expires by dropping its set.
+type idSet struct {
+	days []daySet // oldest first
+}
+
+type daySet struct {
+	day int64
+	fps map[uint64]struct{}
+}
+
+func (s *idSet) has(fp uint64) bool {
+	// Newest first: a retry usually comes soon after the original.
+	for i := len(s.days) - 1; i >= 0; i-- {
+		if _, ok := s.days[i].fps[fp]; ok {
+			return true
 		}
 	}
-	return append(list, &commonv1.FailureCount{Reason: r, Count: n})
+	return false
 }
 
-func addExclusion(list []*commonv1.ExclusionCount, r commonv1.ExclusionReason, n int64) []*commonv1.ExclusionCount {
-	for _, x := range list {
-		if x.GetReason() == r {
-			x.Count += n
-			return list
+// day returns the set of day, creating it if needed.
+func (s *idSet) day(day int64) map[uint64]struct{} {
+	for _, d := range s.days {
+		if d.day == day {
+			return d.fps
 		}
 	}
-	return append(list, &commonv1.ExclusionCount{Reason: r, Count: n})
+	d := daySet{day: day, fps: map[uint64]struct{}{}}
+	s.days = append(s.days, d)
+	slices.SortFunc(s.days, func(a, b daySet) int { return int(a.day - b.day) })
+	return d.fps
 }
 
-func addAction(list []*trackingv1.ActionCount, id string, n int64) []*trackingv1.ActionCount {
-	for _, a := range list {
-		if a.GetActionId() == id {
-			a.Count += n
-			return list
-		}
+// dropBefore forgets the days before day.
+func (s *idSet) dropBefore(day int64) {
+	s.days = slices.DeleteFunc(s.days, func(d daySet) bool { return d.day < day })
+}
+
+// size is how many ids are remembered.
+func (s *idSet) size() int {
+	n := 0
+	for _, d := range s.days {
+		n += len(d.fps)
 	}
-	return append(list, &trackingv1.ActionCount{ActionId: id, Count: n})
+	return n
 }
-
-// unixMinute converts a minute index back to a time.
-func unixMinute(m int64) time.Time { return time.Unix(m*60, 0).UTC() }

@@ -1,0 +1,384 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+)
+
+// A level is one size of aggregate bucket, each in its own key space. A query
+// reads whole days where it can, hours at the edges, minutes at the very
+// edges: a range of a year costs a few hundred keys, not half a million.
+type level struct {
+	tag   byte
+	width int64 // seconds
+}
+
+var levels = [...]level{{'m', 60}, {'h', 3600}, {'d', 86400}}
+
+// Bits of a rollup mask: which filter dimensions a rollup keeps. Every event
+// is counted under all 16 masks, so any filter the API allows is one exact
+// key prefix.
+const (
+	dimJourney = 1 << iota
+	dimMessage
+	dimApp
+	dimPlatform
+	numMasks = 16
+)
+
+// dims are the filter dimensions of an event or a query.
+type dims struct {
+	journey, message, app string
+	platform              commonv1.Platform
+}
+
+// mask is the rollup holding exactly the non-empty dimensions of d.
+func (d dims) mask() byte {
+	var m byte
+	if d.journey != "" {
+		m |= dimJourney
+	}
+	if d.message != "" {
+		m |= dimMessage
+	}
+	if d.app != "" {
+		m |= dimApp
+	}
+	if d.platform != commonv1.Platform_PLATFORM_UNSPECIFIED {
+		m |= dimPlatform
+	}
+	return m
+}
+
+// rollupPrefix is tenant|level|mask|the dimensions of d that mask keeps.
+// Dimensions are length-prefixed, so for one mask the prefix identifies the
+// dimension values exactly and only the 8-byte bucket start follows.
+func rollupPrefix(dst []byte, tenant string, lvl byte, mask byte, d dims) []byte {
+	dst = append(append(dst, tenant...), 0, lvl, mask)
+	if mask&dimJourney != 0 {
+		dst = appendString(dst, d.journey)
+	}
+	if mask&dimMessage != 0 {
+		dst = appendString(dst, d.message)
+	}
+	if mask&dimApp != 0 {
+		dst = appendString(dst, d.app)
+	}
+	if mask&dimPlatform != 0 {
+		dst = append(dst, byte(d.platform))
+	}
+	return dst
+}
+
+// cell is one event's place in the finest aggregate: its dimensions and the
+// start of its minute (unix seconds).
+type cell struct {
+	dims
+	minute int64
+}
+
+// countBatch counts the new events per cell. unique (may be nil) marks the
+// first opens of a profile.
+func countBatch(evs []*trackingv1.Event, isNew, unique []bool) map[cell]*trackingv1.Metrics {
+	out := map[cell]*trackingv1.Metrics{}
+	for i, e := range evs {
+		if !isNew[i] {
+			continue
+		}
+		sec := e.GetEventTime().GetSeconds()
+		c := cell{dims{e.GetJourneyId(), e.GetMessageId(), e.GetAppId(), e.GetPlatform()}, sec - sec%60}
+		m := out[c]
+		if m == nil {
+			m = &trackingv1.Metrics{}
+			out[c] = m
+		}
+		Count(m, e, unique != nil && unique[i])
+	}
+	return out
+}
+
+// mergeRollups adds a batch's counts into every rollup and level they
+// belong to, reading and writing each stored aggregate once, in key order.
+func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*trackingv1.Metrics) error {
+	deltas := map[string]*trackingv1.Metrics{}
+	var key []byte
+	for c, m := range counts {
+		for mask := byte(0); mask < numMasks; mask++ {
+			for _, l := range levels {
+				key = rollupPrefix(key[:0], tenant, l.tag, mask, c.dims)
+				key = binary.BigEndian.AppendUint64(key, uint64(c.minute-c.minute%l.width))
+				d := deltas[string(key)]
+				if d == nil {
+					d = &trackingv1.Metrics{}
+					deltas[string(key)] = d
+				}
+				Add(d, m)
+			}
+		}
+	}
+	keys := make([]string, 0, len(deltas))
+	for k := range deltas {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var stored trackingv1.Metrics
+	var arena []byte
+	for _, k := range keys {
+		d := deltas[k]
+		if old := b.Get([]byte(k)); old != nil {
+			proto.Reset(&stored)
+			if err := proto.Unmarshal(old, &stored); err != nil {
+				return fmt.Errorf("decode aggregate: %w", err)
+			}
+			Add(d, &stored)
+		}
+		if cap(arena)-len(arena) < 512 {
+			arena = make([]byte, 0, 256<<10)
+		}
+		start := len(arena)
+		var err error
+		if arena, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(arena, d); err != nil {
+			return err
+		}
+		if err := b.Put([]byte(k), arena[start:len(arena):len(arena)]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Filter selects events or aggregates; empty fields match everything.
+type Filter struct {
+	JourneyID, MessageID, AppID string
+	Platform                    commonv1.Platform
+	// From is inclusive, To exclusive (event time); zero means unbounded.
+	From, To time.Time
+}
+
+func (f Filter) dims() dims {
+	return dims{f.JourneyID, f.MessageID, f.AppID, f.Platform}
+}
+
+// openEnd stands for "no end": far beyond any event time, minute-aligned
+// and far from overflowing.
+const openEnd = 1 << 50 * 60
+
+// Granularities Metrics accepts: 0 (totals only), a minute, an hour, a day.
+var granularities = map[time.Duration]int{0: len(levels) - 1, time.Minute: 0, time.Hour: 1, 24 * time.Hour: 2}
+
+// Metrics sums the aggregates matching f: the total, and the non-empty
+// buckets of width granularity (0: none), oldest first. Time is resolved to
+// the minute: the range is widened to whole minutes (From rounded down, To
+// rounded up). Day buckets are UTC days.
+func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularity time.Duration) (*trackingv1.Metrics, []*trackingv1.MetricsBucket, error) {
+	_, span := tracer.Start(ctx, "store.Metrics", trace.WithAttributes(attribute.String("pushmesh.granularity", granularity.String())))
+	defer span.End()
+	top, ok := granularities[granularity]
+	if !ok {
+		return nil, nil, fmt.Errorf("granularity %s: want 0, a minute, an hour or a day", granularity)
+	}
+	// An unset end means now; events may carry times up to a few minutes
+	// ahead of this clock (device clocks drift), so "now" is open-ended.
+	from, to := int64(0), int64(openEnd)
+	if !f.From.IsZero() {
+		from = max(f.From.Unix(), 0)
+	}
+	if !f.To.IsZero() {
+		to = f.To.Unix()
+		if f.To.Nanosecond() > 0 {
+			to++
+		}
+	}
+	from -= from % 60
+	if to%60 != 0 {
+		to += 60 - to%60
+	}
+
+	total := &trackingv1.Metrics{}
+	width := int64(granularity / time.Second)
+	buckets := map[int64]*trackingv1.Metrics{}
+	d := f.dims()
+	mask := d.mask()
+	var prefix []byte
+	reads := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAggregates).Cursor()
+		var m trackingv1.Metrics
+		for _, sc := range plan(from, to, top) {
+			prefix = rollupPrefix(prefix[:0], tenant, levels[sc.level].tag, mask, d)
+			seek := binary.BigEndian.AppendUint64(bytes.Clone(prefix), uint64(sc.from))
+			for k, v := c.Seek(seek); k != nil && len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				start := int64(binary.BigEndian.Uint64(k[len(prefix):]))
+				if start >= sc.to {
+					break
+				}
+				reads++
+				proto.Reset(&m)
+				if err := proto.Unmarshal(v, &m); err != nil {
+					return fmt.Errorf("decode aggregate: %w", err)
+				}
+				Add(total, &m)
+				if width > 0 {
+					bs := start - start%width
+					b := buckets[bs]
+					if b == nil {
+						b = &trackingv1.Metrics{}
+						buckets[bs] = b
+					}
+					Add(b, &m)
+				}
+			}
+		}
+		return nil
+	})
+	span.SetAttributes(attribute.Int("pushmesh.aggregates_read", reads))
+	if err != nil {
+		return nil, nil, err
+	}
+	Finish(total)
+	starts := make([]int64, 0, len(buckets))
+	for st := range buckets {
+		starts = append(starts, st)
+	}
+	slices.Sort(starts)
+	out := make([]*trackingv1.MetricsBucket, len(starts))
+	for i, st := range starts {
+		Finish(buckets[st])
+		out[i] = &trackingv1.MetricsBucket{StartTime: timestamppb.New(time.Unix(st, 0)), Metrics: buckets[st]}
+	}
+	return total, out, nil
+}
+
+// scan is one range of bucket starts [from, to) to read at one level.
+type scan struct {
+	level    int
+	from, to int64
+}
+
+// plan covers the minute-aligned range [from, to) with the fewest buckets,
+// using levels up to top: whole top-level buckets in the middle, finer ones
+// at the edges.
+func plan(from, to int64, top int) []scan {
+	if from >= to {
+		return nil
+	}
+	if top == 0 {
+		return []scan{{0, from, to}}
+	}
+	w := levels[top].width
+	a := from + (w-from%w)%w // first boundary at or after from
+	b := to - to%w           // last boundary at or before to
+	if a >= b {
+		return plan(from, to, top-1)
+	}
+	out := plan(from, a, top-1)
+	out = append(out, scan{top, a, b})
+	return append(out, plan(b, to, top-1)...)
+}
+
+// Count adds one event to m: the rules behind every counter.
+func Count(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
+	switch e.GetType() {
+	case trackingv1.EventType_EVENT_TYPE_SENT:
+		m.Sent++
+		m.Targeted++
+	case trackingv1.EventType_EVENT_TYPE_FAILED:
+		m.Failed++
+		m.Targeted++
+		m.FailedByReason = addFailure(m.FailedByReason, e.GetFailureReason(), 1)
+	case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
+		m.Excluded++
+		m.ExcludedByReason = addExclusion(m.ExcludedByReason, e.GetExclusionReason(), 1)
+	case trackingv1.EventType_EVENT_TYPE_RECEIVED:
+		m.Received++
+	case trackingv1.EventType_EVENT_TYPE_OPENED:
+		m.Opened++
+		if uniqueOpen {
+			m.UniqueOpens++
+		}
+	case trackingv1.EventType_EVENT_TYPE_DISMISSED:
+		m.Dismissed++
+	case trackingv1.EventType_EVENT_TYPE_ACTION:
+		m.Actions++
+		m.ActionsById = addAction(m.ActionsById, e.GetActionId(), 1)
+	}
+}
+
+// Add adds src's counters into dst (rates are derived later, by Finish).
+func Add(dst, src *trackingv1.Metrics) {
+	dst.Targeted += src.GetTargeted()
+	dst.Sent += src.GetSent()
+	dst.Failed += src.GetFailed()
+	dst.Excluded += src.GetExcluded()
+	dst.Received += src.GetReceived()
+	dst.Opened += src.GetOpened()
+	dst.UniqueOpens += src.GetUniqueOpens()
+	dst.Dismissed += src.GetDismissed()
+	dst.Actions += src.GetActions()
+	for _, f := range src.GetFailedByReason() {
+		dst.FailedByReason = addFailure(dst.FailedByReason, f.GetReason(), f.GetCount())
+	}
+	for _, x := range src.GetExcludedByReason() {
+		dst.ExcludedByReason = addExclusion(dst.ExcludedByReason, x.GetReason(), x.GetCount())
+	}
+	for _, a := range src.GetActionsById() {
+		dst.ActionsById = addAction(dst.ActionsById, a.GetActionId(), a.GetCount())
+	}
+}
+
+// Finish derives the rates (open rate = opened / sent, action rate =
+// actions / sent, 0 when nothing was sent) and orders the breakdowns.
+func Finish(m *trackingv1.Metrics) {
+	m.OpenRate, m.ActionRate = 0, 0
+	if m.GetSent() > 0 {
+		m.OpenRate = float64(m.GetOpened()) / float64(m.GetSent())
+		m.ActionRate = float64(m.GetActions()) / float64(m.GetSent())
+	}
+	slices.SortFunc(m.FailedByReason, func(a, b *commonv1.FailureCount) int { return int(a.GetReason() - b.GetReason()) })
+	slices.SortFunc(m.ExcludedByReason, func(a, b *commonv1.ExclusionCount) int { return int(a.GetReason() - b.GetReason()) })
+	slices.SortFunc(m.ActionsById, func(a, b *trackingv1.ActionCount) int { return strings.Compare(a.GetActionId(), b.GetActionId()) })
+}
+
+func addFailure(list []*commonv1.FailureCount, r commonv1.FailureReason, n int64) []*commonv1.FailureCount {
+	for _, f := range list {
+		if f.GetReason() == r {
+			f.Count += n
+			return list
+		}
+	}
+	return append(list, &commonv1.FailureCount{Reason: r, Count: n})
+}
+
+func addExclusion(list []*commonv1.ExclusionCount, r commonv1.ExclusionReason, n int64) []*commonv1.ExclusionCount {
+	for _, x := range list {
+		if x.GetReason() == r {
+			x.Count += n
+			return list
+		}
+	}
+	return append(list, &commonv1.ExclusionCount{Reason: r, Count: n})
+}
+
+func addAction(list []*trackingv1.ActionCount, id string, n int64) []*trackingv1.ActionCount {
+	for _, a := range list {
+		if a.GetActionId() == id {
+			a.Count += n
+			return list
+		}
+	}
+	return append(list, &trackingv1.ActionCount{ActionId: id, Count: n})
+}

@@ -1,0 +1,421 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/boltdb"
+)
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+// clock is a settable test clock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+// testStore opens a store in dir with the clock; reopen by calling it again
+// after closing the returned db.
+func testStore(t *testing.T, dir string, c *clock) (*Store, *bolt.DB) {
+	t.Helper()
+	db, err := boltdb.Open(dir, "trackingsvc.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Open(db, Options{Now: c.Now})
+	if err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	return st, db
+}
+
+func newStore(t *testing.T, c *clock) *Store {
+	t.Helper()
+	st, db := testStore(t, t.TempDir(), c)
+	t.Cleanup(func() { db.Close() })
+	return st
+}
+
+func event(id string, typ trackingv1.EventType, at time.Time) *trackingv1.Event {
+	e := &trackingv1.Event{
+		EventId: id, Type: typ, EventTime: timestamppb.New(at), ReceiveTime: timestamppb.New(at),
+		ProfileId: "p-" + id, AppId: "com.acme", Platform: commonv1.Platform_PLATFORM_APNS, JourneyId: "j1", MessageId: "m1",
+	}
+	switch typ {
+	case trackingv1.EventType_EVENT_TYPE_FAILED:
+		e.FailureReason = commonv1.FailureReason_FAILURE_REASON_UNREGISTERED
+	case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
+		e.ExclusionReason = commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT
+	case trackingv1.EventType_EVENT_TYPE_ACTION:
+		e.ActionId = "buy"
+	}
+	return e
+}
+
+func mustAppend(t *testing.T, st *Store, tenant string, evs ...*trackingv1.Event) AppendResult {
+	t.Helper()
+	res, err := st.Append(context.Background(), tenant, evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestDuplicatesCaughtAcrossRestartWithinWindow(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	st, db := testStore(t, dir, c)
+	sent := event("e1", trackingv1.EventType_EVENT_TYPE_SENT, t0)
+	if res := mustAppend(t, st, "acme", sent, event("e2", trackingv1.EventType_EVENT_TYPE_SENT, t0)); res.Accepted != 2 {
+		t.Fatalf("first batch: got %d accepted, want 2", res.Accepted)
+	}
+	db.Close()
+
+	// Six days later, after a restart, the same id with a different event
+	// time (a sender that rebuilt the event) is still a duplicate.
+	c.Set(t0.Add(6 * 24 * time.Hour))
+	st, db = testStore(t, dir, c)
+	retry := proto.Clone(sent).(*trackingv1.Event)
+	retry.EventTime = timestamppb.New(t0.Add(time.Hour))
+	res := mustAppend(t, st, "acme", retry, event("e3", trackingv1.EventType_EVENT_TYPE_SENT, t0))
+	if res.Accepted != 1 || res.Duplicates != 1 || res.New[0] || !res.New[1] {
+		t.Errorf("after restart: got %+v, want e1 a duplicate and e3 new", res)
+	}
+	// The same id in another tenant is another event.
+	if res := mustAppend(t, st, "other", proto.Clone(sent).(*trackingv1.Event)); res.Accepted != 1 {
+		t.Errorf("other tenant: got %+v, want accepted", res)
+	}
+	db.Close()
+
+	// Past the window (7 days, kept per whole receive day) the id is
+	// forgotten, on disk too.
+	c.Set(t0.Add(9 * 24 * time.Hour))
+	st, db = testStore(t, dir, c)
+	defer db.Close()
+	if got := st.RememberedIDs(); got != 2 {
+		t.Errorf("remembered ids after the window: got %d, want 2 (e3 and other's e1, from day 6)", got)
+	}
+	if res := mustAppend(t, st, "acme", proto.Clone(sent).(*trackingv1.Event)); res.Accepted != 1 {
+		t.Errorf("after the window: got %+v, want e1 accepted again", res)
+	}
+}
+
+func TestDuplicatesInsideOneBatch(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	a := event("same", trackingv1.EventType_EVENT_TYPE_OPENED, t0)
+	b := event("same", trackingv1.EventType_EVENT_TYPE_DISMISSED, t0)
+	res := mustAppend(t, st, "acme", a, b)
+	if res.Accepted != 1 || res.Duplicates != 1 || !res.New[0] || res.New[1] {
+		t.Errorf("got %+v, want the first kept, the second a duplicate", res)
+	}
+	evs, _, err := st.List(context.Background(), "acme", Filter{}, nil, 10, "")
+	if err != nil || len(evs) != 1 || evs[0].GetType() != trackingv1.EventType_EVENT_TYPE_OPENED {
+		t.Errorf("got %v, %v, want only the open stored", evs, err)
+	}
+}
+
+func TestConcurrentAppendsCountEachIDOnce(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	// Four writers send overlapping batches at once.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	accepted := 0
+	for w := range 4 {
+		wg.Go(func() {
+			for b := range 10 {
+				var evs []*trackingv1.Event
+				for i := range 50 {
+					evs = append(evs, event(fmt.Sprintf("e%d", (w*7+b*50+i)%400), trackingv1.EventType_EVENT_TYPE_SENT, t0))
+				}
+				res, err := st.Append(context.Background(), "acme", evs)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				accepted += res.Accepted
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	m, _, err := st.Metrics(context.Background(), "acme", Filter{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetSent() != int64(accepted) || accepted != 400 {
+		t.Errorf("got %d accepted and %d counted, want 400 each", accepted, m.GetSent())
+	}
+}
+
+func TestUniqueOpensPerProfileAndMessage(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	open := func(id, profile, message string) *trackingv1.Event {
+		e := event(id, trackingv1.EventType_EVENT_TYPE_OPENED, t0)
+		e.ProfileId, e.MessageId = profile, message
+		return e
+	}
+	byToken := open("t1", "", "m1")
+	byToken.TokenHash = "00112233445566778899aabbccddeeff"
+	mustAppend(t, st, "acme", open("1", "alice", "m1"), open("2", "alice", "m1"), open("3", "bob", "m1"), byToken)
+	mustAppend(t, st, "acme", open("4", "alice", "m1"), open("5", "alice", "m2"), open("6", "carol", "m1"))
+	m, _, err := st.Metrics(context.Background(), "acme", Filter{JourneyID: "j1", MessageID: "m1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.GetOpened() != 6 || m.GetUniqueOpens() != 4 {
+		t.Errorf("m1: got opened %d unique %d, want 6 and 4 (alice, bob, a token, carol)", m.GetOpened(), m.GetUniqueOpens())
+	}
+	m, _, _ = st.Metrics(context.Background(), "acme", Filter{JourneyID: "j1"}, 0)
+	if m.GetUniqueOpens() != 5 {
+		t.Errorf("journey: got unique %d, want 5 (alice opened two messages)", m.GetUniqueOpens())
+	}
+}
+
+func TestSweepRemovesOldEventsKeepsAggregatesAndRecentEvents(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	ctx := context.Background()
+	for _, tenant := range []string{"acme", "zeta"} {
+		mustAppend(t, st, tenant, event("old1", trackingv1.EventType_EVENT_TYPE_SENT, t0), event("old2", trackingv1.EventType_EVENT_TYPE_OPENED, t0))
+	}
+	c.Set(t0.Add(20 * 24 * time.Hour))
+	recent := event("new", trackingv1.EventType_EVENT_TYPE_SENT, c.Now())
+	mustAppend(t, st, "acme", recent)
+
+	c.Set(t0.Add(31 * 24 * time.Hour))
+	n, err := st.Sweep(ctx)
+	if err != nil || n != 4 {
+		t.Fatalf("sweep: got %d, %v, want 4 removed", n, err)
+	}
+	evs, next, err := st.List(ctx, "acme", Filter{}, nil, 100, "")
+	if err != nil || len(evs) != 1 || evs[0].GetEventId() != "new" || next != "" {
+		t.Errorf("acme after sweep: got %v, %q, %v, want only the recent event", evs, next, err)
+	}
+	for _, tenant := range []string{"acme", "zeta"} {
+		m, _, err := st.Metrics(ctx, tenant, Filter{}, 0)
+		if err != nil || m.GetOpened() != 1 || m.GetSent() < 1 {
+			t.Errorf("%s aggregates after sweep: got %v, %v, want the swept events still counted", tenant, m, err)
+		}
+	}
+	if n, err := st.Sweep(ctx); err != nil || n != 0 {
+		t.Errorf("second sweep: got %d, %v, want nothing left to remove", n, err)
+	}
+}
+
+func TestSweepWorksInBoundedBatches(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	// Every Append makes at least one block; more blocks than one sweep
+	// transaction takes.
+	for i := range sweepBlocks + 5 {
+		mustAppend(t, st, "acme", event(fmt.Sprint(i), trackingv1.EventType_EVENT_TYPE_RECEIVED, t0))
+	}
+	c.Set(t0.Add(40 * 24 * time.Hour))
+	n, err := st.Sweep(context.Background())
+	if err != nil || n != sweepBlocks+5 {
+		t.Errorf("got %d, %v, want %d removed", n, err, sweepBlocks+5)
+	}
+}
+
+func TestPlanCoversTheRangeExactlyOnce(t *testing.T) {
+	day, hour := int64(86400), int64(3600)
+	tests := []struct {
+		name     string
+		from, to int64
+		top      int
+		want     []scan
+	}{
+		{"minutes only", 0, 600, 0, []scan{{0, 0, 600}}},
+		{"inside one hour", 120, 600, 2, []scan{{0, 120, 600}}},
+		{"hour edges", 3000, 2*hour + 120, 1, []scan{{0, 3000, hour}, {1, hour, 2 * hour}, {0, 2 * hour, 2*hour + 120}}},
+		{"days in the middle", day - 60, 3*day + hour + 60, 2, []scan{{0, day - 60, day}, {2, day, 3 * day}, {1, 3 * day, 3*day + hour}, {0, 3*day + hour, 3*day + hour + 60}}},
+		{"aligned days", 0, 2 * day, 2, []scan{{2, 0, 2 * day}}},
+		{"empty", 600, 600, 2, nil},
+	}
+	for _, tt := range tests {
+		if got := plan(tt.from, tt.to, tt.top); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestMetricsMatchBruteForce checks every filter combination, random
+// ranges and every granularity against a count over the events themselves.
+func TestMetricsMatchBruteForce(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	rng := rand.New(rand.NewPCG(7, 7))
+	var all []*trackingv1.Event
+	for b := range 20 {
+		var batch []*trackingv1.Event
+		for i := range 200 {
+			typ := trackingv1.EventType(1 + rng.IntN(7))
+			e := event(fmt.Sprintf("%d-%d", b, i), typ, t0.Add(-time.Duration(rng.Int64N(int64(3*24*time.Hour)))))
+			e.JourneyId = []string{"j1", "j2", ""}[rng.IntN(3)]
+			e.MessageId = []string{"m1", "m2"}[rng.IntN(2)]
+			e.AppId = []string{"com.a", "com.b"}[rng.IntN(2)]
+			e.Platform = commonv1.Platform(1 + rng.IntN(2))
+			e.ProfileId = fmt.Sprintf("p%d", rng.IntN(30))
+			batch = append(batch, e)
+		}
+		mustAppend(t, st, "acme", batch...)
+		all = append(all, batch...)
+	}
+	// Unique opens depend on storage order: recompute them the same way.
+	firstOpen := map[string]bool{}
+	unique := map[*trackingv1.Event]bool{}
+	for _, e := range all {
+		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
+		if e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED && !firstOpen[k] {
+			firstOpen[k] = true
+			unique[e] = true
+		}
+	}
+	grans := []time.Duration{0, time.Minute, time.Hour, 24 * time.Hour}
+	for q := range 200 {
+		f := Filter{}
+		if rng.IntN(2) == 0 {
+			f.JourneyID = []string{"j1", "j2"}[rng.IntN(2)]
+		}
+		if rng.IntN(2) == 0 {
+			f.MessageID = []string{"m1", "m2", "nope"}[rng.IntN(3)]
+		}
+		if rng.IntN(2) == 0 {
+			f.AppID = []string{"com.a", "com.b"}[rng.IntN(2)]
+		}
+		if rng.IntN(2) == 0 {
+			f.Platform = commonv1.Platform(1 + rng.IntN(2))
+		}
+		if rng.IntN(4) > 0 {
+			f.From = t0.Add(-time.Duration(rng.Int64N(int64(4 * 24 * time.Hour))))
+		}
+		if rng.IntN(4) > 0 {
+			f.To = f.From.Add(time.Duration(rng.Int64N(int64(3 * 24 * time.Hour))))
+			if f.From.IsZero() {
+				f.To = t0.Add(-time.Duration(rng.Int64N(int64(3 * 24 * time.Hour))))
+			}
+		}
+		g := grans[rng.IntN(len(grans))]
+		total, buckets, err := st.Metrics(context.Background(), "acme", f, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The range is widened to whole minutes.
+		from, to := f.From.Truncate(time.Minute), f.To
+		if to.IsZero() {
+			to = t0.Add(time.Hour)
+		}
+		if to.Truncate(time.Minute) != to {
+			to = to.Truncate(time.Minute).Add(time.Minute)
+		}
+		want := &trackingv1.Metrics{}
+		wantBuckets := map[int64]*trackingv1.Metrics{}
+		for _, e := range all {
+			at := e.GetEventTime().AsTime()
+			if (f.JourneyID != "" && e.GetJourneyId() != f.JourneyID) || (f.MessageID != "" && e.GetMessageId() != f.MessageID) ||
+				(f.AppID != "" && e.GetAppId() != f.AppID) || (f.Platform != 0 && e.GetPlatform() != f.Platform) ||
+				(!f.From.IsZero() && at.Before(from)) || !at.Before(to) {
+				continue
+			}
+			Count(want, e, unique[e])
+			if g > 0 {
+				start := at.Truncate(g).Unix()
+				if wantBuckets[start] == nil {
+					wantBuckets[start] = &trackingv1.Metrics{}
+				}
+				Count(wantBuckets[start], e, unique[e])
+			}
+		}
+		Finish(want)
+		if !proto.Equal(total, want) {
+			t.Fatalf("query %d (%+v, %s): total\n got %v\nwant %v", q, f, g, total, want)
+		}
+		if len(buckets) != len(wantBuckets) {
+			t.Fatalf("query %d (%+v, %s): got %d buckets, want %d", q, f, g, len(buckets), len(wantBuckets))
+		}
+		for i, b := range buckets {
+			w := wantBuckets[b.GetStartTime().GetSeconds()]
+			if w == nil {
+				t.Fatalf("query %d: unexpected bucket %v", q, b.GetStartTime().AsTime())
+			}
+			Finish(w)
+			if !proto.Equal(b.GetMetrics(), w) {
+				t.Fatalf("query %d bucket %v:\n got %v\nwant %v", q, b.GetStartTime().AsTime(), b.GetMetrics(), w)
+			}
+			if i > 0 && !buckets[i-1].GetStartTime().AsTime().Before(b.GetStartTime().AsTime()) {
+				t.Fatalf("query %d: buckets out of order", q)
+			}
+		}
+	}
+}
+
+func TestListPagesAcrossBlocksAndBatches(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	var want []string
+	for b, n := range []int{eventsPerBlock*2 + 3, 1, eventsPerBlock} {
+		var evs []*trackingv1.Event
+		for i := range n {
+			id := fmt.Sprintf("b%d-%04d", b, i)
+			evs = append(evs, event(id, trackingv1.EventType_EVENT_TYPE_RECEIVED, t0))
+			want = append(want, id)
+		}
+		mustAppend(t, st, "acme", evs...)
+		mustAppend(t, st, "other", event(fmt.Sprint("x", b), trackingv1.EventType_EVENT_TYPE_RECEIVED, t0))
+	}
+	for _, size := range []int{1, 7, eventsPerBlock, len(want), len(want) + 1} {
+		var got []string
+		token := ""
+		pages := 0
+		for {
+			page, next, err := st.List(context.Background(), "acme", Filter{}, nil, size, token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages++
+			for _, e := range page {
+				got = append(got, e.GetEventId())
+			}
+			if token = next; token == "" {
+				break
+			}
+			if pages > len(want)+1 {
+				t.Fatal("pagination does not end")
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("page size %d: got %d events, want all %d in stored order", size, len(got), len(want))
+		}
+		if wantPages := (len(want) + size - 1) / size; pages != wantPages {
+			t.Errorf("page size %d: got %d pages, want %d (no empty last page)", size, pages, wantPages)
+		}
+	}
+	if _, _, err := st.List(context.Background(), "acme", Filter{}, nil, 10, "not-hex"); !errors.Is(err, ErrBadPageToken) {
+		t.Errorf("bad token: got %v, want ErrBadPageToken", err)
+	}
+}

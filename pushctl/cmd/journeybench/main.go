@@ -3,24 +3,31 @@
 // real HTTP/2 with the real apns2 and firebase clients, trackingsvc counting
 // outcomes — and prints notifications/s next to the raw apns2→emulator
 // ceiling measured in the same run, their ratio, and the peak resident
-// memory of the process (all three services and the emulators, so an upper
-// bound for deliverysvc alone).
+// memory of deliverysvc, which runs as a child process (this binary in
+// -serve-delivery mode) so its memory is its own.
 //
 //	go run ./pushctl/cmd/journeybench -profiles 100000
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sideshow/apns2"
@@ -29,14 +36,28 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	deliveryserver "github.com/pushmesh/pushmesh/deliverysvc/server"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/pushctl/internal/demo"
 	"github.com/pushmesh/pushmesh/pushctl/internal/mesh"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-serve-delivery" {
+		// Child mode: deliverysvc alone in this process, so its memory is
+		// measured apart from profilesvc, trackingsvc and the emulators.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := serveDelivery(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "journeybench deliverysvc:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(context.Background(), os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "journeybench:", err)
 		os.Exit(1)
@@ -63,12 +84,17 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer m.Close()
+	child, journeys, apps, err := startDelivery(ctx, m, dir)
+	if err != nil {
+		return err
+	}
+	defer child.stop()
 	reqs, err := demo.AppRequests(m.APNs, m.FCM)
 	if err != nil {
 		return err
 	}
 	for _, r := range reqs {
-		if _, err := m.Apps.RegisterApp(ctx, r); err != nil {
+		if _, err := apps.RegisterApp(ctx, r); err != nil {
 			return err
 		}
 	}
@@ -132,7 +158,7 @@ func run(ctx context.Context, args []string) error {
 		}()
 	}
 	start := time.Now()
-	pub, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
+	pub, err := journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
 		Name: "bench", AppIds: []string{demo.ShopApp},
 		Audience: &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
 		Template: &deliveryv1.MessageTemplate{Title: `Hi {{firstName | default "there"}}`, Body: "Your {{tier}} offer is waiting", DeepLink: "app://offers/{{profile_id}}"},
@@ -140,7 +166,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	watch, err := m.Journeys.WatchJourney(ctx, &deliveryv1.WatchJourneyRequest{JourneyId: pub.GetJourney().GetJourneyId()})
+	watch, err := journeys.WatchJourney(ctx, &deliveryv1.WatchJourneyRequest{JourneyId: pub.GetJourney().GetJourneyId()})
 	if err != nil {
 		return err
 	}
@@ -164,7 +190,7 @@ func run(ctx context.Context, args []string) error {
 	fmt.Printf("%-44s %12.0f\n", "journey notifications/s (end to end)", rate)
 	fmt.Printf("%-44s %12.0f\n", "raw apns2→emulator ceiling, same run (/s)", ceiling)
 	fmt.Printf("%-44s %12.2f\n", "ratio to the ceiling", rate/ceiling)
-	fmt.Printf("%-44s %12s\n", "peak RSS, whole process (VmHWM)", vmHWM())
+	fmt.Printf("%-44s %12s\n", "deliverysvc peak RSS (VmHWM, own process)", vmHWM(child.cmd.Process.Pid))
 	return nil
 }
 
@@ -198,8 +224,8 @@ func apnsCeiling(ctx context.Context, m *mesh.Mesh, n int) (float64, error) {
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-func vmHWM() string {
-	b, err := os.ReadFile("/proc/self/status")
+func vmHWM(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "?"
 	}
@@ -209,4 +235,72 @@ func vmHWM() string {
 		}
 	}
 	return "?"
+}
+
+type childProc struct{ cmd *exec.Cmd }
+
+func (c *childProc) stop() {
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	_ = c.cmd.Wait()
+}
+
+// startDelivery runs deliverysvc as a child process wired to the mesh's
+// profilesvc, trackingsvc and emulators.
+func startDelivery(ctx context.Context, m *mesh.Mesh, dir string) (*childProc, deliveryv1.JourneyServiceClient, deliveryv1.AppServiceClient, error) {
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := m.CA.WriteCertFile(caFile); err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(os.Args[0], "-serve-delivery")
+	cmd.Env = append(os.Environ(), "JB_LISTEN="+addr, "JB_DATA_DIR="+filepath.Join(dir, "child-deliverysvc"), "JB_CA_FILE="+caFile,
+		"JB_PROFILE_ADDR="+m.ProfileAddr, "JB_TRACKING_ADDR="+m.TrackingAddr, "JB_APNS_URL="+m.APNs.URL(), "JB_FCM_URL="+m.FCM.URL()+"/v1")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	child := &childProc{cmd: cmd}
+	conn, err := grpcclient.Dial(addr)
+	if err != nil {
+		child.stop()
+		return nil, nil, nil, err
+	}
+	apps := deliveryv1.NewAppServiceClient(conn)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, err := apps.ListApps(ctx, &deliveryv1.ListAppsRequest{}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			child.stop()
+			return nil, nil, nil, fmt.Errorf("deliverysvc did not start: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return child, deliveryv1.NewJourneyServiceClient(conn), apps, nil
+}
+
+func serveDelivery(ctx context.Context) error {
+	caPEM, err := os.ReadFile(os.Getenv("JB_CA_FILE"))
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := grpcserver.New(grpcserver.Config{Name: "deliverysvc", Listen: os.Getenv("JB_LISTEN"), Logger: log})
+	if err != nil {
+		return err
+	}
+	stop, err := deliveryserver.Start(ctx, srv.GRPC(), os.Getenv("JB_DATA_DIR"), deliveryserver.Config{
+		ProfileAddr: os.Getenv("JB_PROFILE_ADDR"), TrackingAddr: os.Getenv("JB_TRACKING_ADDR"),
+		APNsURL: os.Getenv("JB_APNS_URL"), FCMEndpoint: os.Getenv("JB_FCM_URL"), GatewayCAPEM: caPEM,
+		DevInsecureGenerateKey: true, APNsConnections: 4, MaxInFlight: 10_000,
+	}, log)
+	if err != nil {
+		return err
+	}
+	serveErr := srv.Serve(ctx)
+	return errors.Join(serveErr, stop())
 }

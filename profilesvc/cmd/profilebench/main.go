@@ -346,7 +346,7 @@ func benchAudience(ctx context.Context, o options, out io.Writer) error {
 		fmt.Fprintf(out, "  condition %s\n", label)
 		fmt.Fprintf(out, "    scanned %d, qualified %d, members streamed %d, tokens %d in %.2fs: %.0f profiles/s (process CPU %.1fs, client included)\n",
 			last.GetScanned(), last.GetQualified(), members, last.GetTokens(), elapsed.Seconds(), float64(last.GetScanned())/elapsed.Seconds(), cpu.Seconds())
-		fmt.Fprintf(out, "    peak heap in use after %d profiles: %s (RSS %s); after %d: %s (RSS %s)\n",
+		fmt.Fprintf(out, "    peak live heap after %d profiles: %s (RSS %s); after %d: %s (RSS %s)\n",
 			atSmall.scanned, mib(atSmall.peakHeap), mib(atSmall.rss), atEnd.scanned, mib(atEnd.peakHeap), mib(atEnd.rss))
 	}
 	return nil
@@ -476,12 +476,13 @@ type heapPoint struct {
 	rss      uint64
 }
 
-// startHeapSampler tracks the peak of live heap objects every 10ms.
+// startHeapSampler tracks the peak of the live heap (as measured by the
+// last GC) every 10ms.
 func startHeapSampler() *heapSampler {
 	s := &heapSampler{quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 		t := time.NewTicker(10 * time.Millisecond)
 		defer t.Stop()
 		for {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"runtime"
 	"testing"
 	"time"
 
@@ -120,3 +121,5 @@ func must[T any](t testing.TB) func(T, error) T {
 }
 
 func isEOF(err error) bool { return errors.Is(err, io.EOF) }
+
+func testingProcs() int { return runtime.GOMAXPROCS(0) }

@@ -94,12 +94,13 @@ type Workset struct {
 	ownerSlots   slab[ownerSlot]
 }
 
-// slab hands out pointers to values allocated a thousand at a time.
+// slab hands out pointers to values allocated in chunks that start small
+// (a single registration needs a handful) and grow to a thousand.
 type slab[T any] struct{ buf []T }
 
 func (s *slab[T]) alloc(v T) *T {
 	if len(s.buf) == cap(s.buf) {
-		s.buf = make([]T, 0, 1024)
+		s.buf = make([]T, 0, min(1024, max(8, 2*cap(s.buf))))
 	}
 	s.buf = append(s.buf, v)
 	return &s.buf[len(s.buf)-1]

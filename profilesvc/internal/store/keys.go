@@ -100,21 +100,29 @@ func idFromKey(key []byte) (profile.ID, bool) {
 	return id, true
 }
 
-// arena hands out byte slices carved from big blocks. bbolt requires keys
-// and values passed to Put to stay untouched until the transaction ends, and
-// one allocation per block is far cheaper than one per key.
+// arena hands out byte slices carved from blocks. bbolt requires keys and
+// values passed to Put to stay untouched until the transaction ends, and one
+// allocation per block is far cheaper than one per key. Blocks start small
+// (a single registration writes a few hundred bytes) and double up to 1 MiB
+// for big batches.
 type arena struct {
 	buf []byte
 }
 
+const (
+	arenaMinBlock = 4 << 10
+	arenaMaxBlock = 1 << 20
+)
+
 // build appends with fn into the arena and returns the appended bytes.
 func (a *arena) build(fn func(dst []byte) []byte) []byte {
-	if cap(a.buf)-len(a.buf) < 4096 {
-		a.buf = make([]byte, 0, 1<<20)
+	if cap(a.buf)-len(a.buf) < 512 {
+		a.buf = make([]byte, 0, min(arenaMaxBlock, max(arenaMinBlock, 2*cap(a.buf))))
 	}
 	start := len(a.buf)
 	a.buf = fn(a.buf)
 	// If fn outgrew the block, append moved everything to a new array and
-	// the slice below points there; earlier slices keep the old array.
+	// the slice below points there; earlier slices keep the old array,
+	// which is never written again.
 	return a.buf[start:len(a.buf):len(a.buf)]
 }

@@ -1,0 +1,123 @@
+package grpcapi_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
+)
+
+// The benchmarks run the real service over loopback gRPC on a real bbolt
+// file, like the tests. cmd/profilebench runs the same workloads at full
+// size (1M rows, 1M profiles, 50 clients) and prints the figures.
+
+func benchRow(i, n int) *profilev1.ImportRow {
+	half := n / 2
+	r := &profilev1.ImportRow{AppId: "com.example.app", Platform: apns, SourceTime: at(1)}
+	switch {
+	case i < half: // a new customer with a new token
+		r.CustomerId, r.Token = fmt.Sprintf("C%08d", i), fmt.Sprintf("%064x", i*7919)
+	case (i-half)%2 == 0: // the same token registered again, later
+		j := i - half
+		r.CustomerId, r.Token, r.SourceTime = fmt.Sprintf("C%08d", j), fmt.Sprintf("%064x", j*7919), at(2)
+	default: // the token moves to another existing customer
+		j := i - half
+		r.CustomerId, r.Token, r.SourceTime = fmt.Sprintf("C%08d", (j*31)%half), fmt.Sprintf("%064x", j*7919), at(2)
+	}
+	return r
+}
+
+// BenchmarkImport imports b.N rows (half new profiles, half updates and
+// moves) through one ImportTokens stream into a fresh file.
+func BenchmarkImport(b *testing.B) {
+	n := max(b.N, 1000)
+	rows := make([]*profilev1.ImportRow, n)
+	for i := range rows {
+		rows[i] = benchRow(i, n)
+	}
+	e := newEnv(b, store.Options{})
+	ctx := context.Background()
+	b.ResetTimer()
+	resp := importAll(b, ctx, e.client, rows, 1000)
+	b.StopTimer()
+	if resp.GetRejected() != 0 || resp.GetCreated() != int64(n/2) {
+		b.Fatalf("got %v, want %d created and nothing rejected", resp, n/2)
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkQueryAudience runs a selective audience query over 50,000
+// profiles with two tokens each, per iteration.
+func BenchmarkQueryAudience(b *testing.B) {
+	const profiles = 50_000
+	e := newEnv(b, store.Options{})
+	ctx := context.Background()
+	tiers, locales := []string{"gold", "silver", "bronze", "platinum"}, []string{"en-GB", "fr-FR", "en-US", "de-DE"}
+	rows := make([]*profilev1.ImportRow, 0, 2*profiles)
+	for i := 0; i < profiles; i++ {
+		attrs, _ := structpb.NewStruct(map[string]any{"tier": tiers[i%4], "locale": locales[(i/4)%4], "firstName": "Ada"})
+		c := fmt.Sprintf("C%08d", i)
+		rows = append(rows,
+			&profilev1.ImportRow{CustomerId: c, Platform: apns, AppId: "com.example.ios", Token: fmt.Sprintf("%064x", i), SourceTime: at(1), Attributes: attrs},
+			&profilev1.ImportRow{CustomerId: c, Platform: fcm, AppId: "com.example.android", Token: fmt.Sprintf("fcm-%0150d", i), SourceTime: at(1)})
+	}
+	importAll(b, ctx, e.client, rows, 1000)
+	req := &profilev1.QueryAudienceRequest{Condition: `attributes.tier == "gold" && attributes.locale.startsWith("en")`, BatchSize: 1000}
+	b.ResetTimer()
+	for range b.N {
+		resps := queryAll(b, ctx, e.client, req)
+		if got := resps[len(resps)-1].GetStats().GetScanned(); got != profiles {
+			b.Fatalf("got %d scanned, want %d", got, profiles)
+		}
+	}
+	b.ReportMetric(float64(profiles)*float64(b.N)/b.Elapsed().Seconds(), "profiles/s")
+}
+
+// BenchmarkRegisterPushToken registers tokens from 50 concurrent clients
+// and reports throughput and the 99th percentile latency.
+func BenchmarkRegisterPushToken(b *testing.B) {
+	e := newEnv(b, store.Options{})
+	ctx := context.Background()
+	var (
+		mu  sync.Mutex
+		lat []time.Duration
+		seq int
+	)
+	b.SetParallelism(max(1, 50/max(1, testingProcs())))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			mu.Lock()
+			seq++
+			i := seq
+			mu.Unlock()
+			start := time.Now()
+			_, err := e.client.RegisterPushToken(ctx, &profilev1.RegisterPushTokenRequest{
+				Profile: byCustomer(fmt.Sprintf("C%d", i%5000)), Token: fmt.Sprintf("%064x", i), Platform: apns, AppId: "com.example",
+				DeviceId: fmt.Sprintf("device-%d", i),
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			mine = append(mine, time.Since(start))
+		}
+		mu.Lock()
+		lat = append(lat, mine...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}

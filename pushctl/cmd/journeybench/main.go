@@ -190,7 +190,10 @@ func run(ctx context.Context, args []string) error {
 	fmt.Printf("%-44s %12.0f\n", "journey notifications/s (end to end)", rate)
 	fmt.Printf("%-44s %12.0f\n", "raw apns2→emulator ceiling, same run (/s)", ceiling)
 	fmt.Printf("%-44s %12.2f\n", "ratio to the ceiling", rate/ceiling)
-	fmt.Printf("%-44s %12s\n", "deliverysvc peak RSS (VmHWM, own process)", vmHWM(child.cmd.Process.Pid))
+	pid := child.cmd.Process.Pid
+	fmt.Printf("%-44s %12s\n", "deliverysvc peak RSS (VmHWM, own process)", procStatus(pid, "VmHWM"))
+	fmt.Printf("%-44s %12s\n", "  of which now anonymous (heap, stacks)", procStatus(pid, "RssAnon"))
+	fmt.Printf("%-44s %12s\n", "  of which now file-backed (bbolt mmap)", procStatus(pid, "RssFile"))
 	return nil
 }
 
@@ -224,14 +227,15 @@ func apnsCeiling(ctx context.Context, m *mesh.Mesh, n int) (float64, error) {
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-func vmHWM(pid int) string {
+// procStatus reads one field of /proc/PID/status, e.g. "VmHWM".
+func procStatus(pid int, field string) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "?"
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			return strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
+		if strings.HasPrefix(line, field+":") {
+			return strings.TrimSpace(strings.TrimPrefix(line, field+":"))
 		}
 	}
 	return "?"

@@ -191,6 +191,12 @@ func TestConditionVariables(t *testing.T) {
 		{`profile_id.startsWith("00000001")`, nil},
 		{`profile_id.size() == 26`, []int{0, 1, 2, 3, 4, 5, 6, 7}},
 		{`attributes.locale.lowerAscii() == "de-de"`, []int{3, 7}},
+		{`size(attributes) == 4`, []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{`attributes.exists(k, k == "tier")`, []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{`attributes.all(k, k != "age")`, nil},
+		{`"tier" in attributes && !("nope" in attributes)`, []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{`attributes.tags[1] == "6"`, []int{6}},
+		{`attributes.tier in ["gold", "platinum"] && attributes.age < 23`, []int{0, 2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.cond, func(t *testing.T) {

@@ -103,6 +103,7 @@ type activation struct {
 
 	attrs     map[string]any
 	attrsDone bool
+	attrMap   attrMap
 
 	tokensDone bool
 	platforms  []string
@@ -129,7 +130,8 @@ func (a *activation) reset(id profile.ID, v *profile.View) {
 func (a *activation) ResolveName(name string) (any, bool) {
 	switch name {
 	case varAttributes:
-		return a.attributes(), true
+		a.attrMap = attrMap{act: a}
+		return &a.attrMap, true
 	case varIdentities:
 		ids, err := a.view.Identities()
 		if err != nil {

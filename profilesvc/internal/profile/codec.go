@@ -426,6 +426,34 @@ func (r *reader) value(depth int) any {
 	return nil
 }
 
+// skipValue moves past one encoded value without building it.
+func (r *reader) skipValue(depth int) {
+	if depth > MaxAttributeDepth+1 {
+		r.fail()
+		return
+	}
+	switch r.byte() {
+	case kindNull, kindFalse, kindTrue:
+	case kindNumber:
+		r.uint64()
+	case kindString:
+		r.bytes()
+	case kindList:
+		n := r.count(1)
+		for i := 0; i < n && r.err == nil; i++ {
+			r.skipValue(depth + 1)
+		}
+	case kindMap:
+		n := r.count(2)
+		for i := 0; i < n && r.err == nil; i++ {
+			r.bytes()
+			r.skipValue(depth + 1)
+		}
+	default:
+		r.fail()
+	}
+}
+
 // DecodeProfile decodes a profile record stored under id. The result shares
 // no memory with b, so it can outlive the transaction b came from.
 func DecodeProfile(id ID, b []byte) (*Profile, error) {
@@ -516,6 +544,40 @@ func (v *View) Attributes() (map[string]any, error) {
 		}
 	}
 	return m, r.err
+}
+
+// LookupAttribute decodes the value of one attribute (found is false when
+// it is not set), skipping over the others without decoding them: a
+// condition usually reads two or three attributes of many.
+func (v *View) LookupAttribute(key string) (val any, found bool, err error) {
+	r := reader{b: v.attributes}
+	n := r.count(3)
+	for i := 0; i < n && r.err == nil; i++ {
+		k := r.bytes()
+		r.varint()
+		if string(k) == key {
+			val = r.value(1)
+			return val, val != nil && r.err == nil, r.err
+		}
+		r.skipValue(1)
+	}
+	return nil, false, r.err
+}
+
+// AttributeCount counts the attributes that are set.
+func (v *View) AttributeCount() (int, error) {
+	r := reader{b: v.attributes}
+	n := r.count(3)
+	set := 0
+	for i := 0; i < n && r.err == nil; i++ {
+		r.bytes()
+		r.varint()
+		if len(r.b) > 0 && r.b[0] != kindNull {
+			set++
+		}
+		r.skipValue(1)
+	}
+	return set, r.err
 }
 
 // TokenHead is the part of a token a scan needs to decide whether it can be

@@ -115,3 +115,23 @@ func tryDecode(b []byte) {
 		_ = v.EachTokenHead(func(h *TokenHead) bool { _, _ = h.Full(); return true })
 	}
 }
+
+func TestLookupAttribute(t *testing.T) {
+	p := sampleProfile()
+	v, err := ParseView(EncodeProfile(nil, p), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range p.Attributes {
+		got, found, err := v.LookupAttribute(a.Key)
+		if err != nil || found != (a.Value != nil) || !reflect.DeepEqual(got, a.Value) {
+			t.Errorf("LookupAttribute(%q): got %v, %v, %v; want %v", a.Key, got, found, err, a.Value)
+		}
+	}
+	if _, found, _ := v.LookupAttribute("absent"); found {
+		t.Errorf("LookupAttribute(absent): got found")
+	}
+	if n, err := v.AttributeCount(); err != nil || n != len(p.VisibleAttributes()) {
+		t.Errorf("AttributeCount: got %d, %v; want %d (tombstones not counted)", n, err, len(p.VisibleAttributes()))
+	}
+}

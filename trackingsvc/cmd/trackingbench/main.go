@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -97,7 +98,16 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("startup: %s (opens the store, loads the dedupe window)\n", time.Since(t0).Round(time.Millisecond))
+	startup := time.Since(t0)
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	size := int64(0)
+	if fi, err := os.Stat(filepath.Join(cfg.dir, "trackingsvc.db")); err == nil {
+		size = fi.Size()
+	}
+	fmt.Printf("startup: %s (opens the store, loads the dedupe window); Go heap in use after startup %d MB; bbolt file %d MB\n",
+		startup.Round(time.Millisecond), ms.HeapAlloc>>20, size>>20)
 	serveCtx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(serveCtx) }()
@@ -176,7 +186,7 @@ func writeHistory(ctx context.Context, dir string, n int) error {
 	if err != nil {
 		return err
 	}
-	g := &generator{rng: rand.New(rand.NewPCG(99, 1))}
+	g := &generator{rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 99))}
 	now := time.Now()
 	const lifetime = 29 * 24 * time.Hour
 	start := time.Now()
@@ -192,9 +202,6 @@ func writeHistory(ctx context.Context, dir string, n int) error {
 		if _, err := st.Append(ctx, "default", evs); err != nil {
 			return err
 		}
-		if done%(batch*50) == 0 && done > 0 {
-			fmt.Fprintf(os.Stderr, "  history: %d/%d events\r", done, n)
-		}
 	}
 	el := time.Since(start)
 	fmt.Printf("history: %d events of one journey over 29 days through the store API in %s = %.0f events/s\n",
@@ -209,7 +216,8 @@ func benchIngest(ctx context.Context, client trackingv1.TrackingServiceClient, c
 	now := time.Now()
 	reqs := make([][]*trackingv1.IngestRequest, cfg.streams)
 	for s := range reqs {
-		g := &generator{rng: rand.New(rand.NewPCG(uint64(s), 7))}
+		// Seeded by the clock: a rerun on the same -data-dir sends new ids.
+		g := &generator{rng: rand.New(rand.NewPCG(uint64(now.UnixNano()), uint64(s)))}
 		for done := 0; done < per; done += cfg.batch {
 			evs := make([]*trackingv1.Event, min(cfg.batch, per-done))
 			for i := range evs {

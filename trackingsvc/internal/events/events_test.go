@@ -33,26 +33,60 @@ func TestOpenWithTraceparentLinksToSendSpan(t *testing.T) {
 	var stored []*trackingv1.Event
 	in := &Ingester{Now: func() time.Time { return now }, Store: appendFunc(func(_ context.Context, _ string, evs []*trackingv1.Event) (store.AppendResult, error) {
 		stored = evs
-		return store.AppendResult{Accepted: len(evs), New: []bool{true, true}}, nil
+		// The third event is a duplicate of an earlier one.
+		return store.AppendResult{Accepted: 3, Duplicates: 1, New: []bool{true, true, false, true}}, nil
 	})}
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	_, err := in.Ingest(context.Background(), "default", []*trackingv1.Event{
-		{EventId: "1", Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now), Traceparent: tp, Token: "secret-token"},
+	open := func(id, traceparent string) *trackingv1.Event {
+		return &trackingv1.Event{EventId: id, Type: trackingv1.EventType_EVENT_TYPE_OPENED, EventTime: timestamppb.New(now),
+			Traceparent: traceparent, Token: "secret-token", JourneyId: "j", MessageId: "m"}
+	}
+	out, err := in.Ingest(context.Background(), "default", []*trackingv1.Event{
+		open("1", tp),
 		{EventId: "2", Type: trackingv1.EventType_EVENT_TYPE_RECEIVED, EventTime: timestamppb.New(now), Traceparent: tp, ProfileId: "p"},
+		open("3", tp),         // a duplicate: its open was linked the first time
+		open("4", "garbage"), // kept, but there is nothing to link to
 	}, 0)
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || out.Accepted != 3 || len(out.Rejected) != 0 {
+		t.Fatalf("got %+v, %v, want 3 accepted and none rejected", out, err)
 	}
 	spans := rec.Ended()
 	if len(spans) != 1 {
-		t.Fatalf("got %d spans, want 1 (only the open)", len(spans))
+		t.Fatalf("got %d spans, want 1 (only the new open with a valid traceparent)", len(spans))
 	}
 	links := spans[0].Links()
 	if len(links) != 1 || links[0].SpanContext.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" || links[0].SpanContext.SpanID().String() != "00f067aa0ba902b7" {
 		t.Errorf("got links %v, want one to the send span", links)
 	}
+	for _, a := range spans[0].Attributes() {
+		if strings.Contains(a.Value.Emit(), "secret-token") {
+			t.Errorf("attribute %s carries the token", a.Key)
+		}
+	}
 	if stored[0].GetToken() != "" || stored[0].GetTokenHash() != TokenHash("secret-token") {
 		t.Errorf("stored token %q hash %q, want only the hash", stored[0].GetToken(), stored[0].GetTokenHash())
+	}
+}
+
+func TestIngestRejectsStaleEventsAndIndexesFromBase(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	var got []*trackingv1.Event
+	in := &Ingester{Retention: 24 * time.Hour, Now: func() time.Time { return now }, Store: appendFunc(func(_ context.Context, _ string, evs []*trackingv1.Event) (store.AppendResult, error) {
+		got = evs
+		return store.AppendResult{Accepted: len(evs), New: make([]bool, len(evs))}, nil
+	})}
+	out, err := in.Ingest(context.Background(), "default", []*trackingv1.Event{
+		{EventId: "old", Type: trackingv1.EventType_EVENT_TYPE_SENT, EventTime: timestamppb.New(now.Add(-25 * time.Hour)), ProfileId: "p"},
+		{EventId: "ok", Type: trackingv1.EventType_EVENT_TYPE_RECEIVED, EventTime: timestamppb.New(now.Add(-23 * time.Hour)), ProfileId: "p"},
+	}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Rejected) != 1 || out.Rejected[0].Index != 1000 || out.Rejected[0].Field != "event_time" || out.Rejected[0].EventID != "old" {
+		t.Errorf("got rejections %+v, want index 1000 (base 1000), field event_time", out.Rejected)
+	}
+	if len(got) != 1 || got[0].GetEventId() != "ok" {
+		t.Errorf("stored %v, want only the event inside the retention", got)
 	}
 }
 

@@ -234,39 +234,69 @@ func randomEvents(n int, seed uint64) []*trackingv1.Event {
 	return out
 }
 
-// recompute derives metrics from listed events, the slow way.
-func recompute(evs []*trackingv1.Event) *trackingv1.Metrics {
+// firstOpens marks, in stored order, the first open of each (journey,
+// message, profile): the one that counts as a unique open.
+func firstOpens(stored []*trackingv1.Event) map[*trackingv1.Event]bool {
+	seen := map[string]bool{}
+	first := map[*trackingv1.Event]bool{}
+	for _, e := range stored {
+		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
+		if e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED && !seen[k] {
+			seen[k] = true
+			first[e] = true
+		}
+	}
+	return first
+}
+
+// recompute derives metrics from listed events, the slow way, without the
+// store's code.
+func recompute(evs []*trackingv1.Event, first map[*trackingv1.Event]bool) *trackingv1.Metrics {
 	m := &trackingv1.Metrics{}
-	openers := map[string]bool{}
+	failed := map[commonv1.FailureReason]int64{}
+	excluded := map[commonv1.ExclusionReason]int64{}
+	actions := map[string]int64{}
 	for _, e := range evs {
-		one := &trackingv1.Metrics{}
 		switch e.GetType() {
 		case trackingv1.EventType_EVENT_TYPE_SENT:
-			one.Sent, one.Targeted = 1, 1
+			m.Sent++
 		case trackingv1.EventType_EVENT_TYPE_FAILED:
-			one.Failed, one.Targeted = 1, 1
-			one.FailedByReason = []*commonv1.FailureCount{{Reason: e.GetFailureReason(), Count: 1}}
+			m.Failed++
+			failed[e.GetFailureReason()]++
 		case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
-			one.Excluded = 1
-			one.ExcludedByReason = []*commonv1.ExclusionCount{{Reason: e.GetExclusionReason(), Count: 1}}
+			m.Excluded++
+			excluded[e.GetExclusionReason()]++
 		case trackingv1.EventType_EVENT_TYPE_RECEIVED:
-			one.Received = 1
+			m.Received++
 		case trackingv1.EventType_EVENT_TYPE_OPENED:
-			one.Opened = 1
-			k := e.GetJourneyId() + "|" + e.GetMessageId() + "|" + e.GetProfileId()
-			if !openers[k] {
-				openers[k] = true
-				one.UniqueOpens = 1
+			m.Opened++
+			if first[e] {
+				m.UniqueOpens++
 			}
 		case trackingv1.EventType_EVENT_TYPE_DISMISSED:
-			one.Dismissed = 1
+			m.Dismissed++
 		case trackingv1.EventType_EVENT_TYPE_ACTION:
-			one.Actions = 1
-			one.ActionsById = []*trackingv1.ActionCount{{ActionId: e.GetActionId(), Count: 1}}
+			m.Actions++
+			actions[e.GetActionId()]++
 		}
-		store.Add(m, one)
 	}
-	store.Finish(m)
+	m.Targeted = m.Sent + m.Failed
+	for r, n := range failed {
+		m.FailedByReason = append(m.FailedByReason, &commonv1.FailureCount{Reason: r, Count: n})
+	}
+	for r, n := range excluded {
+		m.ExcludedByReason = append(m.ExcludedByReason, &commonv1.ExclusionCount{Reason: r, Count: n})
+	}
+	for id, n := range actions {
+		m.ActionsById = append(m.ActionsById, &trackingv1.ActionCount{ActionId: id, Count: n})
+	}
+	sort.Slice(m.FailedByReason, func(i, j int) bool { return m.FailedByReason[i].Reason < m.FailedByReason[j].Reason })
+	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].Reason < m.ExcludedByReason[j].Reason })
+	sort.Slice(m.ActionsById, func(i, j int) bool { return m.ActionsById[i].ActionId < m.ActionsById[j].ActionId })
+	if m.Sent > 0 {
+		m.OpenRate = float64(m.Opened) / float64(m.Sent)
+		m.ActionRate = float64(m.Actions) / float64(m.Sent)
+	}
 	return m
 }
 
@@ -307,6 +337,7 @@ func TestMetricsMatchEventsRecomputed(t *testing.T) {
 		t.Fatalf("listed %d events, want %d", len(stored), res.GetAccepted())
 	}
 
+	first := firstOpens(stored)
 	filters := []*trackingv1.MetricsFilter{
 		{}, {JourneyId: "j1"}, {JourneyId: "j2", MessageId: "m1"}, {AppId: "com.b"},
 		{Platform: commonv1.Platform_PLATFORM_FCM}, {JourneyId: "j1", Platform: commonv1.Platform_PLATFORM_APNS},
@@ -323,13 +354,7 @@ func TestMetricsMatchEventsRecomputed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := recompute(sel)
-		// Unique opens are per (journey, message, profile) across apps and
-		// platforms: compare them only where the filter keeps every app
-		// and platform.
-		if f.AppId != "" || f.Platform != 0 {
-			want.UniqueOpens = got.GetTotal().GetUniqueOpens()
-		}
+		want := recompute(sel, first)
 		if !proto.Equal(got.GetTotal(), want) {
 			t.Errorf("filter %v:\n got %v\nwant %v", f, got.GetTotal(), want)
 		}
@@ -498,5 +523,209 @@ func TestListEventsFiltersAndOrder(t *testing.T) {
 	}
 	if !sort.StringsAreSorted(ids) {
 		t.Errorf("got %v, want stored order", ids)
+	}
+}
+
+func TestIngestReportsRejectionsByStreamIndex(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	stream, err := e.client.Ingest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three messages; every 10th event has no id. Indexes count across
+	// the whole stream; only the first 100 rejections are listed.
+	total := 0
+	for msg := range 3 {
+		var evs []*trackingv1.Event
+		for i := range 500 {
+			x := ev(fmt.Sprintf("m%d-%d", msg, i), trackingv1.EventType_EVENT_TYPE_RECEIVED, now)
+			if (total+i)%10 == 0 {
+				x.EventId = ""
+			}
+			evs = append(evs, x)
+		}
+		total += len(evs)
+		if err := stream.Send(&trackingv1.IngestRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := stream.CloseAndRecv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetAccepted() != 1350 || res.GetRejectedCount() != 150 || len(res.GetRejected()) != 100 {
+		t.Fatalf("got accepted %d, rejected %d (%d listed), want 1350, 150 (100 listed)", res.GetAccepted(), res.GetRejectedCount(), len(res.GetRejected()))
+	}
+	for i, r := range res.GetRejected() {
+		if r.GetIndex() != int64(i*10) || r.GetField() != "event_id" {
+			t.Fatalf("rejection %d: got index %d field %q, want index %d field event_id", i, r.GetIndex(), r.GetField(), i*10)
+		}
+	}
+}
+
+func TestIngestRefusesOversizedMessagesButKeepsEarlierBatches(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	stream, err := e.client.Ingest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 20,000 events fill one commit before the oversized message arrives.
+	for m := range 2 {
+		var evs []*trackingv1.Event
+		for i := range 10_000 {
+			evs = append(evs, &trackingv1.Event{
+				EventId: fmt.Sprintf("%d-%d", m, i), Type: trackingv1.EventType_EVENT_TYPE_SENT,
+				EventTime: timestamppb.New(now), ProfileId: "p",
+			})
+		}
+		if err := stream.Send(&trackingv1.IngestRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := make([]*trackingv1.Event, 10_001)
+	for i := range big {
+		big[i] = &trackingv1.Event{}
+	}
+	_ = stream.Send(&trackingv1.IngestRequest{Events: big})
+	_, err = stream.CloseAndRecv()
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "events") {
+		t.Fatalf("got %v, want InvalidArgument about events", err)
+	}
+	m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{})
+	if err != nil || m.GetTotal().GetSent() != 20_000 {
+		t.Errorf("got %v, %v, want the 20,000 events committed before the bad message", m.GetTotal(), err)
+	}
+	// Retrying the whole stream counts nothing twice.
+	retry, err := e.client.Ingest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range 2 {
+		var evs []*trackingv1.Event
+		for i := range 10_000 {
+			evs = append(evs, &trackingv1.Event{
+				EventId: fmt.Sprintf("%d-%d", m, i), Type: trackingv1.EventType_EVENT_TYPE_SENT,
+				EventTime: timestamppb.New(now), ProfileId: "p",
+			})
+		}
+		if err := retry.Send(&trackingv1.IngestRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := retry.CloseAndRecv()
+	if err != nil || res.GetAccepted() != 0 || res.GetDuplicates() != 20_000 {
+		t.Errorf("retry: got %v, %v, want 20,000 duplicates", res, err)
+	}
+}
+
+func TestGetMetricsOverGRPC(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	at := now.Add(-3 * time.Hour).Truncate(time.Hour)
+	mk := func(id string, typ trackingv1.EventType, t time.Time) *trackingv1.Event {
+		x := ev(id, typ, t)
+		switch typ {
+		case trackingv1.EventType_EVENT_TYPE_FAILED:
+			x.FailureReason = commonv1.FailureReason_FAILURE_REASON_UNREGISTERED
+		case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
+			x.ExclusionReason = commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT
+		case trackingv1.EventType_EVENT_TYPE_ACTION:
+			x.ActionId = "buy"
+		}
+		return x
+	}
+	batch := []*trackingv1.Event{
+		mk("s1", trackingv1.EventType_EVENT_TYPE_SENT, at),
+		mk("s2", trackingv1.EventType_EVENT_TYPE_SENT, at.Add(time.Minute)),
+		mk("s3", trackingv1.EventType_EVENT_TYPE_SENT, at.Add(2*time.Hour)),
+		mk("s4", trackingv1.EventType_EVENT_TYPE_SENT, at.Add(2*time.Hour)),
+		mk("f1", trackingv1.EventType_EVENT_TYPE_FAILED, at),
+		mk("x1", trackingv1.EventType_EVENT_TYPE_EXCLUDED, at),
+		mk("r1", trackingv1.EventType_EVENT_TYPE_RECEIVED, at.Add(time.Hour)),
+		mk("o1", trackingv1.EventType_EVENT_TYPE_OPENED, at.Add(time.Hour)),
+		mk("d1", trackingv1.EventType_EVENT_TYPE_DISMISSED, at.Add(time.Hour)),
+		mk("a1", trackingv1.EventType_EVENT_TYPE_ACTION, at.Add(2*time.Hour)),
+	}
+	// The same profile opens twice: one unique open.
+	again := mk("o2", trackingv1.EventType_EVENT_TYPE_OPENED, at.Add(2*time.Hour))
+	again.ProfileId = batch[7].GetProfileId()
+	batch = append(batch, again)
+	if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{
+		Filter: &trackingv1.MetricsFilter{JourneyId: "j1", MessageId: "m1", AppId: "com.acme.shop", Platform: commonv1.Platform_PLATFORM_APNS},
+		Granularity: trackingv1.Granularity_GRANULARITY_HOUR,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &trackingv1.Metrics{
+		Targeted: 5, Sent: 4, Failed: 1, Excluded: 1, Received: 1, Opened: 2, UniqueOpens: 1, Dismissed: 1, Actions: 1,
+		FailedByReason:   []*commonv1.FailureCount{{Reason: commonv1.FailureReason_FAILURE_REASON_UNREGISTERED, Count: 1}},
+		ExcludedByReason: []*commonv1.ExclusionCount{{Reason: commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT, Count: 1}},
+		ActionsById:      []*trackingv1.ActionCount{{ActionId: "buy", Count: 1}},
+		OpenRate:         0.5, ActionRate: 0.25,
+	}
+	if !proto.Equal(got.GetTotal(), want) {
+		t.Errorf("total:\n got %v\nwant %v", got.GetTotal(), want)
+	}
+	var starts []time.Time
+	for _, b := range got.GetBuckets() {
+		starts = append(starts, b.GetStartTime().AsTime())
+	}
+	if fmt.Sprint(starts) != fmt.Sprint([]time.Time{at, at.Add(time.Hour), at.Add(2 * time.Hour)}) {
+		t.Errorf("got bucket starts %v, want the three hours from %v", starts, at)
+	}
+	if b := got.GetBuckets()[0].GetMetrics(); b.GetSent() != 2 || b.GetFailed() != 1 || b.GetTargeted() != 3 {
+		t.Errorf("first hour: got %v, want sent 2 failed 1 targeted 3", b)
+	}
+
+	// A range selects whole minutes of event time; another app sees none.
+	got, err = e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{
+		Filter:    &trackingv1.MetricsFilter{JourneyId: "j1"},
+		StartTime: timestamppb.New(at.Add(time.Hour)), EndTime: timestamppb.New(at.Add(2 * time.Hour)),
+	})
+	if err != nil || got.GetTotal().GetOpened() != 1 || got.GetTotal().GetSent() != 0 || len(got.GetBuckets()) != 0 {
+		t.Errorf("second hour, totals only: got %v, %v, want 1 open, no sends, no buckets", got, err)
+	}
+	got, err = e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: &trackingv1.MetricsFilter{AppId: "com.other"}})
+	if err != nil || !proto.Equal(got.GetTotal(), &trackingv1.Metrics{}) {
+		t.Errorf("other app: got %v, %v, want zero metrics", got.GetTotal(), err)
+	}
+}
+
+func TestListEventsTimeRangeAndFilter(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	var batch []*trackingv1.Event
+	for i := range 6 {
+		x := ev(fmt.Sprint(i), trackingv1.EventType_EVENT_TYPE_RECEIVED, now.Add(time.Duration(i-6)*time.Hour))
+		if i%2 == 1 {
+			x.AppId = "com.other"
+		}
+		batch = append(batch, x)
+	}
+	if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{
+		Filter:    &trackingv1.MetricsFilter{AppId: "com.acme.shop"},
+		StartTime: timestamppb.New(now.Add(-5 * time.Hour)), EndTime: timestamppb.New(now.Add(-time.Hour)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, x := range list.GetEvents() {
+		ids = append(ids, x.GetEventId())
+		if x.GetReceiveTime().AsTime() != now {
+			t.Errorf("event %s: got receive time %v, want %v", x.GetEventId(), x.GetReceiveTime().AsTime(), now)
+		}
+	}
+	if fmt.Sprint(ids) != "[2 4]" {
+		t.Errorf("got %v, want [2 4] (com.acme.shop, from 5 hours ago, before 1 hour ago)", ids)
 	}
 }

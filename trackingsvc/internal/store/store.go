@@ -79,17 +79,55 @@ type Options struct {
 }
 
 // Store is the event store. It is safe for concurrent use.
+//
+// Concurrent Appends overlap: while one batch's transaction commits (an
+// fsync), the next batch is already checked against the ids in memory.
+// Transactions then run one at a time in the order the batches were checked
+// (tickets), so a batch that took another's ids for duplicates learns
+// whether that batch was stored before it answers.
 type Store struct {
 	db   *bolt.DB
 	opts Options
 
-	// mu serializes writers (bbolt does too) and guards ids, so the set in
-	// memory always equals what is committed: a batch's ids are added only
-	// after its transaction committed, before the next batch looks.
-	mu      sync.Mutex
-	ids     idSet
-	openers openerCache
+	// mu guards ids, inflight and issued.
+	mu sync.Mutex
+	// ids are the committed ids of the dedupe window.
+	ids idSet
+	// inflight are the batches checked but not yet committed, oldest first:
+	// their new ids count as seen for the batches checked after them.
+	inflight []*batch
+	issued   uint64 // tickets handed out
+
+	// turnMu and turn order the transactions by ticket; turnMu guards done.
+	turnMu sync.Mutex
+	turn   *sync.Cond
+	done   uint64 // tickets finished
+
+	// openersMu guards openers; held across a transaction that uses them.
+	openersMu sync.Mutex
+	openers   openerCache
+
+	// beforeCommit, set only by tests, runs in a batch's turn before its
+	// transaction; an error fails the batch as a failed commit would.
+	beforeCommit func() error
 }
+
+// batch is one Append between its check and its commit.
+type batch struct {
+	ticket uint64
+	day    int64
+	fresh  map[uint64]struct{} // its new ids
+	// dependsOn are earlier in-flight batches whose ids it took for
+	// duplicates.
+	dependsOn []*batch
+	// err is the outcome, set at its turn (read after that turn).
+	err error
+}
+
+// errEarlierBatchFailed is returned by a batch that took the ids of a batch
+// that then failed for duplicates: its answer would be wrong; a retry will
+// find those ids free.
+var errEarlierBatchFailed = errors.New("an earlier batch with some of the same event ids failed to commit; retry")
 
 // Open creates the buckets if needed and loads the event ids received
 // within the dedupe window into memory, dropping expired dedupe partitions.
@@ -104,6 +142,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	s := &Store{db: db, opts: opts, openers: openerCache{sets: map[messageKey]*openerSet{}}}
+	s.turn = sync.NewCond(&s.turnMu)
 	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -124,27 +163,36 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// loadIDs fills the in-memory id set from the dedupe partitions.
+// loadIDs fills the sorted past of the in-memory id set from the dedupe
+// partitions.
 func (s *Store) loadIDs() error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	byDay := map[int64][]uint64{}
+	err := s.db.View(func(tx *bolt.Tx) error {
 		dedupe := tx.Bucket(bucketDedupe)
 		return dedupe.ForEachBucket(func(name []byte) error {
 			day, ok := partitionDay(name)
 			if !ok {
 				return fmt.Errorf("dedupe partition %x: not a day", name)
 			}
-			set := s.ids.day(day)
-			return dedupe.Bucket(name).ForEach(func(_, v []byte) error {
+			var fps []uint64
+			err := dedupe.Bucket(name).ForEach(func(_, v []byte) error {
 				if len(v)%8 != 0 {
 					return fmt.Errorf("dedupe partition %d: value of %d bytes", day, len(v))
 				}
 				for i := 0; i < len(v); i += 8 {
-					set[binary.BigEndian.Uint64(v[i:])] = struct{}{}
+					fps = append(fps, binary.BigEndian.Uint64(v[i:]))
 				}
 				return nil
 			})
+			byDay[day] = fps
+			return err
 		})
 	})
+	if err != nil {
+		return fmt.Errorf("load dedupe window: %w", err)
+	}
+	s.ids.loadPast(byDay)
+	return nil
 }
 
 // AppendResult counts what Append stored.
@@ -160,8 +208,8 @@ type AppendResult struct {
 // transaction: events whose id was not seen within the dedupe window are
 // appended in the given order and counted into the aggregates; duplicates,
 // of earlier batches or inside this one, are skipped. When Append returns
-// without error the new events are durable. The receive time is the store's
-// clock at Append, the same for the whole batch.
+// without error the new events are durable, and the duplicates' originals
+// too. The receive time is the store's clock when Append checks the batch.
 func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Event) (AppendResult, error) {
 	_, span := tracer.Start(ctx, "store.Append", trace.WithAttributes(attribute.Int("pushmesh.events", len(evs))))
 	defer span.End()
@@ -169,70 +217,131 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 	if len(evs) == 0 {
 		return res, nil
 	}
+	// The costly, independent work runs before any lock, in parallel with
+	// other batches.
 	fps := fingerprints(tenant, evs)
 	encoded, err := encodeEvents(evs)
 	if err != nil {
 		return AppendResult{}, err
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.opts.Now()
-	day := dayOf(now)
-	// New ids go straight into today's set, which also catches repeats
-	// inside the batch; they are taken out again if the transaction fails.
-	// Nobody else looks meanwhile: the mutex is held.
-	today := s.ids.day(day)
-	fresh := make([]uint64, 0, len(evs))
-	for i, fp := range fps {
-		if s.ids.has(fp) {
-			res.Duplicates++
-			continue
-		}
-		today[fp] = struct{}{}
-		fresh = append(fresh, fp)
-		res.New[i] = true
-		res.Accepted++
-	}
+	b := s.check(fps, now, &res)
 	span.SetAttributes(attribute.Int("pushmesh.accepted", res.Accepted), attribute.Int("pushmesh.duplicates", res.Duplicates))
-	if res.Accepted == 0 {
-		return res, nil
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		firstSeq, err := appendEvents(tx.Bucket(bucketEvents), tenant, encoded, res.New, now)
+
+	err = s.inTurn(b, func() error {
+		for _, dep := range b.dependsOn {
+			if dep.err != nil {
+				return errEarlierBatchFailed
+			}
+		}
+		if res.Accepted == 0 {
+			return nil
+		}
+		if s.beforeCommit != nil {
+			if err := s.beforeCommit(); err != nil {
+				return err
+			}
+		}
+		s.openersMu.Lock()
+		defer s.openersMu.Unlock()
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			firstSeq, err := appendEvents(tx.Bucket(bucketEvents), tenant, encoded, res.New, now)
+			if err != nil {
+				return err
+			}
+			if err := appendFingerprints(tx.Bucket(bucketDedupe), b.day, tenant, firstSeq, b.fresh); err != nil {
+				return err
+			}
+			unique, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
+			if err != nil {
+				return err
+			}
+			return mergeRollups(tx.Bucket(bucketAggregates), tenant, countBatch(evs, res.New, unique))
+		})
 		if err != nil {
-			return err
+			s.openers.rollback()
+			return fmt.Errorf("append events: %w", err)
 		}
-		if err := appendFingerprints(tx.Bucket(bucketDedupe), day, tenant, firstSeq, fresh); err != nil {
-			return err
-		}
-		unique, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
-		if err != nil {
-			return err
-		}
-		return mergeRollups(tx.Bucket(bucketAggregates), tenant, countBatch(evs, res.New, unique))
+		s.openers.commit()
+		return nil
 	})
 	if err != nil {
 		span.RecordError(err)
-		for _, fp := range fresh {
-			delete(today, fp)
-		}
-		s.openers.rollback()
-		return AppendResult{}, fmt.Errorf("append events: %w", err)
+		return AppendResult{}, err
 	}
-	s.openers.commit()
 	return res, nil
 }
 
+// check decides which events are new: not among the ids of the window nor
+// of the batches in flight, nor repeated earlier in this batch. It records
+// the result in res and returns the batch, in flight until inTurn ends.
+func (s *Store) check(fps []uint64, now time.Time, res *AppendResult) *batch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := &batch{ticket: s.issued, day: dayOf(now), fresh: make(map[uint64]struct{}, len(fps))}
+	s.issued++
+	for i, fp := range fps {
+		if _, dup := b.fresh[fp]; dup || s.ids.has(fp) || s.inflightHas(fp, b) {
+			res.Duplicates++
+			continue
+		}
+		b.fresh[fp] = struct{}{}
+		res.New[i] = true
+		res.Accepted++
+	}
+	s.inflight = append(s.inflight, b)
+	return b
+}
+
+// inflightHas reports whether a batch in flight has fp as a new id, and
+// makes b depend on that batch.
+func (s *Store) inflightHas(fp uint64, b *batch) bool {
+	for _, other := range s.inflight {
+		if _, ok := other.fresh[fp]; ok {
+			if !slices.Contains(b.dependsOn, other) {
+				b.dependsOn = append(b.dependsOn, other)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// inTurn runs commit when every batch checked before b is finished, records
+// its outcome, and moves b's new ids from in flight to the window if it
+// succeeded. Every batch checked must pass here, or later ones wait forever.
+func (s *Store) inTurn(b *batch, commit func() error) error {
+	s.turnMu.Lock()
+	for s.done != b.ticket {
+		s.turn.Wait()
+	}
+	b.err = commit()
+	s.done++
+	s.turn.Broadcast()
+	s.turnMu.Unlock()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight = slices.DeleteFunc(s.inflight, func(x *batch) bool { return x == b })
+	if b.err == nil && len(b.fresh) > 0 {
+		set := s.ids.openSet(b.day, len(b.fresh))
+		for fp := range b.fresh {
+			set[fp] = struct{}{}
+		}
+	}
+	return b.err
+}
+
 // appendFingerprints records a batch's new ids in the partition of day.
-func appendFingerprints(dedupe *bolt.Bucket, day int64, tenant string, firstSeq uint64, fresh []uint64) error {
+func appendFingerprints(dedupe *bolt.Bucket, day int64, tenant string, firstSeq uint64, fresh map[uint64]struct{}) error {
 	part, err := dedupe.CreateBucketIfNotExists(binary.BigEndian.AppendUint64(nil, uint64(day)))
 	if err != nil {
 		return err
 	}
 	part.FillPercent = 0.95
 	val := make([]byte, 0, 8*len(fresh))
-	for _, fp := range fresh {
+	for fp := range fresh {
 		val = binary.BigEndian.AppendUint64(val, fp)
 	}
 	key := binary.BigEndian.AppendUint64(boltdb.TenantPrefix(tenant), firstSeq)
@@ -267,52 +376,4 @@ func partitionDay(name []byte) (int64, bool) {
 // strings stay unambiguous whatever bytes the strings hold.
 func appendString(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
-}
-
-// idSet holds the fingerprints of the event ids received within the dedupe
-// window, one set per receive day, so a day expires by dropping its set.
-type idSet struct {
-	days []daySet // oldest first
-}
-
-type daySet struct {
-	day int64
-	fps map[uint64]struct{}
-}
-
-func (s *idSet) has(fp uint64) bool {
-	// Newest first: a retry usually comes soon after the original.
-	for i := len(s.days) - 1; i >= 0; i-- {
-		if _, ok := s.days[i].fps[fp]; ok {
-			return true
-		}
-	}
-	return false
-}
-
-// day returns the set of day, creating it if needed.
-func (s *idSet) day(day int64) map[uint64]struct{} {
-	for _, d := range s.days {
-		if d.day == day {
-			return d.fps
-		}
-	}
-	d := daySet{day: day, fps: map[uint64]struct{}{}}
-	s.days = append(s.days, d)
-	slices.SortFunc(s.days, func(a, b daySet) int { return int(a.day - b.day) })
-	return d.fps
-}
-
-// dropBefore forgets the days before day.
-func (s *idSet) dropBefore(day int64) {
-	s.days = slices.DeleteFunc(s.days, func(d daySet) bool { return d.day < day })
-}
-
-// size is how many ids are remembered.
-func (s *idSet) size() int {
-	n := 0
-	for _, d := range s.days {
-		n += len(d.fps)
-	}
-	return n
 }

@@ -173,6 +173,68 @@ func TestConcurrentAppendsCountEachIDOnce(t *testing.T) {
 	}
 }
 
+func TestABatchThatReliedOnAFailedOneFails(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	ctx := context.Background()
+	checkedB := make(chan struct{})
+	fail := errors.New("disk on fire")
+	first := true
+	st.beforeCommit = func() error {
+		if first {
+			first = false
+			<-checkedB // B is checked while A is in flight
+			return fail
+		}
+		return nil
+	}
+	sent := func(id string) *trackingv1.Event { return event(id, trackingv1.EventType_EVENT_TYPE_SENT, t0) }
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := st.Append(ctx, "acme", []*trackingv1.Event{sent("1"), sent("2")})
+		aDone <- err
+	}()
+	// Wait until A is in flight, then append B, which shares id 2.
+	for {
+		st.mu.Lock()
+		n := len(st.inflight)
+		st.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := st.Append(ctx, "acme", []*trackingv1.Event{sent("2"), sent("3")})
+		bDone <- err
+	}()
+	for {
+		st.mu.Lock()
+		n := len(st.inflight)
+		st.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(checkedB)
+	if err := <-aDone; !errors.Is(err, fail) {
+		t.Fatalf("A: got %v, want its commit error", err)
+	}
+	if err := <-bDone; !errors.Is(err, errEarlierBatchFailed) {
+		t.Fatalf("B: got %v, want errEarlierBatchFailed (it took A's id 2 for a duplicate)", err)
+	}
+	// Retries find ids 1, 2 and 3 free: nothing was stored.
+	res := mustAppend(t, st, "acme", sent("1"), sent("2"), sent("3"))
+	if res.Accepted != 3 {
+		t.Errorf("retry: got %+v, want all three accepted", res)
+	}
+	m, _, err := st.Metrics(ctx, "acme", Filter{}, 0)
+	if err != nil || m.GetSent() != 3 {
+		t.Errorf("got %v, %v, want sent 3", m, err)
+	}
+}
+
 func TestUniqueOpensPerProfileAndMessage(t *testing.T) {
 	st := newStore(t, &clock{now: t0})
 	open := func(id, profile, message string) *trackingv1.Event {
@@ -194,6 +256,50 @@ func TestUniqueOpensPerProfileAndMessage(t *testing.T) {
 	m, _, _ = st.Metrics(context.Background(), "acme", Filter{JourneyID: "j1"}, 0)
 	if m.GetUniqueOpens() != 5 {
 		t.Errorf("journey: got unique %d, want 5 (alice opened two messages)", m.GetUniqueOpens())
+	}
+}
+
+func TestUniqueOpensSurviveRestartAndEviction(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	open := func(id, profile string) *trackingv1.Event {
+		e := event(id, trackingv1.EventType_EVENT_TYPE_OPENED, c.Now())
+		e.ProfileId = profile
+		return e
+	}
+	uniques := func(st *Store) int64 {
+		t.Helper()
+		m, _, err := st.Metrics(context.Background(), "acme", Filter{JourneyID: "j1", MessageID: "m1"}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.GetUniqueOpens()
+	}
+	st, db := testStore(t, dir, c)
+	mustAppend(t, st, "acme", open("1", "alice"))
+	db.Close()
+
+	st, db = testStore(t, dir, c)
+	defer func() { db.Close() }()
+	mustAppend(t, st, "acme", open("2", "alice"), open("3", "bob"))
+	if got := uniques(st); got != 2 {
+		t.Errorf("after restart: got %d unique opens, want 2 (alice once, bob)", got)
+	}
+	// Idle for two hours, the message's openers leave memory; the next open
+	// reloads them.
+	c.Set(t0.Add(2 * time.Hour))
+	if _, err := st.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st.openersMu.Lock()
+	cached := len(st.openers.sets)
+	st.openersMu.Unlock()
+	if cached != 0 {
+		t.Errorf("got %d cached messages after the idle sweep, want 0", cached)
+	}
+	mustAppend(t, st, "acme", open("4", "alice"), open("5", "carol"))
+	if got := uniques(st); got != 3 {
+		t.Errorf("after eviction: got %d unique opens, want 3 (alice, bob, carol)", got)
 	}
 }
 
@@ -298,7 +404,7 @@ func TestMetricsMatchBruteForce(t *testing.T) {
 		}
 	}
 	grans := []time.Duration{0, time.Minute, time.Hour, 24 * time.Hour}
-	for q := range 200 {
+	for q := range 100 {
 		f := Filter{}
 		if rng.IntN(2) == 0 {
 			f.JourneyID = []string{"j1", "j2"}[rng.IntN(2)]

@@ -84,15 +84,15 @@ func (s *Store) sweepEvents(cutoff time.Time) (removed int, more bool, err error
 	return removed, more, nil
 }
 
-// sweepDedupe drops the dedupe partitions, on disk and in memory, of the
-// days that ended before the dedupe window began, and the idle openers from
-// memory.
+// sweepDedupe forgets the event ids received before the dedupe window, on
+// disk (whole day partitions) and in memory, where it also seals the ids
+// received since the last sweep into the sorted past; and it drops idle
+// openers from memory.
 func (s *Store) sweepDedupe() error {
 	// Day D holds ids received during [D, D+1); it is needed while D+1 is
 	// after now - window.
-	firstKept := dayOf(s.opts.Now().Add(-s.opts.DedupeWindow))
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	now := s.opts.Now()
+	firstKept := dayOf(now.Add(-s.opts.DedupeWindow))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketDedupe)
 		var old [][]byte
@@ -115,8 +115,21 @@ func (s *Store) sweepDedupe() error {
 	if err != nil {
 		return fmt.Errorf("sweep dedupe partitions: %w", err)
 	}
-	s.ids.dropBefore(firstKept)
-	s.openers.evictIdle(s.opts.Now().Add(-openerIdle))
+
+	s.openersMu.Lock()
+	s.openers.evictIdle(now.Add(-openerIdle))
+	s.openersMu.Unlock()
+
+	s.mu.Lock()
+	job, ok := s.ids.startSeal(firstKept)
+	s.mu.Unlock()
+	if ok {
+		// Sorting days of ids takes seconds: ingest goes on meanwhile.
+		past := job.run()
+		s.mu.Lock()
+		s.ids.finishSeal(past)
+		s.mu.Unlock()
+	}
 	return nil
 }
 

@@ -44,7 +44,7 @@ func TestOpenWithTraceparentLinksToSendSpan(t *testing.T) {
 	out, err := in.Ingest(context.Background(), "default", []*trackingv1.Event{
 		open("1", tp),
 		{EventId: "2", Type: trackingv1.EventType_EVENT_TYPE_RECEIVED, EventTime: timestamppb.New(now), Traceparent: tp, ProfileId: "p"},
-		open("3", tp),         // a duplicate: its open was linked the first time
+		open("3", tp),        // a duplicate: its open was linked the first time
 		open("4", "garbage"), // kept, but there is nothing to link to
 	}, 0)
 	if err != nil || out.Accepted != 3 || len(out.Rejected) != 0 {

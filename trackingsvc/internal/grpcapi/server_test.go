@@ -656,7 +656,7 @@ func TestGetMetricsOverGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{
-		Filter: &trackingv1.MetricsFilter{JourneyId: "j1", MessageId: "m1", AppId: "com.acme.shop", Platform: commonv1.Platform_PLATFORM_APNS},
+		Filter:      &trackingv1.MetricsFilter{JourneyId: "j1", MessageId: "m1", AppId: "com.acme.shop", Platform: commonv1.Platform_PLATFORM_APNS},
 		Granularity: trackingv1.Granularity_GRANULARITY_HOUR,
 	})
 	if err != nil {

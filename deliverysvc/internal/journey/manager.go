@@ -26,6 +26,10 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
+// cancelWait bounds how long CancelJourney waits for a runner to drain
+// before it answers.
+const cancelWait = 800 * time.Millisecond
+
 // ErrAppUnavailable is a journey naming an app that cannot send.
 var ErrAppUnavailable = errors.New("app unavailable")
 
@@ -199,9 +203,24 @@ func (m *Manager) Cancel(ctx context.Context, id string) (*deliveryv1.Journey, e
 	}
 	ref := Ref{Tenant: tenant.FromContext(ctx), ID: id}
 	if r := m.runner(ref); r != nil {
+		r.mu.Lock()
+		again := r.cancelAsked
+		r.mu.Unlock()
+		if again {
+			return nil, fault.OnField(ErrFinished, "journey_id", "journey %s is already being cancelled", id)
+		}
 		r.requestCancel()
-		<-r.done()
-		return m.store.Get(ref.Tenant, id)
+		select {
+		case <-r.done():
+			return m.store.Get(ref.Tenant, id)
+		case <-time.After(cancelWait):
+			// Sending has stopped (the runner's context is cancelled); it is
+			// still draining in-flight results and stores the final state
+			// when done. Report the cancellation now.
+			j := r.snapshot()
+			j.State = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
+			return j, nil
+		}
 	}
 	j, err := m.store.Get(ref.Tenant, id)
 	if err != nil {

@@ -161,6 +161,9 @@ func sortedKeys[K ~int32, V any](m map[K]V) []K {
 
 // restore loads the committed counts and cursor of a resumed journey.
 func (r *runner) restore() error {
+	// Watchers may read the counters while the runner starts.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	p := r.journey.GetProgress()
 	r.committed = counts{qualified: p.GetQualified(), targeted: p.GetTokensTargeted(), sent: p.GetSent(), deactivated: p.GetTokensDeactivated()}
 	for _, e := range p.GetExcluded() {

@@ -131,6 +131,30 @@ func NewWorkset(load Loader, newID func() ID, now int64) *Workset {
 // Now is the workset's clock (unix nanoseconds).
 func (w *Workset) Now() int64 { return w.now }
 
+// Bind points a workset seeded ahead of time (possibly with no loader) at
+// the loader of the transaction that will apply it, and sets its clock.
+func (w *Workset) Bind(load Loader, now int64) {
+	w.load, w.now = load, now
+}
+
+// Forget drops what the workset cached about the keys ch changed, so they
+// are read again through the loader: used when a seeded workset was read
+// before another transaction (the changes ch) committed.
+func (w *Workset) Forget(ch *Changes) {
+	for _, c := range ch.Profiles {
+		delete(w.profiles, c.ID)
+	}
+	for _, c := range ch.Tokens {
+		delete(w.tokens, c.ID)
+	}
+	for _, c := range ch.IdentityOwners {
+		delete(w.identityOwners, c.Identity)
+	}
+	for _, c := range ch.DeviceTokens {
+		delete(w.deviceTokens, c.Key)
+	}
+}
+
 // SeedProfile caches a profile loaded ahead (nil when absent), so a batch can
 // read its keys in sorted order before applying rows.
 func (w *Workset) SeedProfile(id ID, p *Profile) {

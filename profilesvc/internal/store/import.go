@@ -75,17 +75,17 @@ type Import struct {
 	err     error
 }
 
-// readBatch is a batch with what the reader read for it.
+// readBatch is a batch with the workset the reader seeded for it.
 type readBatch struct {
 	rows []profile.ImportRow
-	pre  *prefetched
+	ws   *profile.Workset
 	txID int // the read transaction's id: the last commit it saw
 }
 
 // lastCommit is the writer's previous batch.
 type lastCommit struct {
 	txID    int
-	changes *changeSet
+	changes *profile.Changes
 }
 
 // StartImport starts an import for ctx's tenant. Finish or Abort must be
@@ -206,9 +206,16 @@ func (im *Import) reader() {
 		rb := &readBatch{rows: rows}
 		err := im.s.db.View(func(tx *bolt.Tx) error {
 			rb.txID = tx.ID()
-			var err error
-			rb.pre, err = readImport(newLoader(tx, im.tenant), rows)
-			return err
+			pre, err := readImport(newLoader(tx, im.tenant), rows)
+			if err != nil {
+				return err
+			}
+			// Seeding the workset is map work the writer would otherwise
+			// do while holding the write lock.
+			rb.ws = profile.NewWorkset(nil, im.s.ids.New, 0)
+			rb.ws.Reserve(len(rows))
+			pre.seed(rb.ws)
+			return nil
 		})
 		if err != nil {
 			im.fail(fmt.Errorf("import read-ahead: %w", err))
@@ -301,13 +308,12 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		counts = ImportCounts{}
 		ld := newLoader(tx, tenantID)
-		ws := profile.NewWorkset(ld, s.ids.New, s.clock())
-		ws.Reserve(len(rb.rows))
+		ws := rb.ws
 		switch {
 		case rb.txID == tx.ID()-1:
-			rb.pre.seed(ws, nil) // nothing committed since the read
+			// Nothing committed since the read.
 		case rb.txID == tx.ID()-2 && prev.txID == tx.ID()-1:
-			rb.pre.seed(ws, prev.changes) // only our previous batch did
+			ws.Forget(prev.changes) // only our previous batch did
 		default:
 			// Another writer committed in between: read again, here.
 			reread = true
@@ -316,8 +322,11 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 			if err != nil {
 				return err
 			}
-			pre.seed(ws, nil)
+			ws = profile.NewWorkset(nil, s.ids.New, 0)
+			ws.Reserve(len(rb.rows))
+			pre.seed(ws)
 		}
+		ws.Bind(ld, s.clock())
 		for _, r := range rb.rows {
 			outcome, created, err := ws.Import(r)
 			if err != nil {
@@ -338,7 +347,7 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 			}
 		}
 		ch := ws.Changes()
-		commit = lastCommit{txID: tx.ID(), changes: newChangeSet(&ch)}
+		commit = lastCommit{txID: tx.ID(), changes: &ch}
 		return persist(tx, tenantID, ch)
 	})
 	if err != nil {

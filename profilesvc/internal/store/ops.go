@@ -151,7 +151,7 @@ func (s *Store) Feedback(ctx context.Context, items []FeedbackItem) (counts Feed
 		if err != nil {
 			return err
 		}
-		(&prefetched{tokens: seeds}).seed(ws, nil)
+		(&prefetched{tokens: seeds}).seed(ws)
 		for _, it := range items {
 			out, err := ws.Feedback(it.Key, it.Reason, it.At)
 			if err != nil {

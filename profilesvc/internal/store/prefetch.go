@@ -210,37 +210,6 @@ func (l *loader) readDevices(dks []profile.DeviceKey) []deviceSeed {
 	return seeds
 }
 
-// changeSet is what one write transaction changed, to tell which keys read
-// before it committed are stale.
-type changeSet struct {
-	profiles   map[profile.ID]struct{}
-	tokens     map[profile.TokenID]struct{}
-	identities map[profile.Identity]struct{}
-	devices    map[profile.DeviceKey]struct{}
-}
-
-func newChangeSet(ch *profile.Changes) *changeSet {
-	cs := &changeSet{
-		profiles:   make(map[profile.ID]struct{}, len(ch.Profiles)),
-		tokens:     make(map[profile.TokenID]struct{}, len(ch.Tokens)),
-		identities: make(map[profile.Identity]struct{}, len(ch.IdentityOwners)),
-		devices:    make(map[profile.DeviceKey]struct{}, len(ch.DeviceTokens)),
-	}
-	for _, c := range ch.Profiles {
-		cs.profiles[c.ID] = struct{}{}
-	}
-	for _, c := range ch.Tokens {
-		cs.tokens[c.ID] = struct{}{}
-	}
-	for _, c := range ch.IdentityOwners {
-		cs.identities[c.Identity] = struct{}{}
-	}
-	for _, c := range ch.DeviceTokens {
-		cs.devices[c.Key] = struct{}{}
-	}
-	return cs
-}
-
 // prefetched is everything a batch read ahead.
 type prefetched struct {
 	identities []identitySeed
@@ -249,39 +218,18 @@ type prefetched struct {
 	devices    []deviceSeed
 }
 
-// seed hands what was read to ws, leaving out what stale changed since (it
-// is read again, lazily, in the writing transaction).
-func (p *prefetched) seed(ws *profile.Workset, stale *changeSet) {
+// seed hands what was read to ws.
+func (p *prefetched) seed(ws *profile.Workset) {
 	for _, s := range p.identities {
-		if stale != nil {
-			if _, ok := stale.identities[s.idn]; ok {
-				continue
-			}
-		}
 		ws.SeedIdentityOwner(s.idn, s.owner, s.found)
 	}
 	for _, s := range p.profiles {
-		if stale != nil {
-			if _, ok := stale.profiles[s.id]; ok {
-				continue
-			}
-		}
 		ws.SeedProfile(s.id, s.p)
 	}
 	for _, s := range p.tokens {
-		if stale != nil {
-			if _, ok := stale.tokens[s.id]; ok {
-				continue
-			}
-		}
 		ws.SeedToken(s.id, s.t)
 	}
 	for _, s := range p.devices {
-		if stale != nil {
-			if _, ok := stale.devices[s.dk]; ok {
-				continue
-			}
-		}
 		ws.SeedDevice(s.dk, s.tokens)
 	}
 }

@@ -13,15 +13,27 @@ import (
 
 // compiledMessage is a MessageTemplate with every text field parsed.
 type compiledMessage struct {
-	title, subtitle, body, image, deepLink *Template
-	data                                   map[string]*Template
-	dataKeys                               []string
-	sound, category, threadID              string
-	badge                                  *int32
+	field string // its path in the journey, e.g. "journey.variants[1].template"
+	// texts are title, subtitle, body, image URL and deep link, in the
+	// order of textFields; then the data values in dataKeys order.
+	texts    []*Template
+	dataKeys []string
+	sound    string
+	category string
+	threadID string
+	badge    *int32
+	// static is the notification when no field has a hole: rendering it
+	// costs nothing.
+	static *delivery.Notification
+	// size estimates a rendering's length, to allocate once.
+	size int
 }
 
+// textFields names the text fields of a MessageTemplate, in texts order.
+var textFields = [...]string{"title", "subtitle", "body", "image_url", "deep_link"}
+
 func compileMessage(v *fault.ValidationError, field string, m *deliveryv1.MessageTemplate) *compiledMessage {
-	c := &compiledMessage{data: map[string]*Template{}, sound: m.GetSound(), category: m.GetCategory(), threadID: m.GetThreadId()}
+	c := &compiledMessage{field: field, sound: m.GetSound(), category: m.GetCategory(), threadID: m.GetThreadId()}
 	if m.Badge != nil {
 		b := m.GetBadge()
 		c.badge = &b
@@ -30,49 +42,80 @@ func compileMessage(v *fault.ValidationError, field string, m *deliveryv1.Messag
 		t, err := ParseTemplate(src)
 		if err != nil {
 			v.Add(field+"."+name, "%v", err)
+			return &Template{}
 		}
+		c.size += len(src) + 8*len(t.parts)
 		return t
 	}
-	c.title = parse("title", m.GetTitle())
-	c.subtitle = parse("subtitle", m.GetSubtitle())
-	c.body = parse("body", m.GetBody())
-	c.image = parse("image_url", m.GetImageUrl())
-	c.deepLink = parse("deep_link", m.GetDeepLink())
-	for k, src := range m.GetData() {
-		c.data[k] = parse("data["+k+"]", src)
+	sources := [...]string{m.GetTitle(), m.GetSubtitle(), m.GetBody(), m.GetImageUrl(), m.GetDeepLink()}
+	for i, src := range sources {
+		c.texts = append(c.texts, parse(textFields[i], src))
+	}
+	for k := range m.GetData() {
 		c.dataKeys = append(c.dataKeys, k)
 	}
 	sort.Strings(c.dataKeys)
+	for _, k := range c.dataKeys {
+		c.texts = append(c.texts, parse(fmt.Sprintf("data[%q]", k), m.GetData()[k]))
+	}
+	static := true
+	for _, t := range c.texts {
+		static = static && t.Static()
+	}
+	if static {
+		n, err := c.renderFields(&Values{})
+		if err == nil {
+			c.static = &n
+		}
+	}
 	return c
 }
 
+// render fills the notification for one profile. Every text field is
+// rendered into one buffer and converted to a string once, so a profile
+// costs one allocation for its texts (plus the data map, if any).
 func (c *compiledMessage) render(v *Values) (delivery.Notification, error) {
-	var n delivery.Notification
+	if c.static != nil {
+		return *c.static, nil
+	}
+	return c.renderFields(v)
+}
+
+func (c *compiledMessage) renderFields(v *Values) (delivery.Notification, error) {
+	var ends [16]int
+	offsets := ends[:0]
+	buf := make([]byte, 0, c.size+64)
 	var err error
-	fields := []struct {
-		t   *Template
-		dst *string
-	}{{c.title, &n.Title}, {c.subtitle, &n.Subtitle}, {c.body, &n.Body}, {c.image, &n.ImageURL}, {c.deepLink, &n.DeepLink}}
-	for _, f := range fields {
-		if *f.dst, err = f.t.Render(v); err != nil {
-			return n, err
+	for _, t := range c.texts {
+		if buf, err = t.AppendRender(buf, v); err != nil {
+			return delivery.Notification{}, err
+		}
+		offsets = append(offsets, len(buf))
+	}
+	s := string(buf)
+	text := func(i int) string {
+		from := 0
+		if i > 0 {
+			from = offsets[i-1]
+		}
+		return s[from:offsets[i]]
+	}
+	n := delivery.Notification{
+		Title: text(0), Subtitle: text(1), Body: text(2), ImageURL: text(3), DeepLink: text(4),
+		Sound: c.sound, Category: c.category, ThreadID: c.threadID, Badge: c.badge,
+	}
+	if len(c.dataKeys) > 0 {
+		n.Data = make(map[string]string, len(c.dataKeys))
+		for i, k := range c.dataKeys {
+			n.Data[k] = text(len(textFields) + i)
 		}
 	}
-	if len(c.data) > 0 {
-		n.Data = make(map[string]string, len(c.data))
-		for _, k := range c.dataKeys {
-			if n.Data[k], err = c.data[k].Render(v); err != nil {
-				return n, err
-			}
-		}
-	}
-	n.Sound, n.Category, n.ThreadID, n.Badge = c.sound, c.category, c.threadID, c.badge
 	return n, nil
 }
 
 // variant is a TemplateVariant, compiled.
 type variant struct {
-	locale   string // lower case; "" matches any
+	locale   string // lower case, "-" separated; "" matches any
 	platform commonv1.Platform
 	msg      *compiledMessage
 }
@@ -84,60 +127,112 @@ type Content struct {
 	variants []variant
 }
 
+// messages lists the default template and every variant's.
+func (c *Content) messages() []*compiledMessage {
+	out := []*compiledMessage{c.def}
+	for _, vr := range c.variants {
+		out = append(out, vr.msg)
+	}
+	return out
+}
+
 // Compile parses every template of j; errors name the field.
 func Compile(j *deliveryv1.Journey) (*Content, error) {
 	v := &fault.ValidationError{}
 	c := &Content{}
 	if j.GetTemplate() == nil {
 		v.Add("journey.template", "required")
+		c.def = compileMessage(v, "journey.template", &deliveryv1.MessageTemplate{})
 	} else {
-		if j.GetTemplate().GetTitle() == "" && j.GetTemplate().GetBody() == "" {
-			v.Add("journey.template", "needs a title or a body")
+		if j.GetTemplate().GetTitle() == "" && j.GetTemplate().GetBody() == "" && j.GetDelivery().GetApnsPushType() != deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND {
+			v.Add("journey.template", "needs a title or a body (or apns_push_type BACKGROUND for a silent push)")
 		}
 		c.def = compileMessage(v, "journey.template", j.GetTemplate())
 	}
+	seen := map[variant]int{}
 	for i, tv := range j.GetVariants() {
 		field := fmt.Sprintf("journey.variants[%d]", i)
 		if tv.GetTemplate() == nil {
 			v.Add(field+".template", "required")
 			continue
 		}
-		if tv.GetLocale() == "" && tv.GetPlatform() == commonv1.Platform_PLATFORM_UNSPECIFIED {
+		locale := normalizeLocale(tv.GetLocale())
+		switch {
+		case locale == "" && tv.GetPlatform() == commonv1.Platform_PLATFORM_UNSPECIFIED:
 			v.Add(field, "name a locale, a platform, or both")
+		case tv.GetPlatform() != commonv1.Platform_PLATFORM_UNSPECIFIED && tv.GetPlatform() != commonv1.Platform_PLATFORM_APNS && tv.GetPlatform() != commonv1.Platform_PLATFORM_FCM:
+			v.Add(field+".platform", "unknown platform %d", tv.GetPlatform())
+		case !validLocale(locale):
+			v.Add(field+".locale", "want a BCP 47 locale like \"fr\" or \"fr-CA\", got %q", tv.GetLocale())
 		}
-		c.variants = append(c.variants, variant{
-			locale:   strings.ToLower(tv.GetLocale()),
-			platform: tv.GetPlatform(),
-			msg:      compileMessage(v, field+".template", tv.GetTemplate()),
-		})
+		key := variant{locale: locale, platform: tv.GetPlatform()}
+		if first, dup := seen[key]; dup {
+			v.Add(field, "same locale and platform as journey.variants[%d]", first)
+		}
+		seen[key] = i
+		key.msg = compileMessage(v, field+".template", tv.GetTemplate())
+		c.variants = append(c.variants, key)
 	}
 	return c, v.Err()
+}
+
+// normalizeLocale lower-cases a locale and uses "-" as its separator, so
+// "fr_CA", "fr-ca" and "fr-CA" are one locale.
+func normalizeLocale(s string) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), "_", "-"))
+}
+
+func validLocale(s string) bool {
+	if s == "" {
+		return true
+	}
+	if len(s) > 35 {
+		return false
+	}
+	for _, sub := range strings.Split(s, "-") {
+		if sub == "" || len(sub) > 8 {
+			return false
+		}
+		for _, r := range sub {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // pick chooses the most specific variant for a platform and locale:
 // platform+locale, platform+language, locale, language, platform, default.
 func (c *Content) pick(platform commonv1.Platform, locale string) *compiledMessage {
-	locale = strings.ToLower(locale)
-	lang, _, _ := strings.Cut(strings.ReplaceAll(locale, "_", "-"), "-")
+	if len(c.variants) == 0 {
+		return c.def
+	}
+	locale = normalizeLocale(locale)
+	lang, _, _ := strings.Cut(locale, "-")
 	best, bestScore := c.def, 0
 	for i := range c.variants {
 		vr := &c.variants[i]
+		// Scores: platform 1, language 2, locale 3; with the platform
+		// the locale scores are raised above any score without it, so
+		// platform+language (5) beats a bare locale (3).
 		score := 0
 		switch {
 		case vr.platform != commonv1.Platform_PLATFORM_UNSPECIFIED && vr.platform != platform:
 			continue
 		case vr.locale == "":
 		case vr.locale == locale:
-			score += 4
+			score = 3
 		case vr.locale == lang:
-			score += 2
+			score = 2
 		default:
 			continue
 		}
 		if vr.platform != commonv1.Platform_PLATFORM_UNSPECIFIED {
-			score += 1
-			if vr.locale != "" {
-				score += 4 // platform+locale beats a bare locale
+			if score > 0 {
+				score += 3
+			} else {
+				score = 1
 			}
 		}
 		if score > bestScore {

@@ -55,11 +55,22 @@ type Sessions interface {
 type Config struct {
 	// CheckpointEvery is how often a runner saves progress; default 500 ms.
 	CheckpointEvery time.Duration
+	// MaxWindow bounds a runner's messages after its last checkpoint (a
+	// profile without messages counts 1): in flight, or done but not yet
+	// checkpointed. It is what a crash can make the journey send again,
+	// and bounds its memory. A runner checkpoints early once half of it
+	// is done. Default 2,000.
+	MaxWindow int
 	// SubmitBatch is how many messages a runner hands the pipeline at once;
-	// default 500.
+	// default 500 (smaller under a throughput cap).
 	SubmitBatch int
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// AudienceBatch is the members per QueryAudience response; default 500.
+	AudienceBatch int
+	// SkipAudienceCount turns off the count pass that sizes the audience
+	// for the ETA (a second QueryAudience stream beside the run's).
+	SkipAudienceCount bool
+	Logger            *slog.Logger
+	Now               func() time.Time
 }
 
 // Manager publishes journeys and runs them.
@@ -83,8 +94,15 @@ func NewManager(cfg Config, store *Store, audience Audience, apps Apps, sessions
 	if cfg.CheckpointEvery <= 0 {
 		cfg.CheckpointEvery = 500 * time.Millisecond
 	}
+	if cfg.MaxWindow <= 0 {
+		cfg.MaxWindow = 2000
+	}
 	if cfg.SubmitBatch <= 0 {
 		cfg.SubmitBatch = 500
+	}
+	cfg.SubmitBatch = min(cfg.SubmitBatch, cfg.MaxWindow, delivery.MaxBatchMessages)
+	if cfg.AudienceBatch <= 0 {
+		cfg.AudienceBatch = 500
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -133,7 +151,7 @@ func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content, parent
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	}
 	// The runner owns its copy: the caller may still be marshalling j.
-	r := &runner{m: m, ref: ref, content: content, cancel: cancel, journey: proto.Clone(j).(*deliveryv1.Journey), window: &window{}}
+	r := newRunner(m, ref, proto.Clone(j).(*deliveryv1.Journey), content, cancel)
 	m.mu.Lock()
 	m.runners[ref] = r
 	m.mu.Unlock()

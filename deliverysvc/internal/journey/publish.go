@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
@@ -20,6 +21,19 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
+// Publish limits.
+const (
+	maxNameLen       = 200
+	maxAppIDs        = 50
+	maxSampleSize    = 20
+	defaultSamples   = 3
+	maxRequestIDLen  = 256
+	maxConditionLen  = 8 << 10
+	maxMessagesPerS  = 1_000_000
+	maxMessageIDLen  = delivery.MaxIDLen
+	syntheticProfile = "sample-profile"
+)
+
 // PublishInput is a PublishJourney request.
 type PublishInput struct {
 	Journey    *deliveryv1.Journey
@@ -29,42 +43,73 @@ type PublishInput struct {
 }
 
 // validate checks what needs no other service.
-func validate(j *deliveryv1.Journey, sampleSize int) error {
-	v := &fault.ValidationError{}
+func validate(in PublishInput) error {
+	j := in.Journey
 	if j == nil {
 		return fault.Invalid("journey", "required")
 	}
+	v := &fault.ValidationError{}
+	checkText := func(field, s string, maxLen int) {
+		if len(s) > maxLen {
+			v.Add(field, "at most %d bytes, got %d", maxLen, len(s))
+		} else if !utf8.ValidString(s) {
+			v.Add(field, "must be valid UTF-8")
+		}
+	}
 	if strings.TrimSpace(j.GetName()) == "" {
 		v.Add("journey.name", "required")
-	} else if len(j.GetName()) > 200 {
-		v.Add("journey.name", "at most 200 bytes")
 	}
+	checkText("journey.name", j.GetName(), maxNameLen)
 	if len(j.GetAppIds()) == 0 {
 		v.Add("journey.app_ids", "name at least one app")
 	}
-	for i, a := range j.GetAppIds() {
-		if a == "" {
-			v.Add(fmt.Sprintf("journey.app_ids[%d]", i), "empty app id")
-		}
+	if len(j.GetAppIds()) > maxAppIDs {
+		v.Add("journey.app_ids", "at most %d apps, got %d", maxAppIDs, len(j.GetAppIds()))
 	}
+	seen := map[string]int{}
+	for i, a := range j.GetAppIds() {
+		field := fmt.Sprintf("journey.app_ids[%d]", i)
+		if a == "" {
+			v.Add(field, "empty app id")
+		}
+		checkText(field, a, delivery.MaxIDLen)
+		if first, dup := seen[a]; dup {
+			v.Add(field, "repeats journey.app_ids[%d]", first)
+		}
+		seen[a] = i
+	}
+	checkText("journey.audience.condition", j.GetAudience().GetCondition(), maxConditionLen)
 	for i, p := range j.GetAudience().GetPlatforms() {
 		if p != commonv1.Platform_PLATFORM_APNS && p != commonv1.Platform_PLATFORM_FCM {
-			v.Add(fmt.Sprintf("journey.audience.platforms[%d]", i), "unknown platform %d", p)
+			v.Add(fmt.Sprintf("journey.audience.platforms[%d]", i), "must be PLATFORM_APNS or PLATFORM_FCM, got %s", p)
 		}
 	}
 	d := j.GetDelivery()
-	if d.GetTtl() != nil && (d.GetTtl().AsDuration() < 0 || d.GetTtl().AsDuration() > delivery.MaxTTL) {
+	if ttl := d.GetTtl(); ttl != nil && (!ttl.IsValid() || ttl.AsDuration() < 0 || ttl.AsDuration() > delivery.MaxTTL) {
 		v.Add("journey.delivery.ttl", "must be between 0 and %s", delivery.MaxTTL)
 	}
-	if d.GetMaxMessagesPerSecond() < 0 {
-		v.Add("journey.delivery.max_messages_per_second", "must not be negative")
+	if n := d.GetMaxMessagesPerSecond(); n < 0 || n > maxMessagesPerS {
+		v.Add("journey.delivery.max_messages_per_second", "must be 0 (no cap) to %d, got %d", maxMessagesPerS, n)
 	}
 	if len(d.GetCollapseId()) > delivery.MaxCollapseIDLen {
-		v.Add("journey.delivery.collapse_id", "at most %d bytes", delivery.MaxCollapseIDLen)
+		v.Add("journey.delivery.collapse_id", "at most %d bytes (APNs' limit), got %d", delivery.MaxCollapseIDLen, len(d.GetCollapseId()))
+	} else {
+		checkText("journey.delivery.collapse_id", d.GetCollapseId(), delivery.MaxCollapseIDLen)
 	}
-	if sampleSize < 0 || sampleSize > 20 {
-		v.Add("sample_size", "must be 0 to 20")
+	if _, ok := deliveryv1.FcmPriority_name[int32(d.GetPriority())]; !ok {
+		v.Add("journey.delivery.priority", "unknown priority %d", d.GetPriority())
 	}
+	if _, ok := deliveryv1.ApnsPushType_name[int32(d.GetApnsPushType())]; !ok {
+		v.Add("journey.delivery.apns_push_type", "unknown push type %d", d.GetApnsPushType())
+	}
+	if st := j.GetStartTime(); st != nil && !st.IsValid() {
+		v.Add("journey.start_time", "not a valid timestamp")
+	}
+	checkText("journey.message_id", j.GetMessageId(), maxMessageIDLen)
+	if in.SampleSize < 0 || in.SampleSize > maxSampleSize {
+		v.Add("sample_size", "must be 0 to %d, got %d", maxSampleSize, in.SampleSize)
+	}
+	checkText("request_id", in.RequestID, maxRequestIDLen)
 	return v.Err()
 }
 
@@ -84,7 +129,8 @@ func (m *Manager) checkApps(ctx context.Context, ids []string) error {
 			found = true
 			if app.Suspended {
 				return fault.OnField(ErrAppUnavailable, fmt.Sprintf("journey.app_ids[%d]", i),
-					"app %s (%s) is suspended after %s: update its credentials and validate it", id, key.Platform, app.SuspendedReason)
+					"app %s (%s) is suspended after %s: update its credentials or validate it", id,
+					strings.TrimPrefix(key.Platform.String(), "PLATFORM_"), app.SuspendedReason)
 			}
 		}
 		if !found {
@@ -96,8 +142,16 @@ func (m *Manager) checkApps(ctx context.Context, ids []string) error {
 
 // Publish validates a journey and stores and starts it, or dry-runs it.
 func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Journey, *deliveryv1.DryRunResult, error) {
-	if err := validate(in.Journey, in.SampleSize); err != nil {
+	if err := validate(in); err != nil {
 		return nil, nil, err
+	}
+	t := tenant.FromContext(ctx)
+	if in.RequestID != "" && !in.DryRun {
+		// A retried publish answers with the first journey, whatever
+		// changed since.
+		if prev, err := m.store.ByRequest(t, in.RequestID); err != nil || prev != nil {
+			return prev, nil, err
+		}
 	}
 	j := proto.Clone(in.Journey).(*deliveryv1.Journey)
 	content, err := Compile(j)
@@ -112,7 +166,9 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 	if j.MessageId == "" {
 		j.MessageId = "msg_" + strings.TrimPrefix(j.JourneyId, "jrn_")
 	}
-	probe := &runner{m: m, ref: Ref{Tenant: tenant.FromContext(ctx), ID: j.GetJourneyId()}, content: content, journey: j}
+	j.Progress, j.Error, j.State = nil, "", deliveryv1.JourneyState_JOURNEY_STATE_UNSPECIFIED
+	j.CreateTime, j.UpdateTime = nil, nil
+	probe := newRunner(m, Ref{Tenant: t, ID: j.GetJourneyId()}, j, content, func() {})
 
 	if in.DryRun {
 		dr, err := m.dryRun(ctx, probe, in.SampleSize)
@@ -121,8 +177,22 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 		}
 		return j, dr, nil
 	}
-	// The condition must compile: one member is enough to know.
-	if err := m.audience.Query(ctx, probe.queryLimit(1), func(*profilev1.QueryAudienceResponse) error { return nil }); err != nil {
+	// One member is enough to know that the condition compiles, and is the
+	// sample the templates must render for.
+	q := probe.query("")
+	q.Limit = 1
+	var sample *profilev1.AudienceMember
+	if err := m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
+		for _, member := range resp.GetMembers() {
+			if sample == nil {
+				sample = member
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	if err := checkSample(j, content, sample, now); err != nil {
 		return nil, nil, err
 	}
 
@@ -131,9 +201,7 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 		j.State = deliveryv1.JourneyState_JOURNEY_STATE_SCHEDULED
 	}
 	j.Progress = &deliveryv1.JourneyProgress{}
-	j.Error = ""
 	j.CreateTime, j.UpdateTime = timestamppb.New(now), timestamppb.New(now)
-	t := tenant.FromContext(ctx)
 	stored, existed, err := m.store.Create(t, j, in.RequestID)
 	if err != nil {
 		return nil, nil, err
@@ -144,47 +212,109 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 	return stored, nil, nil
 }
 
-func (r *runner) queryLimit(limit int64) *profilev1.QueryAudienceRequest {
-	q := r.query("")
-	q.Limit = limit
-	return q
+// checkSample renders every template of the journey (the default and each
+// variant, for each platform it can serve) for a sample profile, the first
+// audience member or, without one, a synthetic profile, and checks the
+// result as the pipeline will: reserved data keys, image URL, lengths. A
+// missing required value is not an error here: it excludes that profile
+// only.
+func checkSample(j *deliveryv1.Journey, content *Content, sample *profilev1.AudienceMember, now time.Time) error {
+	values := &Values{ProfileID: syntheticProfile}
+	if sample != nil {
+		values = &Values{ProfileID: sample.GetProfileId(), Attributes: sample.GetAttributes(), Identities: sample.GetIdentities()}
+	}
+	v := &fault.ValidationError{}
+	opts := j.GetDelivery()
+	for _, cm := range content.messages() {
+		n, err := cm.render(values)
+		if errors.Is(err, ErrMissingValue) {
+			continue
+		}
+		if err != nil {
+			v.Add(cm.field, "does not render: %v", err)
+			continue
+		}
+		msg := delivery.Message{
+			IdempotencyKey: "publish-check", MessageID: j.GetMessageId(), JourneyID: j.GetJourneyId(),
+			Tokens:       []delivery.Target{{Token: "sample", Platform: commonv1.Platform_PLATFORM_APNS, AppID: "sample"}},
+			Notification: n,
+			APNs:         delivery.APNsOptions{PushType: delivery.APNsPushType(opts.GetApnsPushType()), CollapseID: opts.GetCollapseId()},
+			FCM:          delivery.FCMOptions{Priority: delivery.FCMPriority(opts.GetPriority()), CollapseKey: opts.GetCollapseId()},
+			TTL:          opts.GetTtl().AsDuration(),
+		}
+		var ve *fault.ValidationError
+		if err := delivery.ValidateMessage(&msg, "", now); errors.As(err, &ve) {
+			for _, fv := range ve.Violations {
+				v.Add(journeyField(cm.field, fv.Field), "for profile %s: %s", values.ProfileID, fv.Description)
+			}
+		}
+	}
+	return v.Err()
+}
+
+// journeyField maps a field of a delivery message back to the journey
+// field it came from.
+func journeyField(templateField, messageField string) string {
+	f := strings.TrimPrefix(messageField, ".")
+	switch {
+	case strings.HasPrefix(f, "notification."):
+		return templateField + "." + strings.TrimPrefix(f, "notification.")
+	case f == "message_id", f == "journey_id":
+		return "journey." + f
+	case f == "apns.collapse_id", f == "fcm.collapse_key":
+		return "journey.delivery.collapse_id"
+	case f == "apns.push_type":
+		return "journey.delivery.apns_push_type"
+	case f == "fcm.priority":
+		return "journey.delivery.priority"
+	case f == "ttl":
+		return "journey.delivery.ttl"
+	}
+	return templateField
 }
 
 // dryRun streams the audience and counts what the journey would do,
 // rendering a few samples; it sends and stores nothing.
 func (m *Manager) dryRun(ctx context.Context, r *runner, samples int) (*deliveryv1.DryRunResult, error) {
 	if samples == 0 {
-		samples = 3
+		samples = defaultSamples
 	}
+	ctx, span := tracer.Start(ctx, "journey.dry_run")
+	defer span.End()
 	dr := &deliveryv1.DryRunResult{}
 	excluded := map[commonv1.ExclusionReason]int64{}
+	var first *profilev1.AudienceMember
 	start := time.Now()
-	err := m.audience.Query(ctx, r.query(""), func(resp *profilev1.QueryAudienceResponse) error {
+	q := r.query("")
+	q.BatchSize = 5000
+	err := m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
 		dr.ProfilesScanned = resp.GetStats().GetScanned()
 		for _, member := range resp.GetMembers() {
 			dr.Qualified++
-			if member.GetExcluded() {
-				excluded[member.GetExclusionReason()]++
+			p := r.plan(ctx, member)
+			if p.exclusion != commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED {
+				excluded[p.exclusion]++
 				continue
 			}
-			msgs, err := r.messages(member)
-			if err != nil {
-				excluded[commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR]++
-				continue
+			if first == nil {
+				first = member
 			}
-			dr.TokensTargeted += int64(len(msgs))
-			if len(dr.Samples) < samples && len(msgs) > 0 {
-				n := msgs[0].Notification
+			dr.TokensTargeted += int64(len(p.msgs))
+			if len(dr.Samples) < samples {
+				n := p.msgs[0].Notification
 				dr.Samples = append(dr.Samples, &deliveryv1.RenderedSample{
-					ProfileId: member.GetProfileId(), Platform: msgs[0].Tokens[0].Platform,
+					ProfileId: member.GetProfileId(), Platform: p.msgs[0].Tokens[0].Platform,
 					Locale:       member.GetAttributes().GetFields()["locale"].GetStringValue(),
-					Notification: notificationProto(&n), Tokens: int32(len(msgs)),
+					Notification: notificationProto(&n), Tokens: int32(len(p.msgs)),
 				})
 			}
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := checkSample(r.journey, r.content, first, m.cfg.Now()); err != nil {
 		return nil, err
 	}
 	for _, reason := range sortedKeys(excluded) {

@@ -6,15 +6,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
@@ -24,9 +28,16 @@ import (
 
 var tracer = otel.Tracer("github.com/pushmesh/pushmesh/deliverysvc/internal/journey")
 
-// audienceRetries bounds how often a runner re-opens the audience stream
-// after profilesvc failed, before the journey fails.
-const audienceRetries = 5
+const (
+	// audienceRetries bounds how often a runner re-opens the audience
+	// stream after profilesvc failed, before the journey fails.
+	audienceRetries = 5
+	// rateSamples is how many checkpoint ticks the rate looks back over.
+	rateSamples = 10
+	// appCacheTTL is how long a runner trusts what it learnt about an app's
+	// registration.
+	appCacheTTL = 10 * time.Second
+)
 
 // counts are a journey's outcome counters.
 type counts struct {
@@ -41,69 +52,138 @@ func (c *counts) add(o *counts) {
 	c.sent += o.sent
 	c.deactivated += o.deactivated
 	for k, v := range o.excluded {
-		if c.excluded == nil {
-			c.excluded = map[commonv1.ExclusionReason]int64{}
-		}
-		c.excluded[k] += v
+		c.exclude(k, v)
 	}
 	for k, v := range o.failed {
-		if c.failed == nil {
-			c.failed = map[commonv1.FailureReason]int64{}
-		}
-		c.failed[k] += v
+		c.fail(k, v)
 	}
 }
 
+func (c *counts) exclude(reason commonv1.ExclusionReason, n int64) {
+	if c.excluded == nil {
+		c.excluded = map[commonv1.ExclusionReason]int64{}
+	}
+	c.excluded[reason] += n
+}
+
+func (c *counts) fail(reason commonv1.FailureReason, n int64) {
+	if c.failed == nil {
+		c.failed = map[commonv1.FailureReason]int64{}
+	}
+	c.failed[reason] += n
+}
+
+func (c *counts) failedTotal() int64 {
+	var n int64
+	for _, v := range c.failed {
+		n += v
+	}
+	return n
+}
+
 // window is the journey's in-flight profiles, in audience (profile id)
-// order. A profile leaves from the head once all its messages have a final
-// result; its counts then join the committed counts, and its id becomes the
-// checkpoint cursor. Counting only completed profiles keeps a resume from
-// counting twice: everything after the cursor is sent (or found in the
-// idempotency store) and counted again from scratch.
+// order. A profile leaves from the head once every one of its messages has
+// a final result; its counts then join the committed counts and its id
+// becomes the checkpoint cursor, so everything up to the cursor is done and
+// a resume (start_after_profile_id = cursor) skips nobody and counts
+// nothing twice.
+//
+// Config.MaxWindow bounds the messages after the last durable checkpoint:
+// those in the window plus those that left it since the checkpoint
+// (runner.undurable). That is all a kill -9 can make the journey send
+// again, and it bounds the journey's memory.
 type window struct {
-	entries []*inflight
-	byID    map[string]*inflight
+	entries   []*inflight // entries[head:] are in the window
+	head      int
+	byProfile map[string]*inflight
+	// weight is the window's size against Config.MaxWindow: each
+	// profile's messages, at least 1 for a profile without any.
+	weight int
+}
+
+func (w *window) len() int { return len(w.entries) - w.head }
+
+func (w *window) push(e *inflight) {
+	if w.byProfile == nil {
+		w.byProfile = map[string]*inflight{}
+	}
+	w.entries = append(w.entries, e)
+	w.byProfile[e.profileID] = e
+	w.weight += e.weight()
+}
+
+// pop removes the head entry.
+func (w *window) pop() {
+	e := w.entries[w.head]
+	w.entries[w.head] = nil
+	w.head++
+	delete(w.byProfile, e.profileID)
+	w.weight -= e.weight()
+	// Compact now and then so the backing array does not grow forever.
+	if w.head > 1024 && w.head*2 > len(w.entries) {
+		n := copy(w.entries, w.entries[w.head:])
+		clear(w.entries[n:])
+		w.entries, w.head = w.entries[:n], 0
+	}
 }
 
 type inflight struct {
 	profileID string
+	messages  int
 	pending   int
-	submitted bool
-	counts    counts
+	// interrupted is set when a message ended CANCELLED: the profile is
+	// not done, and a resume must send to it again.
+	interrupted bool
+	counts      counts
 }
+
+func (e *inflight) weight() int { return max(1, e.messages) }
 
 // runner runs one journey.
 type runner struct {
-	m       *Manager
-	ref     Ref
-	content *Content
-	cancel  context.CancelFunc
+	m         *Manager
+	ref       Ref
+	content   *Content
+	cancel    context.CancelFunc
+	finished  chan struct{}
+	keyPrefix string // ref.ID + "/": idempotency keys are prefix+profile+"/"+token hash
+	apps      appCache
 
-	mu          sync.Mutex
-	journey     *deliveryv1.Journey // state, progress base (committed) and definition
-	committed   counts
-	cursor      string
-	window      *window
-	cancelAsked bool
-	finished    chan struct{}
-	rateSamples []rateSample
-	scannedBase int64
-	scanned     int64
+	// space is signalled when the window shrinks; checkpointNow when
+	// enough profiles completed since the last checkpoint.
+	space         chan struct{}
+	checkpointNow chan struct{}
+
+	mu           sync.Mutex
+	journey      *deliveryv1.Journey // the runner's own copy: definition, state, times
+	committed    counts
+	cursor       string
+	window       window
+	cancelAsked  bool
+	scannedBase  int64 // profiles scanned by earlier audience streams
+	scanned      int64 // by the current one
+	audienceSize int64 // qualified profiles in all, from the count pass; -1 unknown
+	// undurable is the weight of the profiles that left the window since
+	// the last checkpoint: done, but a crash would send to them again.
+	undurable int
+	samples   []rateSample
 }
 
 type rateSample struct {
-	at   time.Time
-	done int64
+	at                   time.Time
+	notifications, profs int64
 }
 
-func (r *runner) done() <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.finished == nil {
-		r.finished = make(chan struct{})
+func newRunner(m *Manager, ref Ref, j *deliveryv1.Journey, content *Content, cancel context.CancelFunc) *runner {
+	return &runner{
+		m: m, ref: ref, content: content, cancel: cancel, journey: j,
+		finished: make(chan struct{}), keyPrefix: ref.ID + "/", audienceSize: -1,
+		space: make(chan struct{}, 1), checkpointNow: make(chan struct{}, 1),
+		apps: appCache{known: map[delivery.AppKey]bool{}},
 	}
-	return r.finished
 }
+
+func (r *runner) done() <-chan struct{} { return r.finished }
 
 func (r *runner) requestCancel() {
 	r.mu.Lock()
@@ -112,11 +192,12 @@ func (r *runner) requestCancel() {
 	r.cancel()
 }
 
-// live is committed plus what the in-flight profiles already reported.
+// live is committed plus what the profiles in the window reported so far.
+// r.mu is held.
 func (r *runner) live() counts {
 	var c counts
 	c.add(&r.committed)
-	for _, e := range r.window.entries {
+	for _, e := range r.window.entries[r.window.head:] {
 		c.add(&e.counts)
 	}
 	return c
@@ -128,13 +209,13 @@ func (r *runner) snapshot() *deliveryv1.Journey {
 	defer r.mu.Unlock()
 	j := proto.Clone(r.journey).(*deliveryv1.Journey)
 	c := r.live()
-	fillProgress(j.Progress, &c)
-	j.Progress.ProfilesScanned = r.scannedBase + r.scanned
-	j.Progress.RatePerSecond = r.rate()
+	r.fillProgress(j.Progress, &c)
 	return j
 }
 
-func fillProgress(p *deliveryv1.JourneyProgress, c *counts) {
+// fillProgress writes counts c and the runner's rate and ETA into p. r.mu
+// is held.
+func (r *runner) fillProgress(p *deliveryv1.JourneyProgress, c *counts) {
 	p.Qualified, p.TokensTargeted, p.Sent, p.TokensDeactivated = c.qualified, c.targeted, c.sent, c.deactivated
 	p.Excluded = p.Excluded[:0]
 	for _, reason := range sortedKeys(c.excluded) {
@@ -143,6 +224,24 @@ func fillProgress(p *deliveryv1.JourneyProgress, c *counts) {
 	p.Failed = p.Failed[:0]
 	for _, reason := range sortedKeys(c.failed) {
 		p.Failed = append(p.Failed, &commonv1.FailureCount{Reason: reason, Count: c.failed[reason]})
+	}
+	p.ProfilesScanned = r.scannedBase + r.scanned
+	p.ProfilesDone = r.committed.qualified
+	p.RatePerSecond, p.Eta = 0, nil
+	if isFinal(r.journey.GetState()) || len(r.samples) < 2 {
+		return
+	}
+	first, last := r.samples[0], r.samples[len(r.samples)-1]
+	secs := last.at.Sub(first.at).Seconds()
+	if secs <= 0 {
+		return
+	}
+	p.RatePerSecond = float64(last.notifications-first.notifications) / secs
+	profileRate := float64(last.profs-first.profs) / secs
+	// The ETA needs the audience size (the count pass) and a rate.
+	if r.audienceSize >= 0 && profileRate > 0 {
+		remaining := max(0, r.audienceSize-c.qualified)
+		p.Eta = durationpb.New(time.Duration(float64(remaining) / profileRate * float64(time.Second)).Round(time.Second))
 	}
 }
 
@@ -161,90 +260,102 @@ func sortedKeys[K ~int32, V any](m map[K]V) []K {
 
 // restore loads the committed counts and cursor of a resumed journey.
 func (r *runner) restore() error {
+	cursor, err := r.m.store.Cursor(r.ref.Tenant, r.ref.ID)
+	if err != nil {
+		return err
+	}
 	// Watchers may read the counters while the runner starts.
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.cursor = cursor
 	p := r.journey.GetProgress()
+	if p == nil {
+		p = &deliveryv1.JourneyProgress{}
+		r.journey.Progress = p
+	}
 	r.committed = counts{qualified: p.GetQualified(), targeted: p.GetTokensTargeted(), sent: p.GetSent(), deactivated: p.GetTokensDeactivated()}
 	for _, e := range p.GetExcluded() {
-		r.committed.add(&counts{excluded: map[commonv1.ExclusionReason]int64{e.GetReason(): e.GetCount()}})
+		r.committed.exclude(e.GetReason(), e.GetCount())
 	}
 	for _, f := range p.GetFailed() {
-		r.committed.add(&counts{failed: map[commonv1.FailureReason]int64{f.GetReason(): f.GetCount()}})
+		r.committed.fail(f.GetReason(), f.GetCount())
 	}
 	r.scannedBase = p.GetProfilesScanned()
-	cursor, err := r.m.store.Cursor(r.ref.Tenant, r.ref.ID)
-	r.cursor = cursor
-	return err
+	return nil
 }
 
-// rate is notifications per second over the last samples.
-func (r *runner) rate() float64 {
-	if len(r.rateSamples) < 2 {
-		return 0
+// sample records the progress for the rate and the ETA. r.mu is held.
+func (r *runner) sample(now time.Time) {
+	c := r.live()
+	r.samples = append(r.samples, rateSample{at: now, notifications: c.sent + c.failedTotal(), profs: c.qualified})
+	if len(r.samples) > rateSamples {
+		r.samples = append(r.samples[:0], r.samples[1:]...)
 	}
-	a, b := r.rateSamples[0], r.rateSamples[len(r.rateSamples)-1]
-	if d := b.at.Sub(a.at).Seconds(); d > 0 {
-		return float64(b.done-a.done) / d
-	}
-	return 0
 }
 
-// checkpoint saves committed progress and the cursor.
-func (r *runner) checkpoint(state deliveryv1.JourneyState, errText string) error {
+// checkpoint saves the journey's state, its committed progress and the
+// cursor in one transaction. With liveCounts (a final state that will not
+// resume) the progress includes the profiles still in the window.
+func (r *runner) checkpoint(ctx context.Context, state deliveryv1.JourneyState, errText string, liveCounts bool) error {
+	_, span := tracer.Start(ctx, "journey.checkpoint", trace.WithAttributes(attribute.String("pushmesh.journey_id", r.ref.ID)))
+	defer span.End()
 	r.mu.Lock()
 	now := r.m.cfg.Now()
-	c := r.live()
-	r.rateSamples = append(r.rateSamples, rateSample{at: now, done: c.sent + failedTotal(&c)})
-	if len(r.rateSamples) > 10 {
-		r.rateSamples = r.rateSamples[1:]
-	}
+	r.sample(now)
+	saved := r.undurable
 	r.journey.State = state
 	r.journey.Error = errText
 	r.journey.UpdateTime = timestamppb.New(now)
-	if isFinal(state) {
+	if isFinal(state) && r.journey.GetProgress().GetEndTime() == nil {
 		r.journey.Progress.EndTime = timestamppb.New(now)
 	}
 	j := proto.Clone(r.journey).(*deliveryv1.Journey)
-	fillProgress(j.Progress, &r.committed)
-	j.Progress.ProfilesScanned = r.scannedBase + r.scanned
-	j.Progress.ProfilesDone = j.Progress.GetQualified()
-	r.journey.Progress.ProfilesDone = j.Progress.ProfilesDone
+	c := r.committed
+	if liveCounts {
+		c = r.live()
+	}
+	r.fillProgress(j.Progress, &c)
+	j.Progress.RatePerSecond, j.Progress.Eta = 0, nil // stale as soon as stored
 	cursor := r.cursor
 	r.mu.Unlock()
-	return r.m.store.Checkpoint(r.ref.Tenant, j, cursor)
-}
-
-func failedTotal(c *counts) int64 {
-	var n int64
-	for _, v := range c.failed {
-		n += v
+	span.SetAttributes(attribute.Int64("pushmesh.profiles_done", j.GetProgress().GetProfilesDone()))
+	err := r.m.store.Checkpoint(r.ref.Tenant, j, cursor)
+	if err != nil {
+		span.RecordError(err)
+		return err
 	}
-	return n
+	r.mu.Lock()
+	r.undurable -= saved
+	r.mu.Unlock()
+	r.signalSpace()
+	return nil
 }
 
-// run drives the journey to a final state.
+// signalSpace wakes the runner if it waits for room in the window.
+func (r *runner) signalSpace() {
+	select {
+	case r.space <- struct{}{}:
+	default:
+	}
+}
+
+// run drives the journey to a final state (or, when the service stops, to
+// its last checkpoint).
 func (r *runner) run(ctx context.Context) {
-	log := r.m.cfg.Logger.With("journey_id", r.ref.ID)
-	defer func() {
-		r.mu.Lock()
-		if r.finished == nil {
-			r.finished = make(chan struct{})
-		}
-		close(r.finished)
-		r.mu.Unlock()
-	}()
+	log := r.m.cfg.Logger.With("journey_id", r.ref.ID, "tenant", r.ref.Tenant)
+	defer close(r.finished)
 	if err := r.restore(); err != nil {
 		log.Error("journey restore", "err", err)
 		return
 	}
-	// Wait for the start time.
 	if st := r.journey.GetStartTime(); st != nil {
 		if wait := st.AsTime().Sub(r.m.cfg.Now()); wait > 0 {
+			t := time.NewTimer(wait)
 			select {
-			case <-time.After(wait):
+			case <-t.C:
 			case <-ctx.Done():
-				r.finish(log, ctx, nil)
+				t.Stop()
+				r.finish(ctx, log, nil)
 				return
 			}
 		}
@@ -254,85 +365,129 @@ func (r *runner) run(ctx context.Context) {
 		r.journey.Progress.StartTime = timestamppb.New(r.m.cfg.Now())
 	}
 	r.mu.Unlock()
-	if err := r.checkpoint(deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, ""); err != nil {
+	if err := r.checkpoint(ctx, deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, "", false); err != nil {
 		log.Error("journey checkpoint", "err", err)
 	}
 
-	stopTicker := make(chan struct{})
-	tickerDone := make(chan struct{})
+	// Checkpoints every CheckpointEvery, or sooner once half the window's
+	// worth of messages completed since the last one.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer close(tickerDone)
+		defer wg.Done()
 		t := time.NewTicker(r.m.cfg.CheckpointEvery)
 		defer t.Stop()
 		for {
 			select {
-			case <-stopTicker:
+			case <-stop:
 				return
 			case <-t.C:
-				if err := r.checkpoint(deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, ""); err != nil {
-					log.Warn("journey checkpoint", "err", err)
-				}
+			case <-r.checkpointNow:
+			}
+			if err := r.checkpoint(ctx, deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, "", false); err != nil {
+				log.Warn("journey checkpoint", "err", err)
 			}
 		}
 	}()
+	if !r.m.cfg.SkipAudienceCount {
+		countCtx, cancelCount := context.WithCancel(ctx)
+		defer cancelCount()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.countAudience(countCtx, log)
+		}()
+		err := r.send(ctx)
+		cancelCount()
+		close(stop)
+		wg.Wait()
+		r.finish(ctx, log, err)
+		return
+	}
 	err := r.send(ctx)
-	close(stopTicker)
-	<-tickerDone
-	r.finish(log, ctx, err)
+	close(stop)
+	wg.Wait()
+	r.finish(ctx, log, err)
+}
+
+// countAudience counts the whole audience once, for the ETA. It streams the
+// same query as the run (profilesvc has no count-only query), in big
+// batches, beside the run.
+func (r *runner) countAudience(ctx context.Context, log interface{ Debug(string, ...any) }) {
+	q := r.query("")
+	q.BatchSize = 5000
+	var n int64
+	err := r.m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
+		n = resp.GetStats().GetQualified()
+		return nil
+	})
+	if err != nil {
+		log.Debug("journey audience count", "err", err)
+		return
+	}
+	r.mu.Lock()
+	r.audienceSize = n
+	r.mu.Unlock()
 }
 
 // finish records the final (or, on shutdown, the resumable) state.
-func (r *runner) finish(log interface {
+func (r *runner) finish(ctx context.Context, log interface {
 	Info(string, ...any)
 	Error(string, ...any)
-}, ctx context.Context, err error) {
+}, err error) {
 	r.mu.Lock()
 	cancelled := r.cancelAsked
+	state := r.journey.GetState()
 	r.mu.Unlock()
-	state, errText := deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED, ""
+	errText, liveCounts := "", true
 	switch {
+	case err == nil && ctx.Err() == nil:
+		state = deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED
 	case cancelled:
 		state = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
 	case ctx.Err() != nil:
-		// The service is shutting down: keep the state so the journey
-		// resumes from its checkpoint on the next start.
-		state = r.journey.GetState()
-	case err != nil:
+		// The service is stopping: keep the state and the committed
+		// progress, so the journey resumes from its cursor on the next
+		// start.
+		liveCounts = false
+	default:
 		state, errText = deliveryv1.JourneyState_JOURNEY_STATE_FAILED, err.Error()
 	}
-	if cerr := r.checkpoint(state, errText); cerr != nil {
+	// The final write must happen even though ctx is done.
+	if cerr := r.checkpoint(context.WithoutCancel(ctx), state, errText, liveCounts); cerr != nil {
 		log.Error("journey checkpoint", "err", cerr)
 	}
-	log.Info("journey stopped", "state", state.String(), "err", errText)
+	log.Info("journey stopped", "state", strings.TrimPrefix(state.String(), "JOURNEY_STATE_"), "err", errText)
 }
 
 // send streams the audience and submits every message; it returns once all
 // submitted messages have their results.
 func (r *runner) send(ctx context.Context) error {
-	ctx, span := tracer.Start(ctx, "journey.run")
+	ctx, span := tracer.Start(ctx, "journey.run", trace.WithAttributes(attribute.String("pushmesh.journey_id", r.ref.ID)))
 	defer span.End()
-	span.SetAttributes(attribute.String("pushmesh.journey_id", r.ref.ID))
 
 	session := r.m.sessions.Open(ctx, r.onResult)
 	var limiter *rate.Limiter
-	if max := r.journey.GetDelivery().GetMaxMessagesPerSecond(); max > 0 {
-		limiter = rate.NewLimiter(rate.Limit(max), int(max))
+	batchSize := r.m.cfg.SubmitBatch
+	if perSecond := int(r.journey.GetDelivery().GetMaxMessagesPerSecond()); perSecond > 0 {
+		// Small batches under a cap, so sends are spread over the second
+		// instead of going out in bursts; the burst is one batch.
+		batchSize = min(batchSize, max(1, perSecond/10))
+		limiter = rate.NewLimiter(rate.Limit(perSecond), batchSize)
 	}
-	batch := make([]delivery.Message, 0, r.m.cfg.SubmitBatch)
+	batch := make([]delivery.Message, 0, batchSize)
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		if limiter != nil {
-			for n := len(batch); n > 0; {
-				take := min(n, limiter.Burst())
-				if err := limiter.WaitN(ctx, take); err != nil {
-					return err
-				}
-				n -= take
+			if err := limiter.WaitN(ctx, len(batch)); err != nil {
+				return err
 			}
 		}
 		err := session.Submit(batch)
+		clear(batch)
 		batch = batch[:0]
 		return err
 	}
@@ -345,38 +500,7 @@ func (r *runner) send(ctx context.Context) error {
 		r.mu.Unlock()
 		streamErr = r.m.audience.Query(ctx, r.query(after), func(resp *profilev1.QueryAudienceResponse) error {
 			attempt = 0
-			var exclusions []delivery.Result
-			for _, member := range resp.GetMembers() {
-				msgs, excl := r.admit(member)
-				if excl != nil {
-					exclusions = append(exclusions, *excl)
-				}
-				for _, msg := range msgs {
-					batch = append(batch, msg)
-					if len(batch) == cap(batch) {
-						if err := flush(); err != nil {
-							return err
-						}
-					}
-				}
-				after = member.GetProfileId()
-			}
-			r.mu.Lock()
-			r.scanned = resp.GetStats().GetScanned()
-			r.mu.Unlock()
-			if len(exclusions) > 0 {
-				if err := r.m.recorder.Record(ctx, exclusions); err != nil {
-					return err
-				}
-			}
-			// Profiles whose messages are all submitted may complete now.
-			if err := flush(); err != nil {
-				return err
-			}
-			r.mu.Lock()
-			r.advance()
-			r.mu.Unlock()
-			return nil
+			return r.admitBatch(ctx, resp, &batch, flush, &after)
 		})
 		if streamErr == nil || ctx.Err() != nil || attempt >= audienceRetries {
 			break
@@ -386,120 +510,227 @@ func (r *runner) send(ctx context.Context) error {
 			break // a validation error will not heal
 		}
 		r.m.cfg.Logger.Warn("audience stream failed; resuming", "journey_id", r.ref.ID, "after", after, "err", streamErr)
+		t := time.NewTimer(time.Duration(1<<attempt) * 500 * time.Millisecond)
 		select {
-		case <-time.After(time.Duration(1<<attempt) * 500 * time.Millisecond):
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 		}
 	}
 	if streamErr == nil {
 		streamErr = flush()
 	}
 	closeErr := session.Close()
-	r.mu.Lock()
-	r.advance()
-	r.mu.Unlock()
 	if streamErr != nil {
+		span.RecordError(streamErr)
 		return fmt.Errorf("audience: %w", streamErr)
 	}
 	return closeErr
+}
+
+// admitBatch plans one response's members, records their exclusions, and
+// admits them into the window, submitting their messages.
+func (r *runner) admitBatch(ctx context.Context, resp *profilev1.QueryAudienceResponse, batch *[]delivery.Message, flush func() error, after *string) error {
+	ctx, span := tracer.Start(ctx, "journey.audience_batch", trace.WithAttributes(
+		attribute.String("pushmesh.journey_id", r.ref.ID), attribute.Int("pushmesh.members", len(resp.GetMembers()))))
+	defer span.End()
+	members := resp.GetMembers()
+	plans := make([]plan, len(members))
+	var exclusions []delivery.Result
+	for i, member := range members {
+		plans[i] = r.plan(ctx, member)
+		if plans[i].exclusion != commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED {
+			exclusions = append(exclusions, r.exclusionResult(member.GetProfileId(), plans[i]))
+		}
+	}
+	// Exclusions are durable before their profiles can pass the cursor.
+	if len(exclusions) > 0 {
+		if err := r.m.recorder.Record(ctx, exclusions); err != nil {
+			return fmt.Errorf("record exclusions: %w", err)
+		}
+	}
+	r.mu.Lock()
+	r.scanned = resp.GetStats().GetScanned()
+	r.mu.Unlock()
+	for i, member := range members {
+		p := &plans[i]
+		if err := r.waitForSpace(ctx, max(1, len(p.msgs)), flush); err != nil {
+			return err
+		}
+		e := &inflight{profileID: member.GetProfileId(), messages: len(p.msgs), pending: len(p.msgs), counts: counts{qualified: 1}}
+		if p.exclusion != commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED {
+			e.counts.exclude(p.exclusion, 1)
+		}
+		r.mu.Lock()
+		r.window.push(e)
+		if e.pending == 0 {
+			r.advance()
+		}
+		r.mu.Unlock()
+		for _, msg := range p.msgs {
+			*batch = append(*batch, msg)
+			if len(*batch) == cap(*batch) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		*after = member.GetProfileId()
+	}
+	span.SetAttributes(attribute.Int("pushmesh.exclusions", len(exclusions)))
+	// Messages waiting in the batch go now: the next response may be a
+	// while (a selective condition scans many profiles per member).
+	return flush()
+}
+
+// waitForSpace returns once the window can take a profile of weight need.
+// Messages waiting in the batch are submitted first, since the window
+// drains only as they complete (and are checkpointed).
+func (r *runner) waitForSpace(ctx context.Context, need int, flush func() error) error {
+	for {
+		r.mu.Lock()
+		used := r.window.weight + r.undurable
+		ok := used == 0 || used+need <= r.m.cfg.MaxWindow
+		r.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		select {
+		case <-r.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func (r *runner) query(after string) *profilev1.QueryAudienceRequest {
 	a := r.journey.GetAudience()
 	return &profilev1.QueryAudienceRequest{
 		Condition: a.GetCondition(), AppIds: r.journey.GetAppIds(), Platforms: a.GetPlatforms(),
-		RequireExplicitConsent: a.GetRequireExplicitConsent(), StartAfterProfileId: after, BatchSize: 500,
+		RequireExplicitConsent: a.GetRequireExplicitConsent(), StartAfterProfileId: after, BatchSize: int32(r.m.cfg.AudienceBatch),
 	}
 }
 
-// admit turns one audience member into messages (one per token) or an
-// exclusion, and enters it in the window.
-func (r *runner) admit(member *profilev1.AudienceMember) ([]delivery.Message, *delivery.Result) {
-	e := &inflight{profileID: member.GetProfileId(), counts: counts{qualified: 1}}
-	var msgs []delivery.Message
-	reason := member.GetExclusionReason()
-	if !member.GetExcluded() {
-		var err error
-		if msgs, err = r.messages(member); err != nil {
-			reason = commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR
-			msgs = nil
-		}
-	}
-	var excl *delivery.Result
-	if member.GetExcluded() || reason == commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR {
-		e.counts.excluded = map[commonv1.ExclusionReason]int64{reason: 1}
-		excl = &delivery.Result{
-			IdempotencyKey: r.ref.ID + "/" + member.GetProfileId() + "/excluded",
-			JourneyID:      r.ref.ID, MessageID: r.journey.GetMessageId(),
-			Target: delivery.Target{ProfileID: member.GetProfileId()},
-			Status: delivery.StatusExcluded, Exclusion: reason, Time: r.m.cfg.Now(),
-		}
-	}
-	e.pending = len(msgs)
-	e.submitted = true
-	r.mu.Lock()
-	if r.window.byID == nil {
-		r.window.byID = map[string]*inflight{}
-	}
-	r.window.entries = append(r.window.entries, e)
-	r.window.byID[e.profileID] = e
-	r.mu.Unlock()
-	return msgs, excl
+// plan is what a journey does with one audience member: messages, one per
+// sendable token, or an exclusion.
+type plan struct {
+	msgs      []delivery.Message
+	exclusion commonv1.ExclusionReason
+	detail    string
 }
 
-// messages renders one message per active token of the member.
-func (r *runner) messages(member *profilev1.AudienceMember) ([]delivery.Message, error) {
-	v := &Values{ProfileID: member.GetProfileId(), Attributes: member.GetAttributes(), Identities: map[string]string{}}
-	for _, id := range member.GetIdentities() {
-		if _, ok := v.Identities[id.GetNamespace()]; !ok {
-			v.Identities[id.GetNamespace()] = id.GetValue()
+// plan renders one message per active token of a member whose app is
+// registered, or says why the member is excluded.
+func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) plan {
+	if member.GetExcluded() {
+		reason := member.GetExclusionReason()
+		if reason == commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED {
+			reason = commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN
 		}
+		return plan{exclusion: reason, detail: "excluded by profilesvc"}
 	}
+	tokens := member.GetTokens()
+	if len(tokens) == 0 {
+		return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, detail: "no active token"}
+	}
+	v := Values{ProfileID: member.GetProfileId(), Attributes: member.GetAttributes(), Identities: member.GetIdentities()}
 	locale := member.GetAttributes().GetFields()["locale"].GetStringValue()
 	opts := r.journey.GetDelivery()
-	rendered := map[commonv1.Platform]delivery.Notification{}
-	msgs := make([]delivery.Message, 0, len(member.GetTokens()))
-	for _, tok := range member.GetTokens() {
-		n, ok := rendered[tok.GetPlatform()]
-		if !ok {
-			var err error
-			if n, err = r.content.Render(tok.GetPlatform(), locale, v); err != nil {
-				return nil, err
-			}
-			rendered[tok.GetPlatform()] = n
+	// A profile has tokens of at most two platforms: render each once.
+	var rendered [2]struct {
+		platform commonv1.Platform
+		n        delivery.Notification
+	}
+	nRendered := 0
+	msgs := make([]delivery.Message, 0, len(tokens))
+	for _, tok := range tokens {
+		if !r.apps.registered(ctx, r.m.apps, delivery.AppKey{Platform: tok.GetPlatform(), AppID: tok.GetAppId()}, r.m.cfg.Now()) {
+			continue
 		}
-		collapse := opts.GetCollapseId()
-		if collapse == "" {
-			collapse = r.journey.GetMessageId()
+		var n *delivery.Notification
+		for i := range nRendered {
+			if rendered[i].platform == tok.GetPlatform() {
+				n = &rendered[i].n
+			}
+		}
+		if n == nil {
+			out, err := r.content.Render(tok.GetPlatform(), locale, &v)
+			if err != nil {
+				return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR, detail: err.Error()}
+			}
+			i := min(nRendered, len(rendered)-1)
+			rendered[i].platform, rendered[i].n = tok.GetPlatform(), out
+			nRendered = i + 1
+			n = &rendered[i].n
 		}
 		msgs = append(msgs, delivery.Message{
-			IdempotencyKey: r.ref.ID + "/" + member.GetProfileId() + "/" + tokenKey(tok.GetToken()),
+			IdempotencyKey: r.idempotencyKey(member.GetProfileId(), tok.GetToken()),
 			MessageID:      r.journey.GetMessageId(),
 			JourneyID:      r.ref.ID,
 			Tokens: []delivery.Target{{
 				Token: tok.GetToken(), Platform: tok.GetPlatform(), AppID: tok.GetAppId(),
 				ProfileID: member.GetProfileId(), APNsEnvironment: tok.GetApnsEnvironment(),
 			}},
-			Notification: n,
-			APNs:         delivery.APNsOptions{PushType: delivery.APNsPushType(opts.GetApnsPushType()), CollapseID: collapse},
-			FCM:          delivery.FCMOptions{Priority: delivery.FCMPriority(opts.GetPriority()), CollapseKey: collapse},
-			TTL:          opts.GetTtl().AsDuration(),
+			Notification: *n,
+			// Collapse id: the option, else the pipeline uses the message
+			// id, so every push of the journey (and any resend) collapses.
+			APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(opts.GetApnsPushType()), CollapseID: opts.GetCollapseId()},
+			FCM:  delivery.FCMOptions{Priority: delivery.FCMPriority(opts.GetPriority()), CollapseKey: opts.GetCollapseId()},
+			TTL:  opts.GetTtl().AsDuration(),
 		})
 	}
-	return msgs, nil
+	if len(msgs) == 0 {
+		return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_APP_NOT_REGISTERED, detail: "no token of an app registered in deliverysvc"}
+	}
+	return plan{msgs: msgs}
 }
 
-// tokenKey keeps idempotency keys short whatever the token's length.
-func tokenKey(token string) string {
+// exclusionResult is the EXCLUDED outcome trackingsvc receives for a
+// profile the journey does not send to.
+func (r *runner) exclusionResult(profileID string, p plan) delivery.Result {
+	return delivery.Result{
+		IdempotencyKey: r.keyPrefix + profileID + "/excluded",
+		JourneyID:      r.ref.ID, MessageID: r.journey.GetMessageId(),
+		Target: delivery.Target{ProfileID: profileID},
+		Status: delivery.StatusExcluded, Exclusion: p.exclusion, Detail: p.detail, Time: r.m.cfg.Now(),
+	}
+}
+
+// tokenHashLen is the hex length of the token hash in idempotency keys.
+const tokenHashLen = 24
+
+// idempotencyKey is journey/profile/hash(token): stable across restarts,
+// short whatever the token's length, and never the token itself.
+func (r *runner) idempotencyKey(profileID, token string) string {
 	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:12])
+	b := make([]byte, 0, len(r.keyPrefix)+len(profileID)+1+tokenHashLen)
+	b = append(b, r.keyPrefix...)
+	b = append(b, profileID...)
+	b = append(b, '/')
+	b = hex.AppendEncode(b, sum[:tokenHashLen/2])
+	return string(b)
 }
 
-// onResult counts one result; called by the pipeline, concurrently.
+// profileOf is the profile id inside one of the runner's idempotency keys.
+func (r *runner) profileOf(key string) (string, bool) {
+	if !strings.HasPrefix(key, r.keyPrefix) || len(key) < len(r.keyPrefix)+1+tokenHashLen {
+		return "", false
+	}
+	return key[len(r.keyPrefix) : len(key)-1-tokenHashLen], true
+}
+
+// onResult counts one result; the pipeline calls it concurrently.
 func (r *runner) onResult(res delivery.Result) {
+	profileID, ok := r.profileOf(res.IdempotencyKey)
+	if !ok {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.window.byID[res.Target.ProfileID]
+	e := r.window.byProfile[profileID]
 	if e == nil {
 		return
 	}
@@ -509,39 +740,68 @@ func (r *runner) onResult(res delivery.Result) {
 		e.counts.sent++
 	case delivery.StatusFailed:
 		e.counts.targeted++
-		if e.counts.failed == nil {
-			e.counts.failed = map[commonv1.FailureReason]int64{}
+		e.counts.fail(res.Reason, 1)
+		if res.Reason == commonv1.FailureReason_FAILURE_REASON_CANCELLED {
+			e.interrupted = true
 		}
-		e.counts.failed[res.Reason]++
 		if delivery.ClassOf(res.Reason) == delivery.ClassToken {
 			e.counts.deactivated++
 		}
 	case delivery.StatusExcluded:
-		if e.counts.excluded == nil {
-			e.counts.excluded = map[commonv1.ExclusionReason]int64{}
-		}
-		e.counts.excluded[res.Exclusion]++
+		e.counts.exclude(res.Exclusion, 1)
 	}
 	if res.MessageDone {
 		e.pending--
+		if e.pending == 0 {
+			r.advance()
+		}
 	}
 }
 
 // advance moves completed profiles from the head of the window into the
 // committed counts and the cursor. r.mu is held.
 func (r *runner) advance() {
-	w := r.window
-	i := 0
-	for ; i < len(w.entries); i++ {
-		e := w.entries[i]
-		if !e.submitted || e.pending > 0 {
+	w := &r.window
+	for w.len() > 0 {
+		e := w.entries[w.head]
+		if e.pending > 0 || e.interrupted {
 			break
 		}
 		r.committed.add(&e.counts)
 		r.cursor = e.profileID
-		delete(w.byID, e.profileID)
+		r.undurable += e.weight()
+		w.pop()
 	}
-	if i > 0 {
-		w.entries = append(w.entries[:0], w.entries[i:]...)
+	// The window's room comes back at the checkpoint; ask for one early
+	// enough that the runner rarely waits for it.
+	if r.undurable >= r.m.cfg.MaxWindow/2 {
+		select {
+		case r.checkpointNow <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// appCache remembers whether apps are registered, for the runner's own
+// goroutine: a token of an app deliverysvc does not know is excluded
+// (APP_NOT_REGISTERED) instead of being sent to fail.
+type appCache struct {
+	at    time.Time
+	known map[delivery.AppKey]bool
+}
+
+func (c *appCache) registered(ctx context.Context, a Apps, key delivery.AppKey, now time.Time) bool {
+	if now.Sub(c.at) > appCacheTTL {
+		clear(c.known)
+		c.at = now
+	}
+	if ok, seen := c.known[key]; seen {
+		return ok
+	}
+	_, err := a.App(ctx, key)
+	// Only a definite "not registered" excludes; any other error is the
+	// pipeline's to report on the message.
+	ok := !(errors.Is(err, apps.ErrNotFound) || errors.Is(err, delivery.ErrAppNotFound))
+	c.known[key] = ok
+	return ok
 }

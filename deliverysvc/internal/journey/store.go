@@ -48,6 +48,20 @@ func newID(now time.Time) string {
 	return fmt.Sprintf("jrn_%013x%s", now.UnixMilli(), hex.EncodeToString(r[:]))
 }
 
+// ByRequest returns the journey a publish with requestID created, or nil.
+func (s *Store) ByRequest(tenant, requestID string) (j *deliveryv1.Journey, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(buckets.Journeys)
+		id := b.Get(boltdb.Key(tenant, kindRequest, requestID))
+		if id == nil {
+			return nil
+		}
+		j, err = get(b, tenant, string(id))
+		return err
+	})
+	return j, err
+}
+
 // Create stores a new journey, or returns the journey an earlier publish
 // with the same requestID created (existed true).
 func (s *Store) Create(tenant string, j *deliveryv1.Journey, requestID string) (out *deliveryv1.Journey, existed bool, err error) {

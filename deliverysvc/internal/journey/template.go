@@ -6,13 +6,19 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/structpb"
+
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 )
 
 // ErrMissingValue is a render error: a `required` value is absent. The
 // profile is excluded with EXCLUSION_REASON_RENDER_ERROR; the journey goes on.
 var ErrMissingValue = errors.New("missing required value")
+
+// MaxTemplateLen bounds one template's source, in bytes.
+const MaxTemplateLen = 16 << 10
 
 // Template is a parsed text template: literal text and `{{ ... }}` holes.
 //
@@ -23,8 +29,17 @@ var ErrMissingValue = errors.New("missing required value")
 //	{{identity.customer_id}}         the first identity of that namespace
 //	{{profile_id}}                   the profile id
 //	{{firstName | default "there"}}  a fallback when missing or empty
-//	{{firstName | required}}         missing → the profile is excluded
+//	{{firstName | required}}         missing or empty → the profile is excluded
 //	{{tier | upper}}, lower, title   case filters
+//
+// A name is looked up in the attributes first (dots walk nested objects),
+// then, when no attribute has that path, `identity.<namespace>` in the
+// identities and `profile_id` as the profile id. Filters apply left to
+// right. Numbers print as people write them (3, 2.5), booleans as
+// true/false, lists as "a, b".
+//
+// A template is parsed once (ParseTemplate) and rendered per profile
+// (AppendRender) without allocating for the lookups themselves.
 type Template struct {
 	src   string
 	parts []part
@@ -33,24 +48,42 @@ type Template struct {
 type part struct {
 	lit     string // literal text, when ref is nil
 	ref     []string
+	name    string // ref joined, for errors
 	filters []filter
 }
 
+type filterKind uint8
+
+const (
+	filterDefault filterKind = iota + 1
+	filterRequired
+	filterUpper
+	filterLower
+	filterTitle
+)
+
 type filter struct {
-	name string
-	arg  string
+	kind filterKind
+	arg  string // default's fallback
 }
 
 // Values is what a template reads: one profile.
 type Values struct {
 	ProfileID  string
 	Attributes *structpb.Struct
-	// Identities maps a namespace to its first value.
-	Identities map[string]string
+	// Identities are the profile's identities; identity.<namespace> reads
+	// the first of that namespace.
+	Identities []*profilev1.Identity
 }
 
-// ParseTemplate parses src; an error names the position.
+// ParseTemplate parses src; an error names the byte offset of the problem.
 func ParseTemplate(src string) (*Template, error) {
+	if len(src) > MaxTemplateLen {
+		return nil, fmt.Errorf("at most %d bytes, got %d", MaxTemplateLen, len(src))
+	}
+	if !utf8.ValidString(src) {
+		return nil, errors.New("must be valid UTF-8")
+	}
 	t := &Template{src: src}
 	rest := src
 	offset := 0
@@ -63,19 +96,36 @@ func ParseTemplate(src string) (*Template, error) {
 		if i > 0 {
 			t.parts = append(t.parts, part{lit: rest[:i]})
 		}
-		j := strings.Index(rest[i:], "}}")
+		j := closing(rest[i+2:])
 		if j < 0 {
 			return nil, fmt.Errorf("at %d: %q is not closed with }}", offset+i, "{{")
 		}
-		p, err := parseHole(rest[i+2 : i+j])
+		p, err := parseHole(rest[i+2 : i+2+j])
 		if err != nil {
 			return nil, fmt.Errorf("at %d: %w", offset+i, err)
 		}
 		t.parts = append(t.parts, p)
-		offset += i + j + 2
-		rest = rest[i+j+2:]
+		offset += i + 2 + j + 2
+		rest = rest[i+2+j+2:]
 	}
 	return t, nil
+}
+
+// closing finds the "}}" that ends a hole, skipping quoted strings so a
+// fallback may contain "}}".
+func closing(s string) int {
+	quoted := false
+	for i := 0; i < len(s); i++ {
+		switch {
+		case quoted && s[i] == '\\':
+			i++
+		case s[i] == '"':
+			quoted = !quoted
+		case !quoted && s[i] == '}' && i+1 < len(s) && s[i+1] == '}':
+			return i
+		}
+	}
+	return -1
 }
 
 func parseHole(s string) (part, error) {
@@ -89,7 +139,7 @@ func parseHole(s string) (part, error) {
 			return part{}, fmt.Errorf("invalid value name %q", name)
 		}
 	}
-	p := part{ref: strings.Split(name, ".")}
+	p := part{ref: strings.Split(name, "."), name: name}
 	for _, seg := range p.ref {
 		if seg == "" {
 			return part{}, fmt.Errorf("invalid value name %q", name)
@@ -102,15 +152,18 @@ func parseHole(s string) (part, error) {
 		switch fname {
 		case "default":
 			v, err := strconv.Unquote(arg)
-			if err != nil {
-				return part{}, fmt.Errorf("default wants a quoted string, e.g. default \"there\"; got %q", arg)
+			if err != nil || !strings.HasPrefix(arg, `"`) {
+				return part{}, fmt.Errorf("default wants a double-quoted string, e.g. default \"there\"; got %q", arg)
 			}
-			p.filters = append(p.filters, filter{name: fname, arg: v})
+			p.filters = append(p.filters, filter{kind: filterDefault, arg: v})
 		case "required", "upper", "lower", "title":
 			if arg != "" {
 				return part{}, fmt.Errorf("filter %s takes no argument", fname)
 			}
-			p.filters = append(p.filters, filter{name: fname})
+			kind := map[string]filterKind{"required": filterRequired, "upper": filterUpper, "lower": filterLower, "title": filterTitle}[fname]
+			p.filters = append(p.filters, filter{kind: kind})
+		case "":
+			return part{}, errors.New("empty filter after |")
 		default:
 			return part{}, fmt.Errorf("unknown filter %q (want default, required, upper, lower or title)", fname)
 		}
@@ -140,9 +193,15 @@ func splitPipes(s string) []string {
 	return append(out, s[start:])
 }
 
-// Static reports whether the template has no holes.
+// Static reports whether the template has no holes: it renders as its
+// source.
 func (t *Template) Static() bool {
-	return len(t.parts) <= 1 && (len(t.parts) == 0 || t.parts[0].ref == nil)
+	for _, p := range t.parts {
+		if p.ref != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // Render fills the template from v.
@@ -153,35 +212,51 @@ func (t *Template) Render(v *Values) (string, error) {
 	if t.Static() {
 		return t.src, nil
 	}
-	var b strings.Builder
-	b.Grow(len(t.src) + 16)
-	for _, p := range t.parts {
+	b, err := t.AppendRender(make([]byte, 0, len(t.src)+16), v)
+	return string(b), err
+}
+
+// AppendRender appends the template filled from v to b. On a render error
+// b is returned unchanged.
+func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
+	if t == nil {
+		return b, nil
+	}
+	start := len(b)
+	for i := range t.parts {
+		p := &t.parts[i]
 		if p.ref == nil {
-			b.WriteString(p.lit)
+			b = append(b, p.lit...)
 			continue
 		}
-		s := lookup(p.ref, v)
+		valStart := len(b)
+		b = appendLookup(b, p.ref, v)
 		for _, f := range p.filters {
-			switch f.name {
-			case "default":
-				if s == "" {
-					s = f.arg
+			switch f.kind {
+			case filterDefault:
+				if len(b) == valStart {
+					b = append(b, f.arg...)
 				}
-			case "required":
-				if s == "" {
-					return "", fmt.Errorf("%w: %s", ErrMissingValue, strings.Join(p.ref, "."))
+			case filterRequired:
+				if len(b) == valStart {
+					return b[:start], fmt.Errorf("%w: %s", ErrMissingValue, p.name)
 				}
-			case "upper":
-				s = strings.ToUpper(s)
-			case "lower":
-				s = strings.ToLower(s)
-			case "title":
-				s = titleCase(s)
+			case filterUpper:
+				b = mapTail(b, valStart, strings.ToUpper)
+			case filterLower:
+				b = mapTail(b, valStart, strings.ToLower)
+			case filterTitle:
+				b = mapTail(b, valStart, titleCase)
 			}
 		}
-		b.WriteString(s)
 	}
-	return b.String(), nil
+	return b, nil
+}
+
+// mapTail replaces b[from:] with f of it.
+func mapTail(b []byte, from int, f func(string) string) []byte {
+	s := string(b[from:])
+	return append(b[:from], f(s)...)
 }
 
 func titleCase(s string) string {
@@ -195,42 +270,60 @@ func titleCase(s string) string {
 	}, s)
 }
 
-func lookup(ref []string, v *Values) string {
+// appendLookup appends the value named by ref: an attribute first, then an
+// identity or the profile id.
+func appendLookup(b []byte, ref []string, v *Values) []byte {
+	if val := attributeAt(ref, v.Attributes); val != nil {
+		return appendValue(b, val)
+	}
 	switch {
-	case len(ref) == 1 && ref[0] == "profile_id":
-		return v.ProfileID
 	case len(ref) == 2 && ref[0] == "identity":
-		return v.Identities[ref[1]]
-	}
-	fields := v.Attributes.GetFields()
-	var val *structpb.Value
-	for i, name := range ref {
-		val = fields[name]
-		if val == nil {
-			return ""
+		for _, id := range v.Identities {
+			if id.GetNamespace() == ref[1] {
+				return append(b, id.GetValue()...)
+			}
 		}
-		if i < len(ref)-1 {
-			fields = val.GetStructValue().GetFields()
-		}
+	case len(ref) == 1 && ref[0] == "profile_id":
+		return append(b, v.ProfileID...)
 	}
-	return format(val)
+	return b
 }
 
-// format prints an attribute value as people expect: 3 not 3.000000.
-func format(v *structpb.Value) string {
+// attributeAt walks a dotted path through nested objects; nil when absent.
+func attributeAt(ref []string, attrs *structpb.Struct) *structpb.Value {
+	fields := attrs.GetFields()
+	for i, name := range ref {
+		val := fields[name]
+		if val == nil {
+			return nil
+		}
+		if i == len(ref)-1 {
+			if _, isNull := val.GetKind().(*structpb.Value_NullValue); isNull {
+				return nil
+			}
+			return val
+		}
+		fields = val.GetStructValue().GetFields()
+	}
+	return nil
+}
+
+// appendValue prints an attribute value as people expect: 3 not 3.000000.
+func appendValue(b []byte, v *structpb.Value) []byte {
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_StringValue:
-		return k.StringValue
+		return append(b, k.StringValue...)
 	case *structpb.Value_NumberValue:
-		return strconv.FormatFloat(k.NumberValue, 'f', -1, 64)
+		return strconv.AppendFloat(b, k.NumberValue, 'f', -1, 64)
 	case *structpb.Value_BoolValue:
-		return strconv.FormatBool(k.BoolValue)
+		return strconv.AppendBool(b, k.BoolValue)
 	case *structpb.Value_ListValue:
-		items := make([]string, 0, len(k.ListValue.GetValues()))
-		for _, item := range k.ListValue.GetValues() {
-			items = append(items, format(item))
+		for i, item := range k.ListValue.GetValues() {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = appendValue(b, item)
 		}
-		return strings.Join(items, ", ")
 	}
-	return ""
+	return b
 }

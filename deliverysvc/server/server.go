@@ -77,6 +77,9 @@ type Config struct {
 	APNsConnections int
 	// MaxInFlight bounds the tokens being sent at once across all streams.
 	MaxInFlight int
+	// JourneyWindow bounds each journey's messages after its last
+	// checkpoint: what a crash can make it send again (0: 2,000).
+	JourneyWindow int
 }
 
 // DefaultGCPercent is the GOGC deliverysvc runs with unless the environment
@@ -119,6 +122,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.DevInsecureGenerateKey, "dev-insecure-generate-key", false, "development only: without a key, use (and create on first start) "+DevKeyFile+" in the data dir")
 	fs.IntVar(&c.APNsConnections, "apns-connections", 4, "HTTP/2 connections per APNs app")
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", 10_000, "tokens being sent at once, across all Send streams")
+	fs.IntVar(&c.JourneyWindow, "journey-window", 2000, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
 }
 
 // credentialsKey finds the key: file, then value, then (development) the
@@ -226,7 +230,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
 	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
 	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{Pipeline: pipeline, Log: log})
-	journeys := journey.NewManager(journey.Config{Logger: log}, journey.NewStore(db),
+	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
 		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
 	closers = append(closers, func() error { journeys.Close(); return nil })
 	if err := journeys.Resume(); err != nil {

@@ -179,23 +179,28 @@ func TestGracefulShutdownDrainsThenStops(t *testing.T) {
 	}
 	defer conn.Close()
 
+	// A health watch opened before the shutdown sees the flip to
+	// NOT_SERVING: new calls are refused once GracefulStop begins.
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	watch, err := healthpb.NewHealthClient(conn).Watch(watchCtx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := watch.Recv(); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("watch: got %v, %v, want SERVING first", resp, err)
+	}
+
 	inflight := make(chan error, 1)
 	go func() { inflight <- callProbe(context.Background(), conn) }()
 	<-started
 	cancel() // shutdown begins while the call is in flight
 
-	// Health flips to NOT_SERVING while draining.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health never went NOT_SERVING (last: %v, %v)", resp, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	resp, err := watch.Recv()
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch during shutdown: got %v, %v, want NOT_SERVING", resp, err)
 	}
+	stopWatch() // let the drain finish
 	close(release)
 	if err := <-inflight; err != nil {
 		t.Errorf("in-flight call: got %v, want it to finish during the drain", err)

@@ -28,6 +28,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,7 +81,8 @@ func run(ctx context.Context, args []string) error {
 		defer os.RemoveAll(d)
 		cfg.dir = d
 	}
-	fmt.Printf("trackingbench: %d CPUs, GOMAXPROCS %d, %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Printf("trackingbench: %d CPUs, GOMAXPROCS %d, %s, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), loadAverage())
+	defer func() { fmt.Printf("load average at the end: %s\n", loadAverage()) }()
 
 	if cfg.history > 0 {
 		if err := writeHistory(ctx, cfg.dir, cfg.history); err != nil {
@@ -344,4 +346,17 @@ func benchQueries(ctx context.Context, client trackingv1.TrackingServiceClient, 
 			lat[n/2].Round(time.Microsecond), lat[n*99/100].Round(time.Microsecond), lat[n-1].Round(time.Microsecond))
 	}
 	return nil
+}
+
+// loadAverage is the 1-minute load average where the system tells it: on a
+// shared machine throughput moves with it.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "unknown"
 }

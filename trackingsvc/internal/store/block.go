@@ -3,7 +3,6 @@ package store
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -33,23 +32,18 @@ var errBadBlock = errors.New("corrupt event block")
 // encodeEvents encodes each event with a 4-byte length prefix, all in one
 // buffer. It runs before the store's lock is taken, so concurrent batches
 // encode in parallel and the serialized transaction only copies bytes.
-func encodeEvents(evs []*trackingv1.Event) ([][]byte, error) {
+func encodeEvents(evs []*trackingv1.Event) [][]byte {
 	out := make([][]byte, len(evs))
-	buf := make([]byte, 0, 200*len(evs))
-	opts := proto.MarshalOptions{}
+	buf := make([]byte, 0, 256*len(evs))
 	for i, e := range evs {
 		start := len(buf)
-		buf = append(buf, 0, 0, 0, 0)
-		var err error
-		if buf, err = opts.MarshalAppend(buf, e); err != nil {
-			return nil, fmt.Errorf("encode event %q: %w", e.GetEventId(), err)
-		}
+		buf = appendEvent(append(buf, 0, 0, 0, 0), e)
 		binary.BigEndian.PutUint32(buf[start:], uint32(len(buf)-start-4))
 		out[i] = buf[start:len(buf):len(buf)]
 	}
 	// An append that grew buf left earlier slices in the old array: they
-	// stay valid, only the memory is held a little longer.
-	return out, nil
+	// stay valid, only that memory is held a little longer.
+	return out
 }
 
 // appendEvents writes the new events (encoded by encodeEvents) in blocks

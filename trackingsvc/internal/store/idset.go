@@ -99,12 +99,32 @@ type sealJob struct {
 	firstKept int64
 }
 
-// startSeal freezes the hash sets and returns the job that merges them
-// into past, dropping the days before firstKept. Run it without the lock,
-// then install the result with finishSeal under the lock. Meanwhile new ids
-// go to fresh hash sets. It returns false when there is nothing to do.
-func (s *idSet) startSeal(firstKept int64) (sealJob, bool) {
+// minSeal and sealRatio decide when the hash sets are worth merging into
+// past: a merge copies all of past, so it waits until the sets hold a good
+// share of it (amortized, each id is copied a few times), unless a day ended
+// or expired.
+const (
+	minSeal   = 100_000
+	sealRatio = 4
+)
+
+// startSeal freezes the hash sets, if it is time, and returns the job that
+// merges them into past, dropping the days before firstKept. Run it without
+// the lock, then install the result with finishSeal under the lock.
+// Meanwhile new ids go to fresh hash sets. It returns false when there is
+// nothing to do.
+func (s *idSet) startSeal(today, firstKept int64) (sealJob, bool) {
 	if s.sealing {
+		return sealJob{}, false
+	}
+	openIDs, dayEnded := 0, false
+	for _, d := range s.open {
+		openIDs += len(d.fps)
+		dayEnded = dayEnded || d.day < today
+	}
+	expired := len(s.past.days) > 0 && s.past.oldest < firstKept
+	due := openIDs >= minSeal && openIDs >= len(s.past.ids.fps)/sealRatio
+	if !expired && !dayEnded && !due {
 		return sealJob{}, false
 	}
 	for _, d := range s.open {
@@ -113,10 +133,6 @@ func (s *idSet) startSeal(firstKept int64) (sealJob, bool) {
 		}
 	}
 	s.open = nil
-	expired := len(s.past.days) > 0 && s.past.oldest < firstKept
-	if len(s.frozen) == 0 && !expired {
-		return sealJob{}, false
-	}
 	s.sealing = true
 	return sealJob{past: s.past, frozen: s.frozen, firstKept: firstKept}, true
 }

@@ -59,11 +59,14 @@ func TestSealingKeepsTheWindowAndDropsExpiredDays(t *testing.T) {
 	add(11, 200)
 	add(12, 100)
 
-	job, ok := s.startSeal(10)
-	if !ok || len(job.frozen) != 3 {
-		t.Fatalf("got %v with %d frozen days, want a job for days 10 to 12", ok, len(job.frozen))
+	if _, ok := s.startSeal(10, 10); ok {
+		t.Fatal("sealed 3,300 ids of today: want them left in hash sets (too few, no day ended)")
 	}
-	if _, again := s.startSeal(10); again {
+	job, ok := s.startSeal(12, 10)
+	if !ok || len(job.frozen) != 3 {
+		t.Fatalf("got %v with %d frozen days, want a job for days 10 to 12 (days 10 and 11 ended)", ok, len(job.frozen))
+	}
+	if _, again := s.startSeal(12, 10); again {
 		t.Fatal("a second seal started while one runs")
 	}
 	// While the job runs, new ids land in a fresh set and the frozen ids
@@ -89,7 +92,7 @@ func TestSealingKeepsTheWindowAndDropsExpiredDays(t *testing.T) {
 	}
 
 	// Day 11 becomes the first kept: day 10 goes, the late id is sealed.
-	job, ok = s.startSeal(11)
+	job, ok = s.startSeal(13, 11)
 	if !ok {
 		t.Fatal("no job to expire day 10")
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,6 +38,9 @@ func (s *Store) List(ctx context.Context, tenant string, f Filter, types []track
 			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token %q was not issued by ListEvents", pageToken)
 		}
 		after = binary.BigEndian.Uint64(seq)
+		if after == math.MaxUint64 {
+			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token %q was not issued by ListEvents", pageToken)
+		}
 	}
 	want := map[trackingv1.EventType]bool{}
 	for _, t := range types {

@@ -220,16 +220,13 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 	// The costly, independent work runs before any lock, in parallel with
 	// other batches.
 	fps := fingerprints(tenant, evs)
-	encoded, err := encodeEvents(evs)
-	if err != nil {
-		return AppendResult{}, err
-	}
+	encoded := encodeEvents(evs)
 
 	now := s.opts.Now()
 	b := s.check(fps, now, &res)
 	span.SetAttributes(attribute.Int("pushmesh.accepted", res.Accepted), attribute.Int("pushmesh.duplicates", res.Duplicates))
 
-	err = s.inTurn(b, func() error {
+	err := s.inTurn(b, func() error {
 		for _, dep := range b.dependsOn {
 			if dep.err != nil {
 				return errEarlierBatchFailed

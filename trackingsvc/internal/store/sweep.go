@@ -86,7 +86,7 @@ func (s *Store) sweepEvents(cutoff time.Time) (removed int, more bool, err error
 
 // sweepDedupe forgets the event ids received before the dedupe window, on
 // disk (whole day partitions) and in memory, where it also seals the ids
-// received since the last sweep into the sorted past; and it drops idle
+// received lately into the sorted past when it is time; and it drops idle
 // openers from memory.
 func (s *Store) sweepDedupe() error {
 	// Day D holds ids received during [D, D+1); it is needed while D+1 is
@@ -121,7 +121,7 @@ func (s *Store) sweepDedupe() error {
 	s.openersMu.Unlock()
 
 	s.mu.Lock()
-	job, ok := s.ids.startSeal(firstKept)
+	job, ok := s.ids.startSeal(dayOf(now), firstKept)
 	s.mu.Unlock()
 	if ok {
 		// Sorting days of ids takes seconds: ingest goes on meanwhile.

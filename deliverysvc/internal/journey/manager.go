@@ -255,11 +255,13 @@ func (m *Manager) Cancel(ctx context.Context, id string) (*deliveryv1.Journey, e
 // Watch calls send with the journey's state at most every interval, and
 // whenever it changed, until the journey is final or ctx ends.
 func (m *Manager) Watch(ctx context.Context, id string, interval time.Duration, send func(*deliveryv1.Journey) error) error {
-	if interval <= 0 {
+	switch {
+	case interval < 0 || interval > time.Hour:
+		return fault.Invalid("interval", "must be 0 (500 ms) to 1h, got %s", interval)
+	case interval == 0:
 		interval = 500 * time.Millisecond
-	}
-	if interval < 50*time.Millisecond {
-		interval = 50 * time.Millisecond
+	case interval < 50*time.Millisecond:
+		interval = 50 * time.Millisecond // polling faster would only burn CPU
 	}
 	var last *deliveryv1.Journey
 	t := time.NewTicker(interval)

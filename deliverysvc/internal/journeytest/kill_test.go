@@ -1,0 +1,151 @@
+package journeytest
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/pushmesh/pushmesh/emulator/apns"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+)
+
+// Import seeds n profiles through profilesvc's ImportTokens: customer
+// B-i with one APNs token of the shop, and every fcmEvery-th one also an
+// FCM token. It returns the tokens by platform.
+func Import(ctx context.Context, m *Mesh, n, fcmEvery int) (apnsTokens, fcmTokens []string, err error) {
+	stream, err := m.Profiles.ImportTokens(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	attrs, err := structpb.NewStruct(map[string]any{"tier": "gold", "firstName": "Ada", "locale": "en-US"})
+	if err != nil {
+		return nil, nil, err
+	}
+	at := timestamppb.New(time.Now().Add(-time.Hour))
+	var rows []*profilev1.ImportRow
+	flush := func() error {
+		if len(rows) == 0 {
+			return nil
+		}
+		err := stream.Send(&profilev1.ImportTokensRequest{Rows: rows})
+		rows = nil
+		return err
+	}
+	for i := range n {
+		customer := fmt.Sprintf("B-%07d", i)
+		apnsTokens = append(apnsTokens, APNsToken(i))
+		rows = append(rows, &profilev1.ImportRow{Token: APNsToken(i), Platform: commonv1.Platform_PLATFORM_APNS, AppId: ShopApp,
+			CustomerId: customer, SourceTime: at, Attributes: attrs})
+		if fcmEvery > 0 && i%fcmEvery == 0 {
+			fcmTokens = append(fcmTokens, FCMToken(i))
+			rows = append(rows, &profilev1.ImportRow{Token: FCMToken(i), Platform: commonv1.Platform_PLATFORM_FCM, AppId: ShopApp,
+				CustomerId: customer, SourceTime: at, Attributes: attrs})
+		}
+		if len(rows) >= 2000 {
+			if err := flush(); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, nil, err
+	}
+	_, err = stream.CloseAndRecv()
+	return apnsTokens, fcmTokens, err
+}
+
+// kill -9 mid-journey, then a restart: every targeted token is reached
+// (checked in the emulators' logs), re-sends stay within the journey
+// window and carry the same collapse id, and each token is counted once.
+func TestKill9MidJourney(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs deliverysvc twice as a child process")
+	}
+	const (
+		profiles = 3000
+		fcmEvery = 4
+		window   = 300
+	)
+	m := Start(t, Options{JourneyWindow: window, MaxInFlight: 500, APNsConnections: 2})
+	ctx := context.Background()
+	child, err := m.StartDeliveryProcess()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RegisterApps(ctx); err != nil {
+		t.Fatal(err)
+	}
+	apnsTokens, fcmTokens, err := Import(ctx, m, profiles, fcmEvery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.APNs.Reset()
+	m.FCM.Reset()
+	// A slower gateway and a cap, so the kill lands mid-journey.
+	if err := m.APNs.SetFaults(apns.Faults{Latency: 2 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	pub := publish(t, m, &deliveryv1.Journey{
+		Name: "kill -9", AppIds: []string{ShopApp},
+		Audience: &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
+		Template: &deliveryv1.MessageTemplate{Title: "Hi {{firstName}}", Body: "Resumes after a crash"},
+		Delivery: &deliveryv1.DeliveryOptions{MaxMessagesPerSecond: 1500},
+	})
+	waitFor(t, "a third of the journey", func() bool { return m.APNs.Count().Accepted >= profiles/3 })
+	child.Kill()
+	atKill := m.APNs.Count().Accepted + int64(len(m.FCM.Received()))
+	total := len(apnsTokens) + len(fcmTokens)
+	if atKill >= int64(total) {
+		t.Fatalf("the journey finished (%d pushes) before the kill", atKill)
+	}
+
+	if _, err := m.StartDeliveryProcess(); err != nil {
+		t.Fatal(err)
+	}
+	updates := watch(t, m, pub.GetJourneyId())
+	final := updates[len(updates)-1]
+	if final.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
+		t.Fatalf("after the restart the journey ended %v (%s), want COMPLETED", final.GetState(), final.GetError())
+	}
+
+	resent := 0
+	for _, tok := range apnsTokens {
+		got := m.APNs.ReceivedFor(tok)
+		if len(got) == 0 {
+			t.Fatalf("APNs token %s… never received the notification", tok[:12])
+		}
+		resent += len(got) - 1
+		for _, d := range got {
+			if d.CollapseID != pub.GetMessageId() {
+				t.Fatalf("APNs token %s…: collapse id %q, want the message id %q on every copy", tok[:12], d.CollapseID, pub.GetMessageId())
+			}
+		}
+	}
+	for _, tok := range fcmTokens {
+		got := m.FCM.ReceivedFor(tok)
+		if len(got) == 0 {
+			t.Fatalf("FCM token %s never received the notification", tok[:24])
+		}
+		resent += len(got) - 1
+		for _, d := range got {
+			if FCMCollapseKey(d) != pub.GetMessageId() {
+				t.Fatalf("FCM token %s: collapse key %q, want %q on every copy", tok[:24], FCMCollapseKey(d), pub.GetMessageId())
+			}
+		}
+	}
+	if resent > window {
+		t.Errorf("re-sent %d notifications, want at most the journey window (%d)", resent, window)
+	}
+	p := final.GetProgress()
+	if p.GetSent() != int64(total) || p.GetTokensTargeted() != int64(total) || p.GetQualified() != profiles {
+		t.Errorf("progress: sent %d, targeted %d, qualified %d; want %d, %d, %d (each counted once)",
+			p.GetSent(), p.GetTokensTargeted(), p.GetQualified(), total, total, profiles)
+	}
+	t.Logf("killed after %d of %d pushes; %d re-sent after the restart (window %d)", atKill, total, resent, window)
+}

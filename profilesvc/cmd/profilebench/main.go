@@ -380,7 +380,9 @@ func benchRegister(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	for _, rate := range []int{o.registerRate, 0} {
+		cpu0 := cpuTime()
 		lat, elapsed, err := loadRun(ctx, o.registerClients, rate, o.registerDuration, call)
+		cpu := cpuTime() - cpu0
 		if err != nil {
 			return err
 		}
@@ -389,9 +391,9 @@ func benchRegister(ctx context.Context, o options, out io.Writer) error {
 			mode = "unpaced (each client back to back)"
 		}
 		slices.Sort(lat)
-		fmt.Fprintf(out, "  %s: %d requests in %.1fs = %.0f req/s; latency p50 %s, p99 %s, max %s\n",
+		fmt.Fprintf(out, "  %s: %d requests in %.1fs = %.0f req/s; latency p50 %s, p99 %s, max %s; CPU %.0f µs/request (client included)\n",
 			mode, len(lat), elapsed.Seconds(), float64(len(lat))/elapsed.Seconds(),
-			pct(lat, 0.50), pct(lat, 0.99), lat[len(lat)-1].Round(10*time.Microsecond))
+			pct(lat, 0.50), pct(lat, 0.99), lat[len(lat)-1].Round(10*time.Microsecond), float64(cpu.Microseconds())/float64(len(lat)))
 	}
 	return nil
 }

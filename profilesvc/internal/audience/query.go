@@ -108,10 +108,11 @@ type Scanner interface {
 		visit func(id profile.ID, v *profile.View) (bool, error)) (last profile.ID, visited int, end bool, err error)
 }
 
-// Run streams q's audience to emit, batch by batch. Only one batch is held
-// in memory, whatever the audience size; emit must not keep the batch after
-// it returns. It stops at the end of the profiles, at the limit, or when ctx
-// ends.
+// Run streams q's audience to emit, batch by batch. Each batch is new: emit
+// may keep it (e.g. hand it to another goroutine to encode while the scan
+// goes on); memory stays bounded by the batches emit holds, whatever the
+// audience size. It stops at the end of the profiles, at the limit, or when
+// ctx ends.
 func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) error {
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "audience.query",
 		trace.WithAttributes(attribute.Int("audience.condition_len", len(q.Condition.String()))))
@@ -227,12 +228,12 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 			if !first {
 				batch.ResumeAfter = after
 			}
-			if err := emit(&batch); err != nil {
+			out := batch
+			if err := emit(&out); err != nil {
 				return err
 			}
-			// Keep the running stats, drop the members.
-			clear(batch.Members)
-			batch.Members = batch.Members[:0]
+			// Keep the running stats; the members now belong to emit.
+			batch.Members = nil
 			batchBytes, sinceEmit = 0, 0
 		}
 		if stop {

@@ -314,20 +314,57 @@ func (s *Server) QueryAudience(req *profilev1.QueryAudienceRequest, stream grpc.
 		return s.status(ctx, err)
 	}
 	q.Condition = cond
-	err = audience.Run(ctx, s.store, q, func(b *audience.Batch) error {
-		resp := &profilev1.QueryAudienceResponse{
-			Members: make([]*profilev1.AudienceMember, len(b.Members)),
-			Stats:   statsProto(&b.Stats),
+	return s.status(ctx, streamAudience(ctx, s.store, q, stream))
+}
+
+// streamAudience runs the query and sends its batches. Encoding members to
+// protobuf costs about as much as finding them, so a second goroutine
+// converts and sends each batch while the scan looks for the next one (at
+// most one batch waits between them, keeping memory bounded).
+func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, stream grpc.ServerStreamingServer[profilev1.QueryAudienceResponse]) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan *audience.Batch, 1)
+	sent := make(chan error, 1)
+	go func() {
+		var err error
+		for b := range batches {
+			if err != nil {
+				continue // drain after a failed send; the scan is being cancelled
+			}
+			if err = stream.Send(audienceResponse(b)); err != nil {
+				cancel()
+			}
 		}
-		for i := range b.Members {
-			resp.Members[i] = memberProto(&b.Members[i])
+		sent <- err
+	}()
+	runErr := audience.Run(ctx, sc, q, func(b *audience.Batch) error {
+		select {
+		case batches <- b:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if !b.ResumeAfter.IsZero() {
-			resp.ResumeAfterProfileId = b.ResumeAfter.String()
-		}
-		return stream.Send(resp)
 	})
-	return s.status(ctx, err)
+	close(batches)
+	if sendErr := <-sent; sendErr != nil {
+		return sendErr
+	}
+	return runErr
+}
+
+func audienceResponse(b *audience.Batch) *profilev1.QueryAudienceResponse {
+	resp := &profilev1.QueryAudienceResponse{
+		Members: make([]*profilev1.AudienceMember, len(b.Members)),
+		Stats:   statsProto(&b.Stats),
+	}
+	for i := range b.Members {
+		resp.Members[i] = memberProto(&b.Members[i])
+	}
+	if !b.ResumeAfter.IsZero() {
+		resp.ResumeAfterProfileId = b.ResumeAfter.String()
+	}
+	return resp
 }
 
 // ReportTokenFeedback implements the RPC.

@@ -12,6 +12,8 @@ import (
 // errorCodes maps trackingsvc's domain errors to gRPC codes: the one place.
 var errorCodes = []grpcserver.ErrorCode{
 	{Err: store.ErrBadPageToken, Code: codes.InvalidArgument},
+	// A concurrent batch with some of the same ids failed: retry at once.
+	{Err: store.ErrEarlierBatchFailed, Code: codes.Aborted},
 }
 
 func (s *Server) status(ctx context.Context, err error) error {

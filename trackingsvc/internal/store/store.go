@@ -124,10 +124,10 @@ type batch struct {
 	err error
 }
 
-// errEarlierBatchFailed is returned by a batch that took the ids of a batch
+// ErrEarlierBatchFailed is returned by a batch that took the ids of a batch
 // that then failed for duplicates: its answer would be wrong; a retry will
-// find those ids free.
-var errEarlierBatchFailed = errors.New("an earlier batch with some of the same event ids failed to commit; retry")
+// find those ids free. Nothing of the batch was stored.
+var ErrEarlierBatchFailed = errors.New("an earlier batch with some of the same event ids failed to commit; retry")
 
 // Open creates the buckets if needed and loads the event ids received
 // within the dedupe window into memory, dropping expired dedupe partitions.
@@ -229,7 +229,7 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 	err := s.inTurn(b, func() error {
 		for _, dep := range b.dependsOn {
 			if dep.err != nil {
-				return errEarlierBatchFailed
+				return ErrEarlierBatchFailed
 			}
 		}
 		if res.Accepted == 0 {

@@ -221,8 +221,8 @@ func TestABatchThatReliedOnAFailedOneFails(t *testing.T) {
 	if err := <-aDone; !errors.Is(err, fail) {
 		t.Fatalf("A: got %v, want its commit error", err)
 	}
-	if err := <-bDone; !errors.Is(err, errEarlierBatchFailed) {
-		t.Fatalf("B: got %v, want errEarlierBatchFailed (it took A's id 2 for a duplicate)", err)
+	if err := <-bDone; !errors.Is(err, ErrEarlierBatchFailed) {
+		t.Fatalf("B: got %v, want ErrEarlierBatchFailed (it took A's id 2 for a duplicate)", err)
 	}
 	// Retries find ids 1, 2 and 3 free: nothing was stored.
 	res := mustAppend(t, st, "acme", sent("1"), sent("2"), sent("3"))

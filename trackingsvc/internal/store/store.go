@@ -10,13 +10,13 @@
 //	openers     tenant|journey|message|first seq of the batch(8)
 //	                                                   → profile fingerprints (8 bytes each)
 //
-// Ingest writes sequential keys only: events append in blocks under a sequence,
-// and a
-// batch's event-id fingerprints append as one value in today's dedupe
-// partition. Whether an id was seen is answered from memory (idSet, rebuilt
-// from the dedupe partitions on Open), so no random-key index sits on the
-// hot path; the window of remembered ids is bounded (Options.DedupeWindow)
-// and expires by dropping whole day partitions. Aggregates are rolled up at
+// Ingest writes sequential keys only: events append in blocks under a
+// sequence, and a batch's event-id fingerprints append as one value in the
+// dedupe partition of the day. Whether an id was seen is answered from
+// memory (idSet, rebuilt from the dedupe partitions on Open), so no
+// random-key index sits on the hot path; the window of remembered ids is
+// bounded (Options.DedupeWindow) and expires by dropping whole day
+// partitions. Aggregates are rolled up at
 // ingest, in the same transaction, per minute, hour and day and for every
 // combination of the filter dimensions, so a metrics query is one short
 // range scan whatever the filter and never reads events. Unique opens need
@@ -307,26 +307,32 @@ func (s *Store) inflightHas(fp uint64, b *batch) bool {
 
 // inTurn runs commit when every batch checked before b is finished, records
 // its outcome, and moves b's new ids from in flight to the window if it
-// succeeded. Every batch checked must pass here, or later ones wait forever.
+// succeeded. Every batch checked must pass here, or later ones wait forever;
+// the bookkeeping is deferred so that even a panic in commit releases the
+// turn and takes b out of flight.
 func (s *Store) inTurn(b *batch, commit func() error) error {
+	b.err = errors.New("the commit did not finish")
+	defer func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.inflight = slices.DeleteFunc(s.inflight, func(x *batch) bool { return x == b })
+		if b.err == nil && len(b.fresh) > 0 {
+			set := s.ids.openSet(b.day, len(b.fresh))
+			for fp := range b.fresh {
+				set[fp] = struct{}{}
+			}
+		}
+	}()
 	s.turnMu.Lock()
+	defer func() {
+		s.done++
+		s.turn.Broadcast()
+		s.turnMu.Unlock()
+	}()
 	for s.done != b.ticket {
 		s.turn.Wait()
 	}
 	b.err = commit()
-	s.done++
-	s.turn.Broadcast()
-	s.turnMu.Unlock()
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.inflight = slices.DeleteFunc(s.inflight, func(x *batch) bool { return x == b })
-	if b.err == nil && len(b.fresh) > 0 {
-		set := s.ids.openSet(b.day, len(b.fresh))
-		for fp := range b.fresh {
-			set[fp] = struct{}{}
-		}
-	}
 	return b.err
 }
 

@@ -358,13 +358,18 @@ func TestMetricsMatchEventsRecomputed(t *testing.T) {
 		if !proto.Equal(got.GetTotal(), want) {
 			t.Errorf("filter %v:\n got %v\nwant %v", f, got.GetTotal(), want)
 		}
-		sum := &trackingv1.Metrics{}
-		for _, b := range got.GetBuckets() {
-			store.Add(sum, b.GetMetrics())
+		byHour := map[int64][]*trackingv1.Event{}
+		for _, x := range sel {
+			h := x.GetEventTime().AsTime().Truncate(time.Hour).Unix()
+			byHour[h] = append(byHour[h], x)
 		}
-		store.Finish(sum)
-		if !proto.Equal(sum, got.GetTotal()) {
-			t.Errorf("filter %v: hourly buckets sum to %v, want the total %v", f, sum, got.GetTotal())
+		if len(got.GetBuckets()) != len(byHour) {
+			t.Errorf("filter %v: got %d hourly buckets, want %d", f, len(got.GetBuckets()), len(byHour))
+		}
+		for _, b := range got.GetBuckets() {
+			if want := recompute(byHour[b.GetStartTime().GetSeconds()], first); !proto.Equal(b.GetMetrics(), want) {
+				t.Errorf("filter %v, hour %v:\n got %v\nwant %v", f, b.GetStartTime().AsTime(), b.GetMetrics(), want)
+			}
 		}
 	}
 }

@@ -6,13 +6,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
@@ -93,40 +91,40 @@ type cell struct {
 
 // countBatch counts the new events per cell. unique (may be nil) marks the
 // first opens of a profile.
-func countBatch(evs []*trackingv1.Event, isNew, unique []bool) map[cell]*trackingv1.Metrics {
-	out := map[cell]*trackingv1.Metrics{}
+func countBatch(evs []*trackingv1.Event, isNew, unique []bool) map[cell]*tally {
+	out := map[cell]*tally{}
 	for i, e := range evs {
 		if !isNew[i] {
 			continue
 		}
 		sec := e.GetEventTime().GetSeconds()
 		c := cell{dims{e.GetJourneyId(), e.GetMessageId(), e.GetAppId(), e.GetPlatform()}, sec - sec%60}
-		m := out[c]
-		if m == nil {
-			m = &trackingv1.Metrics{}
-			out[c] = m
+		t := out[c]
+		if t == nil {
+			t = &tally{}
+			out[c] = t
 		}
-		Count(m, e, unique != nil && unique[i])
+		t.count(e, unique != nil && unique[i])
 	}
 	return out
 }
 
 // mergeRollups adds a batch's counts into every rollup and level they
 // belong to, reading and writing each stored aggregate once, in key order.
-func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*trackingv1.Metrics) error {
-	deltas := map[string]*trackingv1.Metrics{}
+func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*tally) error {
+	deltas := map[string]*tally{}
 	var key []byte
-	for c, m := range counts {
+	for c, t := range counts {
 		for mask := byte(0); mask < numMasks; mask++ {
 			for _, l := range levels {
 				key = rollupPrefix(key[:0], tenant, l.tag, mask, c.dims)
 				key = binary.BigEndian.AppendUint64(key, uint64(c.minute-c.minute%l.width))
 				d := deltas[string(key)]
 				if d == nil {
-					d = &trackingv1.Metrics{}
+					d = &tally{}
 					deltas[string(key)] = d
 				}
-				Add(d, m)
+				d.add(t)
 			}
 		}
 	}
@@ -135,25 +133,20 @@ func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*trackingv1.Met
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	var stored trackingv1.Metrics
 	var arena []byte
 	for _, k := range keys {
 		d := deltas[k]
 		if old := b.Get([]byte(k)); old != nil {
-			proto.Reset(&stored)
-			if err := proto.Unmarshal(old, &stored); err != nil {
-				return fmt.Errorf("decode aggregate: %w", err)
+			if err := d.addEncoded(old); err != nil {
+				return fmt.Errorf("aggregate %x: %w", k, err)
 			}
-			Add(d, &stored)
 		}
+		// bbolt keeps values until commit: carve them from a shared arena.
 		if cap(arena)-len(arena) < 512 {
 			arena = make([]byte, 0, 256<<10)
 		}
 		start := len(arena)
-		var err error
-		if arena, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(arena, d); err != nil {
-			return err
-		}
+		arena = d.appendTo(arena)
 		if err := b.Put([]byte(k), arena[start:len(arena):len(arena)]); err != nil {
 			return err
 		}
@@ -208,16 +201,15 @@ func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularit
 		to += 60 - to%60
 	}
 
-	total := &trackingv1.Metrics{}
+	total := &tally{}
 	width := int64(granularity / time.Second)
-	buckets := map[int64]*trackingv1.Metrics{}
+	buckets := map[int64]*tally{}
 	d := f.dims()
 	mask := d.mask()
 	var prefix []byte
 	reads := 0
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketAggregates).Cursor()
-		var m trackingv1.Metrics
 		for _, sc := range plan(from, to, top) {
 			prefix = rollupPrefix(prefix[:0], tenant, levels[sc.level].tag, mask, d)
 			seek := binary.BigEndian.AppendUint64(bytes.Clone(prefix), uint64(sc.from))
@@ -227,19 +219,19 @@ func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularit
 					break
 				}
 				reads++
-				proto.Reset(&m)
-				if err := proto.Unmarshal(v, &m); err != nil {
-					return fmt.Errorf("decode aggregate: %w", err)
+				if err := total.addEncoded(v); err != nil {
+					return fmt.Errorf("aggregate %x: %w", k, err)
 				}
-				Add(total, &m)
 				if width > 0 {
 					bs := start - start%width
 					b := buckets[bs]
 					if b == nil {
-						b = &trackingv1.Metrics{}
+						b = &tally{}
 						buckets[bs] = b
 					}
-					Add(b, &m)
+					if err := b.addEncoded(v); err != nil {
+						return fmt.Errorf("aggregate %x: %w", k, err)
+					}
 				}
 			}
 		}
@@ -249,7 +241,6 @@ func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularit
 	if err != nil {
 		return nil, nil, err
 	}
-	Finish(total)
 	starts := make([]int64, 0, len(buckets))
 	for st := range buckets {
 		starts = append(starts, st)
@@ -257,10 +248,9 @@ func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularit
 	slices.Sort(starts)
 	out := make([]*trackingv1.MetricsBucket, len(starts))
 	for i, st := range starts {
-		Finish(buckets[st])
-		out[i] = &trackingv1.MetricsBucket{StartTime: timestamppb.New(time.Unix(st, 0)), Metrics: buckets[st]}
+		out[i] = &trackingv1.MetricsBucket{StartTime: timestamppb.New(time.Unix(st, 0)), Metrics: buckets[st].metrics()}
 	}
-	return total, out, nil
+	return total.metrics(), out, nil
 }
 
 // scan is one range of bucket starts [from, to) to read at one level.
@@ -288,97 +278,4 @@ func plan(from, to int64, top int) []scan {
 	out := plan(from, a, top-1)
 	out = append(out, scan{top, a, b})
 	return append(out, plan(b, to, top-1)...)
-}
-
-// Count adds one event to m: the rules behind every counter.
-func Count(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
-	switch e.GetType() {
-	case trackingv1.EventType_EVENT_TYPE_SENT:
-		m.Sent++
-		m.Targeted++
-	case trackingv1.EventType_EVENT_TYPE_FAILED:
-		m.Failed++
-		m.Targeted++
-		m.FailedByReason = addFailure(m.FailedByReason, e.GetFailureReason(), 1)
-	case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
-		m.Excluded++
-		m.ExcludedByReason = addExclusion(m.ExcludedByReason, e.GetExclusionReason(), 1)
-	case trackingv1.EventType_EVENT_TYPE_RECEIVED:
-		m.Received++
-	case trackingv1.EventType_EVENT_TYPE_OPENED:
-		m.Opened++
-		if uniqueOpen {
-			m.UniqueOpens++
-		}
-	case trackingv1.EventType_EVENT_TYPE_DISMISSED:
-		m.Dismissed++
-	case trackingv1.EventType_EVENT_TYPE_ACTION:
-		m.Actions++
-		m.ActionsById = addAction(m.ActionsById, e.GetActionId(), 1)
-	}
-}
-
-// Add adds src's counters into dst (rates are derived later, by Finish).
-func Add(dst, src *trackingv1.Metrics) {
-	dst.Targeted += src.GetTargeted()
-	dst.Sent += src.GetSent()
-	dst.Failed += src.GetFailed()
-	dst.Excluded += src.GetExcluded()
-	dst.Received += src.GetReceived()
-	dst.Opened += src.GetOpened()
-	dst.UniqueOpens += src.GetUniqueOpens()
-	dst.Dismissed += src.GetDismissed()
-	dst.Actions += src.GetActions()
-	for _, f := range src.GetFailedByReason() {
-		dst.FailedByReason = addFailure(dst.FailedByReason, f.GetReason(), f.GetCount())
-	}
-	for _, x := range src.GetExcludedByReason() {
-		dst.ExcludedByReason = addExclusion(dst.ExcludedByReason, x.GetReason(), x.GetCount())
-	}
-	for _, a := range src.GetActionsById() {
-		dst.ActionsById = addAction(dst.ActionsById, a.GetActionId(), a.GetCount())
-	}
-}
-
-// Finish derives the rates (open rate = opened / sent, action rate =
-// actions / sent, 0 when nothing was sent) and orders the breakdowns.
-func Finish(m *trackingv1.Metrics) {
-	m.OpenRate, m.ActionRate = 0, 0
-	if m.GetSent() > 0 {
-		m.OpenRate = float64(m.GetOpened()) / float64(m.GetSent())
-		m.ActionRate = float64(m.GetActions()) / float64(m.GetSent())
-	}
-	slices.SortFunc(m.FailedByReason, func(a, b *commonv1.FailureCount) int { return int(a.GetReason() - b.GetReason()) })
-	slices.SortFunc(m.ExcludedByReason, func(a, b *commonv1.ExclusionCount) int { return int(a.GetReason() - b.GetReason()) })
-	slices.SortFunc(m.ActionsById, func(a, b *trackingv1.ActionCount) int { return strings.Compare(a.GetActionId(), b.GetActionId()) })
-}
-
-func addFailure(list []*commonv1.FailureCount, r commonv1.FailureReason, n int64) []*commonv1.FailureCount {
-	for _, f := range list {
-		if f.GetReason() == r {
-			f.Count += n
-			return list
-		}
-	}
-	return append(list, &commonv1.FailureCount{Reason: r, Count: n})
-}
-
-func addExclusion(list []*commonv1.ExclusionCount, r commonv1.ExclusionReason, n int64) []*commonv1.ExclusionCount {
-	for _, x := range list {
-		if x.GetReason() == r {
-			x.Count += n
-			return list
-		}
-	}
-	return append(list, &commonv1.ExclusionCount{Reason: r, Count: n})
-}
-
-func addAction(list []*trackingv1.ActionCount, id string, n int64) []*trackingv1.ActionCount {
-	for _, a := range list {
-		if a.GetActionId() == id {
-			a.Count += n
-			return list
-		}
-	}
-	return append(list, &trackingv1.ActionCount{ActionId: id, Count: n})
 }

@@ -37,6 +37,16 @@ func (f *fakeAudience) Query(ctx context.Context, q *profilev1.QueryAudienceRequ
 	return f.QueryFunc(ctx, q, each)
 }
 
+// fakeCountingAudience is a fakeAudience that can count (AudienceCounter).
+type fakeCountingAudience struct {
+	*fakeAudience
+	CountFunc func(ctx context.Context, q *profilev1.QueryAudienceRequest) (int64, error)
+}
+
+func (f *fakeCountingAudience) Count(ctx context.Context, q *profilev1.QueryAudienceRequest) (int64, error) {
+	return f.CountFunc(ctx, q)
+}
+
 type fakeApps struct {
 	AppFunc     func(ctx context.Context, key delivery.AppKey) (delivery.App, error)
 	SuspendFunc func(ctx context.Context, key delivery.AppKey, reason commonv1.FailureReason, detail string) error
@@ -94,6 +104,8 @@ type harness struct {
 	cfg      Config
 	pipeCfg  delivery.Config
 	audience *fakeAudience
+	// counter, when set, is the audience the manager uses instead.
+	counter  *fakeCountingAudience
 	apps     *fakeApps
 	sender   *fakeSender
 	recorder *fakeRecorder
@@ -168,7 +180,11 @@ func (h *harness) start() *Manager {
 	h.t.Helper()
 	h.dedupe = dedupe.Open(h.db, dedupe.Config{Logger: h.cfg.Logger})
 	p := delivery.New(h.pipeCfg, delivery.Deps{Apps: h.apps, Resolver: fakeResolver{}, Recorder: h.recorder, Feedback: fakeFeedback{}, Dedupe: h.dedupe})
-	h.m = NewManager(h.cfg, h.store, h.audience, h.apps, p, h.recorder)
+	var audience Audience = h.audience
+	if h.counter != nil {
+		audience = h.counter
+	}
+	h.m = NewManager(h.cfg, h.store, audience, h.apps, p, h.recorder)
 	if err := h.m.Resume(); err != nil {
 		h.t.Fatalf("Resume: %v", err)
 	}

@@ -41,6 +41,12 @@ type Audience interface {
 	Query(ctx context.Context, q *profilev1.QueryAudienceRequest, each func(*profilev1.QueryAudienceResponse) error) error
 }
 
+// AudienceCounter is an Audience that can count an audience more cheaply
+// than streaming it (remote.Audience skips the members undecoded).
+type AudienceCounter interface {
+	Count(ctx context.Context, q *profilev1.QueryAudienceRequest) (int64, error)
+}
+
 // Apps looks up registered apps (apps.Service).
 type Apps interface {
 	App(ctx context.Context, key delivery.AppKey) (delivery.App, error)

@@ -411,17 +411,22 @@ func (r *runner) run(ctx context.Context) {
 	r.finish(ctx, log, err)
 }
 
-// countAudience counts the whole audience once, for the ETA. It streams the
-// same query as the run (profilesvc has no count-only query), in big
-// batches, beside the run.
+// countAudience counts the whole audience once, for the ETA, beside the
+// run: an AudienceCounter when the audience is one, else the same query as
+// the run, in big batches.
 func (r *runner) countAudience(ctx context.Context, log interface{ Debug(string, ...any) }) {
 	q := r.query("")
 	q.BatchSize = 5000
 	var n int64
-	err := r.m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
-		n = resp.GetStats().GetQualified()
-		return nil
-	})
+	var err error
+	if c, ok := r.m.audience.(AudienceCounter); ok {
+		n, err = c.Count(ctx, q)
+	} else {
+		err = r.m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
+			n = resp.GetStats().GetQualified()
+			return nil
+		})
+	}
 	if err != nil {
 		log.Debug("journey audience count", "err", err)
 		return

@@ -430,9 +430,24 @@ func TestScheduledJourneyResumesAndCancels(t *testing.T) {
 }
 
 // While a journey runs, its progress has a rate and, once the count pass
-// sized the audience, an ETA.
+// sized the audience, an ETA: from a stream of the audience, or from an
+// AudienceCounter.
 func TestProgressRateAndETA(t *testing.T) {
+	t.Run("streamed count", func(t *testing.T) { testProgressRateAndETA(t, false) })
+	t.Run("counter", func(t *testing.T) { testProgressRateAndETA(t, true) })
+}
+
+func testProgressRateAndETA(t *testing.T, counter bool) {
 	h := newHarness(t)
+	var counted atomic.Bool
+	if counter {
+		h.counter = &fakeCountingAudience{fakeAudience: h.audience, CountFunc: func(_ context.Context, q *profilev1.QueryAudienceRequest) (int64, error) {
+			counted.Store(true)
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return int64(len(h.members)), nil
+		}}
+	}
 	h.cfg.MaxWindow = 20
 	const n = 3000
 	h.setMembers(population(t, n)...)
@@ -455,6 +470,9 @@ func TestProgressRateAndETA(t *testing.T) {
 		seen = j
 		return j.GetProgress().GetEta() != nil && j.GetProgress().GetRatePerSecond() > 0
 	})
+	if counter != counted.Load() {
+		t.Errorf("the counter was used: %v, want %v", counted.Load(), counter)
+	}
 	p := seen.GetProgress()
 	remaining := float64(n-p.GetQualified()) / p.GetRatePerSecond()
 	if eta := p.GetEta().AsDuration(); eta <= 0 || eta > time.Duration(remaining*10)*time.Second {

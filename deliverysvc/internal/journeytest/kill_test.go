@@ -2,63 +2,12 @@ package journeytest
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/pushmesh/pushmesh/emulator/apns"
-	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
-	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 )
-
-// Import seeds n profiles through profilesvc's ImportTokens: customer
-// B-i with one APNs token of the shop, and every fcmEvery-th one also an
-// FCM token. It returns the tokens by platform.
-func Import(ctx context.Context, m *Mesh, n, fcmEvery int) (apnsTokens, fcmTokens []string, err error) {
-	stream, err := m.Profiles.ImportTokens(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	attrs, err := structpb.NewStruct(map[string]any{"tier": "gold", "firstName": "Ada", "locale": "en-US"})
-	if err != nil {
-		return nil, nil, err
-	}
-	at := timestamppb.New(time.Now().Add(-time.Hour))
-	var rows []*profilev1.ImportRow
-	flush := func() error {
-		if len(rows) == 0 {
-			return nil
-		}
-		err := stream.Send(&profilev1.ImportTokensRequest{Rows: rows})
-		rows = nil
-		return err
-	}
-	for i := range n {
-		customer := fmt.Sprintf("B-%07d", i)
-		apnsTokens = append(apnsTokens, APNsToken(i))
-		rows = append(rows, &profilev1.ImportRow{Token: APNsToken(i), Platform: commonv1.Platform_PLATFORM_APNS, AppId: ShopApp,
-			CustomerId: customer, SourceTime: at, Attributes: attrs})
-		if fcmEvery > 0 && i%fcmEvery == 0 {
-			fcmTokens = append(fcmTokens, FCMToken(i))
-			rows = append(rows, &profilev1.ImportRow{Token: FCMToken(i), Platform: commonv1.Platform_PLATFORM_FCM, AppId: ShopApp,
-				CustomerId: customer, SourceTime: at, Attributes: attrs})
-		}
-		if len(rows) >= 2000 {
-			if err := flush(); err != nil {
-				return nil, nil, err
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return nil, nil, err
-	}
-	_, err = stream.CloseAndRecv()
-	return apnsTokens, fcmTokens, err
-}
 
 // kill -9 mid-journey, then a restart: every targeted token is reached
 // (checked in the emulators' logs), re-sends stay within the journey

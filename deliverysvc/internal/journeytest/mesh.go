@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -65,7 +66,24 @@ type Options struct {
 	MaxInFlight     int
 	JourneyWindow   int
 	APNsConnections int
+	// ChildArgs are the arguments StartDeliveryProcess gives this binary
+	// (whose main or TestMain calls RunChildIfAsked); default
+	// "-test.run=^$", for test binaries.
+	ChildArgs []string
+	// ChildEnv is added to the child's environment, e.g.
+	// ChildCPUProfileEnv=file.
+	ChildEnv []string
+	// EmulatorLog bounds the emulators' inspection logs (0: their
+	// default, a million deliveries each); their counts stay exact.
+	EmulatorLog int
 }
+
+// ChildCPUProfileEnv and ChildHeapProfileEnv name files where a child
+// deliverysvc writes its CPU profile, and its heap profile when it stops.
+const (
+	ChildCPUProfileEnv  = "JOURNEYTEST_CPUPROFILE"
+	ChildHeapProfileEnv = "JOURNEYTEST_HEAPPROFILE"
+)
 
 // Mesh is the emulators, profilesvc, a fake trackingsvc and, once started,
 // deliverysvc.
@@ -90,6 +108,7 @@ type Mesh struct {
 	Journeys     deliveryv1.JourneyServiceClient
 
 	log      *slog.Logger
+	opts     Options
 	dir      string
 	ownDir   bool
 	closers  []func() error
@@ -100,7 +119,7 @@ type Mesh struct {
 // New starts the emulators, profilesvc and the trackingsvc fake.
 // deliverysvc is started by StartDelivery or StartDeliveryProcess.
 func New(opts Options) (_ *Mesh, err error) {
-	m := &Mesh{log: opts.Logger, dir: opts.DataDir}
+	m := &Mesh{log: opts.Logger, opts: opts, dir: opts.DataDir}
 	if m.log == nil {
 		m.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -118,11 +137,11 @@ func New(opts Options) (_ *Mesh, err error) {
 	if m.CA, err = tlsca.New(); err != nil {
 		return nil, err
 	}
-	if m.APNs, err = apns.Start(apns.Options{CA: m.CA}); err != nil {
+	if m.APNs, err = apns.Start(apns.Options{CA: m.CA, MaxLog: opts.EmulatorLog}); err != nil {
 		return nil, err
 	}
 	m.closers = append(m.closers, m.APNs.Close)
-	if m.FCM, err = fcm.Start(fcm.Options{CA: m.CA}); err != nil {
+	if m.FCM, err = fcm.Start(fcm.Options{CA: m.CA, MaxLog: opts.EmulatorLog}); err != nil {
 		return nil, err
 	}
 	m.closers = append(m.closers, m.FCM.Close)
@@ -354,6 +373,51 @@ func (m *Mesh) Device(ctx context.Context, customer, token string, platform comm
 	return nil
 }
 
+// Import seeds n profiles through profilesvc's ImportTokens: customer
+// B-i with one APNs token of the shop, and every fcmEvery-th one also an
+// FCM token. It returns the tokens by platform.
+func Import(ctx context.Context, m *Mesh, n, fcmEvery int) (apnsTokens, fcmTokens []string, err error) {
+	stream, err := m.Profiles.ImportTokens(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	attrs, err := structpb.NewStruct(map[string]any{"tier": "gold", "firstName": "Ada", "locale": "en-US"})
+	if err != nil {
+		return nil, nil, err
+	}
+	at := timestamppb.New(time.Now().Add(-time.Hour))
+	var rows []*profilev1.ImportRow
+	flush := func() error {
+		if len(rows) == 0 {
+			return nil
+		}
+		err := stream.Send(&profilev1.ImportTokensRequest{Rows: rows})
+		rows = nil
+		return err
+	}
+	for i := range n {
+		customer := fmt.Sprintf("B-%07d", i)
+		apnsTokens = append(apnsTokens, APNsToken(i))
+		rows = append(rows, &profilev1.ImportRow{Token: APNsToken(i), Platform: commonv1.Platform_PLATFORM_APNS, AppId: ShopApp,
+			CustomerId: customer, SourceTime: at, Attributes: attrs})
+		if fcmEvery > 0 && i%fcmEvery == 0 {
+			fcmTokens = append(fcmTokens, FCMToken(i))
+			rows = append(rows, &profilev1.ImportRow{Token: FCMToken(i), Platform: commonv1.Platform_PLATFORM_FCM, AppId: ShopApp,
+				CustomerId: customer, SourceTime: at, Attributes: attrs})
+		}
+		if len(rows) >= 2000 {
+			if err := flush(); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, nil, err
+	}
+	_, err = stream.CloseAndRecv()
+	return apnsTokens, fcmTokens, err
+}
+
 // APNsToken is the i-th test APNs token (64 hex digits).
 func APNsToken(i int) string { return fmt.Sprintf("%064x", 0xe0000000+i) }
 
@@ -405,6 +469,26 @@ func runChild(raw string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	server.TuneRuntime() // as the deliverysvc binary does
+	if path := os.Getenv(ChildCPUProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if path := os.Getenv(ChildHeapProfileEnv); path != "" {
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}()
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("JOURNEYTEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -434,8 +518,12 @@ func (m *Mesh) StartDeliveryProcess() (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	args := m.opts.ChildArgs
+	if args == nil {
+		args = []string{"-test.run=^$"}
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), m.opts.ChildEnv...), childEnv+"="+string(spec))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -446,3 +446,7 @@ func TestFeedbackBatch(t *testing.T) {
 		t.Fatalf("got %d active tokens (%v), want 1", ps.ActiveTokens, err)
 	}
 }
+
+func profileReg(i int64) profile.Registration {
+	return profile.Registration{Key: apns(fmt.Sprintf("%064x", i)), Time: base + i, DeviceID: fmt.Sprintf("device-%d", i), Source: "bench"}
+}

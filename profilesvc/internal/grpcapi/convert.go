@@ -147,12 +147,16 @@ func attributes(v *fault.ValidationError, field string, s *structpb.Struct) map[
 	return m
 }
 
-func profileProto(st store.ProfileState) *profilev1.Profile {
+func profileProto(st store.ProfileState) (*profilev1.Profile, error) {
 	p := st.Profile
+	attrs, err := structProto(p.VisibleAttributes())
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", p.ID, err)
+	}
 	out := &profilev1.Profile{
 		ProfileId:        p.ID.String(),
 		Identities:       identitiesProto(p.Identities),
-		Attributes:       structProto(p.VisibleAttributes()),
+		Attributes:       attrs,
 		CreateTime:       ts(p.CreateTime),
 		UpdateTime:       ts(p.UpdateTime),
 		ActiveTokenCount: int32(st.ActiveTokens),
@@ -160,7 +164,7 @@ func profileProto(st store.ProfileState) *profilev1.Profile {
 	if p.Consent != profile.ConsentUnspecified || p.ConsentTime != 0 {
 		out.Consent = &profilev1.PushConsent{State: profilev1.ConsentState(p.Consent), UpdateTime: ts(p.ConsentTime)}
 	}
-	return out
+	return out, nil
 }
 
 func identitiesProto(ids []profile.Identity) []*profilev1.Identity {
@@ -171,14 +175,15 @@ func identitiesProto(ids []profile.Identity) []*profilev1.Identity {
 	return out
 }
 
-// structProto converts stored attributes; they were validated on the way
-// in, so a conversion error means a bug, reported instead of hidden.
-func structProto(m map[string]any) *structpb.Struct {
+// structProto converts stored attributes. They were validated on the way
+// in, so an error means a corrupt record or a bug: it fails the call
+// (Internal) rather than dropping attributes silently.
+func structProto(m map[string]any) (*structpb.Struct, error) {
 	s, err := structpb.NewStruct(m)
 	if err != nil {
-		panic(fmt.Sprintf("stored attributes do not convert: %v", err))
+		return nil, fmt.Errorf("stored attributes do not convert: %w", err)
 	}
-	return s
+	return s, nil
 }
 
 func tokenProto(t *profile.Token, withHistory bool) *profilev1.PushToken {
@@ -220,19 +225,23 @@ func tokenProto(t *profile.Token, withHistory bool) *profilev1.PushToken {
 	return out
 }
 
-func memberProto(m *audience.Member) *profilev1.AudienceMember {
+func memberProto(m *audience.Member) (*profilev1.AudienceMember, error) {
 	out := &profilev1.AudienceMember{ProfileId: m.ID.String(), Excluded: m.Excluded}
 	if m.Excluded {
 		out.ExclusionReason = commonv1.ExclusionReason(m.Reason)
-		return out
+		return out, nil
 	}
-	out.Attributes = structProto(m.Attributes)
+	attrs, err := structProto(m.Attributes)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", m.ID, err)
+	}
+	out.Attributes = attrs
 	out.Identities = identitiesProto(m.Identities)
 	out.Tokens = make([]*profilev1.PushToken, len(m.Tokens))
 	for i := range m.Tokens {
 		out.Tokens[i] = memberTokenProto(&m.Tokens[i], m.ID)
 	}
-	return out
+	return out, nil
 }
 
 // memberTokenProto converts a token streamed to an audience: what sending

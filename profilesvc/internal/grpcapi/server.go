@@ -86,7 +86,11 @@ func (s *Server) UpsertProfile(ctx context.Context, req *profilev1.UpsertProfile
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
-	return &profilev1.UpsertProfileResponse{Profile: profileProto(p), Created: created}, nil
+	out, err := profileProto(p)
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &profilev1.UpsertProfileResponse{Profile: out, Created: created}, nil
 }
 
 // GetProfile implements the RPC.
@@ -100,7 +104,11 @@ func (s *Server) GetProfile(ctx context.Context, req *profilev1.GetProfileReques
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
-	return &profilev1.GetProfileResponse{Profile: profileProto(p)}, nil
+	out, err := profileProto(p)
+	if err != nil {
+		return nil, s.status(ctx, err)
+	}
+	return &profilev1.GetProfileResponse{Profile: out}, nil
 }
 
 // DeleteProfile implements the RPC.
@@ -332,7 +340,11 @@ func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, 
 			if err != nil {
 				continue // drain after a failed send; the scan is being cancelled
 			}
-			if err = stream.Send(audienceResponse(b)); err != nil {
+			var resp *profilev1.QueryAudienceResponse
+			if resp, err = audienceResponse(b); err == nil {
+				err = stream.Send(resp)
+			}
+			if err != nil {
 				cancel()
 			}
 		}
@@ -353,18 +365,22 @@ func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, 
 	return runErr
 }
 
-func audienceResponse(b *audience.Batch) *profilev1.QueryAudienceResponse {
+func audienceResponse(b *audience.Batch) (*profilev1.QueryAudienceResponse, error) {
 	resp := &profilev1.QueryAudienceResponse{
 		Members: make([]*profilev1.AudienceMember, len(b.Members)),
 		Stats:   statsProto(&b.Stats),
 	}
 	for i := range b.Members {
-		resp.Members[i] = memberProto(&b.Members[i])
+		m, err := memberProto(&b.Members[i])
+		if err != nil {
+			return nil, err
+		}
+		resp.Members[i] = m
 	}
 	if !b.ResumeAfter.IsZero() {
 		resp.ResumeAfterProfileId = b.ResumeAfter.String()
 	}
-	return resp
+	return resp, nil
 }
 
 // ReportTokenFeedback implements the RPC.

@@ -204,6 +204,7 @@ func (im *Import) reader() {
 			rows[i].Reg.ID = rows[i].Reg.Key.ID()
 		}
 		rb := &readBatch{rows: rows}
+		_, span := im.s.tracer.Start(im.ctx, "store.import.read", trace.WithAttributes(attribute.Int("import.rows", len(rows))))
 		err := im.s.db.View(func(tx *bolt.Tx) error {
 			rb.txID = tx.ID()
 			pre, err := readImport(newLoader(tx, im.tenant), rows)
@@ -217,6 +218,7 @@ func (im *Import) reader() {
 			pre.seed(rb.ws)
 			return nil
 		})
+		span.End()
 		if err != nil {
 			im.fail(fmt.Errorf("import read-ahead: %w", err))
 			continue

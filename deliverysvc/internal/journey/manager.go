@@ -134,7 +134,15 @@ func (m *Manager) Resume() error {
 		}
 		content, err := Compile(j)
 		if err != nil {
-			return fmt.Errorf("journey %s: %w", ref.ID, err)
+			// It compiled at publish; a later version of the template
+			// language refuses it. Fail that journey, not the service.
+			m.cfg.Logger.Error("journey cannot resume", "journey_id", ref.ID, "tenant", ref.Tenant, "err", err)
+			j.State, j.Error = deliveryv1.JourneyState_JOURNEY_STATE_FAILED, "cannot resume: "+err.Error()
+			j.UpdateTime = timestamppb.New(m.cfg.Now())
+			if err := m.store.Checkpoint(ref.Tenant, j, ""); err != nil {
+				return fmt.Errorf("journey %s: %w", ref.ID, err)
+			}
+			continue
 		}
 		m.cfg.Logger.Info("resuming journey", "journey_id", ref.ID, "tenant", ref.Tenant)
 		m.start(ref, j, content, trace.SpanContext{})

@@ -524,3 +524,31 @@ func TestJourneysAreScopedByTenant(t *testing.T) {
 		t.Errorf("Cancel from another tenant: got %v, want ErrNotFound", err)
 	}
 }
+
+// A stored journey that no longer compiles fails alone at startup; the
+// others resume.
+func TestResumeFailsOnlyAJourneyThatNoLongerCompiles(t *testing.T) {
+	h := newHarness(t)
+	h.setMembers(population(t, 3)...)
+	h.start()
+	later := journey("later")
+	later.StartTime = timestamppb.New(time.Now().Add(time.Hour))
+	good := h.publish(later)
+	bad := h.publish(later)
+	h.stop()
+	j, err := h.store.Get("acme", bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Template.Title = "{{ broken"
+	if err := h.store.Checkpoint("acme", j, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	if got, _ := h.m.Get(testCtx, bad); got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_FAILED || !strings.Contains(got.GetError(), "cannot resume") {
+		t.Errorf("the broken journey: got %v %q, want FAILED", got.GetState(), got.GetError())
+	}
+	if got, _ := h.m.Get(testCtx, good); got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_SCHEDULED {
+		t.Errorf("the good journey: got %v, want SCHEDULED", got.GetState())
+	}
+}

@@ -72,6 +72,7 @@ type options struct {
 	maxInFlight int
 	cpuprofile  string
 	heapprofile string
+	childEnv    string
 	verbose     bool
 }
 
@@ -86,6 +87,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10_000, "deliverysvc --max-in-flight")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of its whole run) here")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write deliverysvc's heap profile (when it stops) here")
+	fs.StringVar(&o.childEnv, "child-env", "", "comma-separated NAME=value pairs for deliverysvc's environment only, e.g. GOMEMLIMIT=160MiB")
 	fs.BoolVar(&o.verbose, "v", false, "show the services' logs")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -98,6 +100,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	if o.cpuprofile != "" {
 		opts.ChildEnv = append(opts.ChildEnv, journeytest.ChildCPUProfileEnv+"="+o.cpuprofile)
+	}
+	if o.childEnv != "" {
+		opts.ChildEnv = append(opts.ChildEnv, strings.Split(o.childEnv, ",")...)
 	}
 	if o.heapprofile != "" {
 		opts.ChildEnv = append(opts.ChildEnv, journeytest.ChildHeapProfileEnv+"="+o.heapprofile)
@@ -140,6 +145,7 @@ func run(ctx context.Context, args []string) error {
 	m.FCM.Reset()
 
 	pid := child.Pid()
+	peak := watchMemory(pid)
 	cpu0 := procCPU(pid)
 	start := time.Now()
 	pub, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
@@ -161,6 +167,7 @@ func run(ctx context.Context, args []string) error {
 	elapsed := time.Since(start)
 	cpu := procCPU(pid) - cpu0
 	hwm, anon, file := procStatus(pid, "VmHWM"), procStatus(pid, "RssAnon"), procStatus(pid, "RssFile")
+	peakAnon, peakFile := peak()
 	apnsGot, fcmGot := m.APNs.Count().Accepted, m.FCM.Count().Delivered
 	if err := ceil.measure(ctx); err != nil {
 		return err
@@ -189,8 +196,10 @@ func run(ctx context.Context, args []string) error {
 	row("ratio to the mix ceiling", fmt.Sprintf("%.2f", rate/mixC))
 	row("deliverysvc CPU-seconds per 100k notifications", fmt.Sprintf("%.1f", cpu.Seconds()/float64(p.GetSent())*100_000))
 	row("deliverysvc peak RSS (VmHWM)", hwm)
-	row("  at the end: anonymous (heap, stacks)", anon)
-	row("  at the end: file-backed (bbolt mmap)", file)
+	row("  peak anonymous (heap, stacks), sampled every 200 ms", fmt.Sprintf("%d kB", peakAnon))
+	row("  peak file-backed (bbolt mmap), sampled every 200 ms", fmt.Sprintf("%d kB", peakFile))
+	row("  at the end: anonymous, file-backed", anon+", "+file)
+	row("deliverysvc data file (bbolt) at the end", fileSize(m.DeliveryDir+"/deliverysvc.db"))
 	row("load average (1 min) at the end", loadAverage())
 	return nil
 }
@@ -388,6 +397,41 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// watchMemory samples the process's anonymous and file-backed resident
+// memory every 200 ms until the returned function is called, which returns
+// their peaks in kB. VmHWM is their sum's peak; the split says whether it
+// is heap and stacks or bbolt's memory map.
+func watchMemory(pid int) func() (anon, file int64) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var maxAnon, maxFile int64
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			maxAnon = max(maxAnon, kB(procStatus(pid, "RssAnon")))
+			maxFile = max(maxFile, kB(procStatus(pid, "RssFile")))
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() (int64, int64) {
+		close(stop)
+		<-done
+		return maxAnon, maxFile
+	}
+}
+
+// kB parses "123 kB".
+func kB(s string) int64 {
+	n, _ := strconv.ParseInt(strings.TrimSuffix(s, " kB"), 10, 64)
+	return n
+}
+
 // procStatus reads one field of /proc/PID/status, e.g. "VmHWM".
 func procStatus(pid int, field string) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -400,6 +444,14 @@ func procStatus(pid int, field string) string {
 		}
 	}
 	return "?"
+}
+
+func fileSize(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("%d kB", fi.Size()/1024)
 }
 
 func loadAverage() string {

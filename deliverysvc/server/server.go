@@ -88,11 +88,22 @@ type Config struct {
 // very often; 400 trades some tens of megabytes for much less GC CPU.
 const DefaultGCPercent = 400
 
-// TuneRuntime applies DefaultGCPercent unless GOGC is set. The binary calls
-// it first thing; in-process runs may leave the runtime alone.
+// DefaultMemoryLimit is the soft memory limit (GOMEMLIMIT) deliverysvc runs
+// with unless the environment sets GOMEMLIMIT. With DefaultGCPercent alone
+// the heap may reach five times the live data; the limit makes the collector
+// work harder before the process passes it, so a busy deliverysvc stays
+// within a predictable budget while a quiet one keeps the cheap GC pace.
+const DefaultMemoryLimit = 160 << 20
+
+// TuneRuntime applies DefaultGCPercent and DefaultMemoryLimit unless GOGC
+// and GOMEMLIMIT are set. The binary calls it first thing; in-process runs
+// may leave the runtime alone.
 func TuneRuntime() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(DefaultGCPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(DefaultMemoryLimit)
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +73,7 @@ type options struct {
 	maxInFlight int
 	cpuprofile  string
 	heapprofile string
+	benchprof   string
 	childEnv    string
 	verbose     bool
 }
@@ -87,6 +89,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10_000, "deliverysvc --max-in-flight")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of its whole run) here")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write deliverysvc's heap profile (when it stops) here")
+	fs.StringVar(&o.benchprof, "benchprofile", "", "write this process's CPU profile (profilesvc, the emulators, the tracking fake) of the journey phase here")
 	fs.StringVar(&o.childEnv, "child-env", "", "comma-separated NAME=value pairs for deliverysvc's environment only, e.g. GOMEMLIMIT=160MiB")
 	fs.BoolVar(&o.verbose, "v", false, "show the services' logs")
 	if err := fs.Parse(args); err != nil {
@@ -147,6 +150,16 @@ func run(ctx context.Context, args []string) error {
 	pid := child.Pid()
 	peak := watchMemory(pid)
 	cpu0 := procCPU(pid)
+	if o.benchprof != "" {
+		f, err := os.Create(o.benchprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	pub, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
 		Name: "journeybench", AppIds: []string{journeytest.ShopApp},
@@ -165,6 +178,9 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	elapsed := time.Since(start)
+	if o.benchprof != "" {
+		pprof.StopCPUProfile()
+	}
 	cpu := procCPU(pid) - cpu0
 	hwm, anon, file := procStatus(pid, "VmHWM"), procStatus(pid, "RssAnon"), procStatus(pid, "RssFile")
 	peakAnon, peakFile := peak()

@@ -174,14 +174,20 @@ func (h *harness) pipeline() *Pipeline {
 // send runs one session with the batches and returns every result.
 func (h *harness) send(ctx context.Context, batches ...[]Message) []Result {
 	h.t.Helper()
+	return h.sendWith(ctx, SessionOptions{}, batches...)
+}
+
+// sendWith is send with session options.
+func (h *harness) sendWith(ctx context.Context, opts SessionOptions, batches ...[]Message) []Result {
+	h.t.Helper()
 	p := h.pipeline()
 	var mu sync.Mutex
 	var results []Result
-	s := p.Open(ctx, func(r Result) {
+	s := p.OpenWith(ctx, func(r Result) {
 		mu.Lock()
 		results = append(results, r)
 		mu.Unlock()
-	})
+	}, opts)
 	for _, b := range batches {
 		if err := s.Submit(b); err != nil {
 			h.t.Fatalf("Submit: %v", err)

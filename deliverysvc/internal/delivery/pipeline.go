@@ -136,6 +136,7 @@ type Session struct {
 	ctx    context.Context
 	tenant string
 	emit   func(Result)
+	opts   SessionOptions
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
@@ -145,7 +146,25 @@ type Session struct {
 // Open starts a session in the tenant of ctx. Cancelling ctx cancels its
 // pending work. emit receives every result; see the package documentation.
 func (p *Pipeline) Open(ctx context.Context, emit func(Result)) *Session {
-	return &Session{p: p, ctx: ctx, tenant: tenant.FromContext(ctx), emit: emit}
+	return p.OpenWith(ctx, emit, SessionOptions{})
+}
+
+// SessionOptions change how a session uses the idempotency store.
+type SessionOptions struct {
+	// CallerCheckpoints says the caller keeps its own durable record of
+	// what completed, as a journey does with its audience cursor: after a
+	// crash it resends only its in-flight window, and the collapse id makes
+	// those resends replacements on the device. The session then neither
+	// looks its keys up in the idempotency store nor writes them there,
+	// which would cost a record per token and grow the data file with the
+	// audience (a 1M-profile journey wrote ~330 MB). Copies of a key in
+	// flight at the same time are still merged.
+	CallerCheckpoints bool
+}
+
+// OpenWith is Open with options.
+func (p *Pipeline) OpenWith(ctx context.Context, emit func(Result), opts SessionOptions) *Session {
+	return &Session{p: p, ctx: ctx, tenant: tenant.FromContext(ctx), emit: emit, opts: opts}
 }
 
 // Submit admits a batch of messages. It returns a *fault.ValidationError
@@ -189,10 +208,13 @@ func (s *Session) Submit(msgs []Message) error {
 			}
 		}
 	}
-	stored, err := p.deps.Dedupe.Lookup(s.ctx, lookup)
-	if err != nil {
-		abandon(0)
-		return fmt.Errorf("idempotency lookup: %w", err)
+	var stored map[string][]Result
+	if !s.opts.CallerCheckpoints {
+		var err error
+		if stored, err = p.deps.Dedupe.Lookup(s.ctx, lookup); err != nil {
+			abandon(0)
+			return fmt.Errorf("idempotency lookup: %w", err)
+		}
 	}
 	for i := range tasks {
 		t := &tasks[i]
@@ -432,7 +454,9 @@ func (s *Session) run(j *task) {
 		)
 	}
 	if complete {
-		p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
+		if !s.opts.CallerCheckpoints {
+			p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
+		}
 		remembered = mr.all
 	} else {
 		span.SetStatus(codes.Error, "cancelled")

@@ -387,6 +387,32 @@ func TestIdempotency(t *testing.T) {
 	}
 }
 
+func TestCallerCheckpointsSkipTheIdempotencyStore(t *testing.T) {
+	h := newHarness(t)
+	lookups := 0
+	h.dedupe.LookupFunc = func(context.Context, []string) (map[string][]Result, error) {
+		lookups++
+		return nil, nil
+	}
+	opts := SessionOptions{CallerCheckpoints: true}
+	first := h.sendWith(context.Background(), opts, []Message{msg("k", apnsTarget(1)), msg("k2", apnsTarget(2))})
+	if len(first) != 2 || first[0].Status != StatusSent || first[1].Status != StatusSent {
+		t.Fatalf("got %v, want two sent results", first)
+	}
+	if lookups != 0 || len(h.remembered) != 0 {
+		t.Errorf("got %d lookups and %d remembered keys, want none", lookups, len(h.remembered))
+	}
+	// The caller's checkpoint decides what to resend, so a resend is sent.
+	again := h.sendWith(context.Background(), opts, []Message{msg("k", apnsTarget(1))})
+	if len(again) != 1 || again[0].Duplicate || len(h.pushes) != 3 {
+		t.Errorf("resend: got %v and %d pushes, want a new send (3 pushes)", again, len(h.pushes))
+	}
+	// Outcomes are still recorded for tracking.
+	if len(h.recorded) != 3 {
+		t.Errorf("got %d recorded results, want 3", len(h.recorded))
+	}
+}
+
 func TestInvalidMessagesAreNotRemembered(t *testing.T) {
 	h := newHarness(t)
 	bad := msg("k", apnsTarget(1))

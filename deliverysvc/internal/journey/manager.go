@@ -54,7 +54,7 @@ type Apps interface {
 
 // Sessions opens delivery sessions (*delivery.Pipeline).
 type Sessions interface {
-	Open(ctx context.Context, emit func(delivery.Result)) *delivery.Session
+	OpenWith(ctx context.Context, emit func(delivery.Result), opts delivery.SessionOptions) *delivery.Session
 }
 
 // Config tunes the runners.

@@ -472,7 +472,8 @@ func (r *runner) send(ctx context.Context) error {
 	ctx, span := tracer.Start(ctx, "journey.run", trace.WithAttributes(attribute.String("pushmesh.journey_id", r.ref.ID)))
 	defer span.End()
 
-	session := r.m.sessions.Open(ctx, r.onResult)
+	// The runner's checkpoints are its idempotency record (see window).
+	session := r.m.sessions.OpenWith(ctx, r.onResult, delivery.SessionOptions{CallerCheckpoints: true})
 	var limiter *rate.Limiter
 	batchSize := r.m.cfg.SubmitBatch
 	if perSecond := int(r.journey.GetDelivery().GetMaxMessagesPerSecond()); perSecond > 0 {

@@ -1,8 +1,10 @@
 // Package telemetry sets up OpenTelemetry tracing from the standard OTEL_*
 // environment variables. With OTEL_EXPORTER_OTLP_ENDPOINT (or
 // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) set, spans are exported over OTLP/gRPC;
-// otherwise they are created (so trace ids still propagate into push
-// payloads and across services) but exported nowhere.
+// otherwise spans are not recorded (a recorded span nobody exports only
+// costs CPU: deliverysvc makes one per push) but still get real ids, so
+// trace ids propagate into push payloads and across services, and a
+// caller's sampling decision is passed on.
 package telemetry
 
 import (
@@ -40,6 +42,8 @@ func Setup(ctx context.Context, service string) (shutdown func(context.Context) 
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
+	} else if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
+		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 	}
 	tp := sdktrace.NewTracerProvider(opts...) // sampler from OTEL_TRACES_SAMPLER
 	otel.SetTracerProvider(tp)

@@ -22,10 +22,22 @@ func TestSetupWithoutExporterStillPropagates(t *testing.T) {
 	if !span.SpanContext().IsValid() {
 		t.Fatal("got an invalid span context, want real trace ids even without an exporter")
 	}
+	if span.IsRecording() {
+		t.Error("got a recording span without an exporter, want spans that cost nothing to drop")
+	}
 	carrier := propagation.MapCarrier{}
 	otel.GetTextMapPropagator().Inject(ctx, carrier)
 	if carrier.Get("traceparent") == "" {
 		t.Errorf("got no traceparent, want the W3C propagator installed")
+	}
+
+	// A caller's decision to sample is passed on.
+	sampled := propagation.MapCarrier{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	remote := otel.GetTextMapPropagator().Extract(context.Background(), sampled)
+	_, child := otel.Tracer("test").Start(remote, "op")
+	defer child.End()
+	if !child.SpanContext().IsSampled() {
+		t.Error("got an unsampled child of a sampled caller, want the caller's decision kept")
 	}
 }
 

@@ -3,18 +3,12 @@ package remote
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/encoding/proto"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 	protov2 "google.golang.org/protobuf/proto"
 
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
@@ -51,82 +45,18 @@ func (a *Audience) Query(ctx context.Context, q *profilev1.QueryAudienceRequest,
 	}
 }
 
-// Count is the number of qualified profiles of q (excluded ones included).
-// profilesvc has no count-only query, so it streams the audience; the
-// members are skipped on the wire without being decoded, which makes a
-// count far cheaper for deliverysvc than the run's own stream.
+// Count is the number of qualified profiles of q (excluded ones included),
+// from a count-only query: profilesvc evaluates the condition but sends no
+// members.
 func (a *Audience) Count(ctx context.Context, q *profilev1.QueryAudienceRequest) (int64, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := a.Client.QueryAudience(ctx, q, grpc.ForceCodecV2(statsOnlyCodec{}))
-	if err != nil {
-		return 0, audienceError(err)
-	}
+	q = protov2.CloneOf(q)
+	q.CountOnly = true
 	var n int64
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-		if err != nil {
-			return 0, audienceError(err)
-		}
+	err := a.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
 		n = resp.GetStats().GetQualified()
-	}
-}
-
-// statsOnlyCodec is the proto codec, except that a QueryAudienceResponse
-// is decoded without its members: only the stats and the resume point.
-type statsOnlyCodec struct{}
-
-var protoCodec = encoding.GetCodecV2(proto.Name)
-
-func (statsOnlyCodec) Name() string { return proto.Name }
-
-func (statsOnlyCodec) Marshal(v any) (mem.BufferSlice, error) { return protoCodec.Marshal(v) }
-
-func (statsOnlyCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	resp, ok := v.(*profilev1.QueryAudienceResponse)
-	if !ok {
-		return protoCodec.Unmarshal(data, v)
-	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	b := buf.ReadOnlyData()
-	resp.Reset()
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("audience response: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch {
-		case num == 2 && typ == protowire.BytesType: // stats
-			raw, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return fmt.Errorf("audience stats: %w", protowire.ParseError(n))
-			}
-			resp.Stats = &profilev1.AudienceStats{}
-			if err := protov2.Unmarshal(raw, resp.Stats); err != nil {
-				return err
-			}
-			b = b[n:]
-		case num == 3 && typ == protowire.BytesType: // resume_after_profile_id
-			raw, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return fmt.Errorf("audience resume point: %w", protowire.ParseError(n))
-			}
-			resp.ResumeAfterProfileId = string(raw)
-			b = b[n:]
-		default: // members, and anything newer
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("audience response: %w", protowire.ParseError(n))
-			}
-			b = b[n:]
-		}
-	}
-	return nil
+		return nil
+	})
+	return n, err
 }
 
 // journeyField maps a QueryAudienceRequest field to the Journey field it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -34,6 +35,9 @@ func serveMembers(n int) func(*profilev1.QueryAudienceRequest, profilev1.Profile
 	return func(req *profilev1.QueryAudienceRequest, stream profilev1.ProfileService_QueryAudienceServer) error {
 		attrs, _ := structpb.NewStruct(map[string]any{"firstName": "Ada", "tier": "gold"})
 		var batch []*profilev1.AudienceMember
+		if req.GetCountOnly() {
+			return stream.Send(&profilev1.QueryAudienceResponse{Stats: &profilev1.AudienceStats{Scanned: int64(n), Qualified: int64(n)}})
+		}
 		for i := range n {
 			id := fmt.Sprintf("p%05d", i)
 			batch = append(batch, &profilev1.AudienceMember{ProfileId: id, Attributes: attrs,
@@ -51,7 +55,11 @@ func serveMembers(n int) func(*profilev1.QueryAudienceRequest, profilev1.Profile
 }
 
 func TestAudienceQueryAndCount(t *testing.T) {
-	fake := &fakeAudienceServer{QueryAudienceFunc: serveMembers(250)}
+	var countOnly atomic.Bool
+	fake := &fakeAudienceServer{QueryAudienceFunc: func(req *profilev1.QueryAudienceRequest, stream profilev1.ProfileService_QueryAudienceServer) error {
+		countOnly.Store(req.GetCountOnly())
+		return serveMembers(250)(req, stream)
+	}}
 	conn := grpctest.Start(t, func(s *grpc.Server) { profilev1.RegisterProfileServiceServer(s, fake) })
 	a := &Audience{Client: profilev1.NewProfileServiceClient(conn)}
 	ctx := tenant.With(context.Background(), "acme")
@@ -72,9 +80,15 @@ func TestAudienceQueryAndCount(t *testing.T) {
 		t.Errorf("Query: got %d members up to %q (%v), want 250 up to p00249", members, last, err)
 	}
 
-	n, err := a.Count(ctx, &profilev1.QueryAudienceRequest{Condition: "true"})
+	// Count asks for a count-only stream (the fake then sends no members)
+	// without changing the caller's request.
+	req := &profilev1.QueryAudienceRequest{Condition: "true"}
+	n, err := a.Count(ctx, req)
 	if err != nil || n != 250 {
 		t.Errorf("Count: got %d, %v; want 250", n, err)
+	}
+	if !countOnly.Load() || req.GetCountOnly() {
+		t.Errorf("Count: profilesvc got count_only=%v, caller's request changed: %v; want true and false", countOnly.Load(), req.GetCountOnly())
 	}
 
 	// Each stops the stream early with its error.

@@ -273,6 +273,17 @@ func TestExclusionsAndTokenFilters(t *testing.T) {
 			if st.Scanned != 6 || st.Qualified != 6 || st.Excluded != excluded || st.Tokens != tokens {
 				t.Errorf("got stats %+v, want scanned 6, qualified 6, excluded %v, tokens %d", st, excluded, tokens)
 			}
+
+			// A count-only query reaches the same stats without members.
+			q := tt.q
+			q.CountOnly = true
+			counted, none := run(t, f, q)
+			if len(none) != 0 {
+				t.Errorf("count only: got %d members, want none", len(none))
+			}
+			if got := counted[len(counted)-1].Stats; got != st {
+				t.Errorf("count only: got stats %+v, want %+v", got, st)
+			}
 		})
 	}
 }
@@ -319,6 +330,12 @@ func TestBatchesResumeAndLimit(t *testing.T) {
 	_, limited := run(t, f, Query{Condition: cond, BatchSize: 64, Limit: 100})
 	if len(limited) != 100 {
 		t.Fatalf("got %d members with limit 100, want 100", len(limited))
+	}
+
+	// A count-only query stops at the limit too.
+	counted, _ := run(t, f, Query{Condition: cond, Limit: 100, CountOnly: true})
+	if st := counted[len(counted)-1].Stats; st.Qualified != 100 || st.Scanned != 199 {
+		t.Fatalf("count only with limit 100: got stats %+v, want 100 qualified of 199 scanned", st)
 	}
 
 	// An empty audience still reports its stats once.

@@ -1,6 +1,7 @@
 package audience
 
 import (
+	"cmp"
 	"context"
 	"slices"
 
@@ -57,6 +58,10 @@ type Query struct {
 	BatchSize int
 	// Limit stops after this many qualified profiles; 0 means no limit.
 	Limit int64
+	// CountOnly computes the stats without collecting members: batches
+	// carry no members and come every progressEvery profiles and at the
+	// end. Token details, attributes and identities are never decoded.
+	CountOnly bool
 }
 
 // Validate checks the query's numbers; fields are named as in the API.
@@ -167,15 +172,29 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 		switch {
 		case v.Consent == profile.ConsentOptedOut || (v.Consent == profile.ConsentUnspecified && q.RequireExplicitConsent):
 			m.Excluded, m.Reason = true, ExcludedNoConsent
+		case q.CountOnly:
+			var tokens int64
+			if err := v.EachTokenHead(func(h *profile.TokenHead) bool {
+				if wantToken(h) {
+					tokens++
+				}
+				return true
+			}); err != nil {
+				return false, err
+			}
+			if tokens == 0 {
+				m.Excluded, m.Reason = true, ExcludedNoActiveToken
+			}
+			batch.Stats.Tokens += tokens
 		default:
-			var err error
-			err = v.EachTokenHead(func(h *profile.TokenHead) bool {
+			var tokenErr error
+			err := v.EachTokenHead(func(h *profile.TokenHead) bool {
 				if !wantToken(h) {
 					return true
 				}
 				t, terr := h.Full()
 				if terr != nil {
-					err = terr
+					tokenErr = terr
 					return false
 				}
 				t.History = nil
@@ -183,7 +202,7 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 				batchBytes += h.Size()
 				return true
 			})
-			if err != nil {
+			if err = cmp.Or(err, tokenErr); err != nil {
 				return false, err
 			}
 			if len(m.Tokens) == 0 {
@@ -204,11 +223,16 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 		if m.Excluded {
 			batch.Stats.Excluded[m.Reason]++
 		}
+		if q.Limit > 0 && batch.Stats.Qualified >= q.Limit {
+			limitReached = true
+		}
+		if q.CountOnly {
+			return !limitReached, nil
+		}
 		batch.Stats.Tokens += int64(len(m.Tokens))
 		batch.Members = append(batch.Members, m)
 		batchBytes += 32
-		if q.Limit > 0 && batch.Stats.Qualified >= q.Limit {
-			limitReached = true
+		if limitReached {
 			return false, nil
 		}
 		return len(batch.Members) < batchSize && batchBytes < maxBatchBytes, nil

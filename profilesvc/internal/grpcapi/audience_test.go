@@ -3,6 +3,7 @@ package grpcapi_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -102,6 +103,22 @@ func TestQueryAudienceOverGRPC(t *testing.T) {
 		if members[i-1].GetProfileId() >= members[i].GetProfileId() {
 			t.Fatalf("members out of profile id order")
 		}
+	}
+
+	// Count only: the same stats, no members.
+	counted := queryAll(t, ctx, e.client, &profilev1.QueryAudienceRequest{Condition: cond, BatchSize: 3, CountOnly: true})
+	for _, r := range counted {
+		if len(r.GetMembers()) != 0 {
+			t.Fatalf("count only: got %d members, want none", len(r.GetMembers()))
+		}
+	}
+	got := counted[len(counted)-1].GetStats()
+	gotExcluded := map[commonv1.ExclusionReason]int64{}
+	for _, x := range got.GetExcluded() {
+		gotExcluded[x.GetReason()] = x.GetCount()
+	}
+	if got.GetScanned() != last.GetScanned() || got.GetQualified() != last.GetQualified() || got.GetTokens() != tokens || !maps.Equal(gotExcluded, excluded) {
+		t.Fatalf("count only: got stats %v, want %v", got, last)
 	}
 
 	// Resume after the third message: exactly the members after it.

@@ -292,6 +292,7 @@ func (s *Server) QueryAudience(req *profilev1.QueryAudienceRequest, stream grpc.
 		RequireExplicitConsent: req.GetRequireExplicitConsent(),
 		BatchSize:              int(req.GetBatchSize()),
 		Limit:                  req.GetLimit(),
+		CountOnly:              req.GetCountOnly(),
 	}
 	for i, a := range req.GetAppIds() {
 		if err := profile.ValidateAppID(a); err != nil {

@@ -1977,7 +1977,12 @@ type QueryAudienceRequest struct {
 	// Members per response message; default 500, at most 5000.
 	BatchSize int32 `protobuf:"varint,6,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
 	// Stop after this many qualified profiles; 0 means no limit.
-	Limit         int64 `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int64 `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Stream only the running stats (qualified, excluded by reason, tokens),
+	// no members: for audience sizes and progress estimates. The condition is
+	// evaluated as for a full query; a response comes every 100,000 profiles
+	// scanned and at the end.
+	CountOnly     bool `protobuf:"varint,8,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2059,6 +2064,13 @@ func (x *QueryAudienceRequest) GetLimit() int64 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *QueryAudienceRequest) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
 }
 
 // AudienceMember is one qualified profile.
@@ -2620,7 +2632,7 @@ const file_pushmesh_profile_v1_profile_proto_rawDesc = "" +
 	"\tunchanged\x18\x05 \x01(\x03R\tunchanged\x12\x1a\n" +
 	"\brejected\x18\x06 \x01(\x03R\brejected\x12)\n" +
 	"\x10profiles_created\x18\a \x01(\x03R\x0fprofilesCreated\x12E\n" +
-	"\rrejected_rows\x18\b \x03(\v2 .pushmesh.profile.v1.RejectedRowR\frejectedRows\"\xad\x02\n" +
+	"\rrejected_rows\x18\b \x03(\v2 .pushmesh.profile.v1.RejectedRowR\frejectedRows\"\xcc\x02\n" +
 	"\x14QueryAudienceRequest\x12\x1c\n" +
 	"\tcondition\x18\x01 \x01(\tR\tcondition\x12\x17\n" +
 	"\aapp_ids\x18\x02 \x03(\tR\x06appIds\x12:\n" +
@@ -2629,7 +2641,9 @@ const file_pushmesh_profile_v1_profile_proto_rawDesc = "" +
 	"\x16start_after_profile_id\x18\x05 \x01(\tR\x13startAfterProfileId\x12\x1d\n" +
 	"\n" +
 	"batch_size\x18\x06 \x01(\x05R\tbatchSize\x12\x14\n" +
-	"\x05limit\x18\a \x01(\x03R\x05limit\"\xcb\x02\n" +
+	"\x05limit\x18\a \x01(\x03R\x05limit\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\b \x01(\bR\tcountOnly\"\xcb\x02\n" +
 	"\x0eAudienceMember\x12\x1d\n" +
 	"\n" +
 	"profile_id\x18\x01 \x01(\tR\tprofileId\x127\n" +

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"google.golang.org/grpc"
 
@@ -24,6 +25,11 @@ const DefaultListen = "127.0.0.1:7101"
 
 // DBFile is the name of the service's bbolt file inside its data dir.
 const DBFile = "profilesvc.db"
+
+// initialMmapSize maps 4 GiB ahead (1 GiB on 32-bit platforms): a CRM
+// import grows the file by hundreds of MiB, and every remap on the way stalls
+// the import's writer (see boltdb.Options).
+const initialMmapSize = 1 << (28 + strconv.IntSize/16)
 
 // Config is the service's own configuration, beyond the common flags. The
 // zero value uses the defaults.
@@ -59,7 +65,11 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if log == nil {
 		log = slog.Default()
 	}
-	db, err := boltdb.Open(dataDir, DBFile)
+	db, err := boltdb.OpenWith(dataDir, DBFile, boltdb.Options{
+		InitialMmapSize: initialMmapSize,
+		HashmapFreelist: true,
+		NoFreelistSync:  true,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -18,11 +18,44 @@ import (
 // Open creates dataDir if needed and opens (or creates) dataDir/file. It
 // fails after a second if another process holds the file, instead of hanging.
 func Open(dataDir, file string) (*bolt.DB, error) {
+	return OpenWith(dataDir, file, Options{})
+}
+
+// Options tune how OpenWith opens a file for a write-heavy store; the zero
+// value opens it as Open does.
+type Options struct {
+	// InitialMmapSize is the size of the file's first memory map. bbolt
+	// remaps whenever the file outgrows its map, and a remap waits for every
+	// read transaction to end and then walks every node the running write
+	// transaction holds: a store that grows by big batches while reads run
+	// alongside should map ahead of its size. The map is address space
+	// only; memory is used as pages are touched.
+	InitialMmapSize int
+	// HashmapFreelist picks bbolt's hashmap freelist, which allocates in
+	// constant time where the array freelist scans (slow once big batches
+	// have freed tens of thousands of pages).
+	HashmapFreelist bool
+	// NoFreelistSync stops writing the freelist at every commit (hundreds of
+	// KiB once the file has many free pages); bbolt rebuilds it by scanning
+	// the file when it opens. Commits stay atomic and durable.
+	NoFreelistSync bool
+}
+
+// OpenWith is Open with tuning options.
+func OpenWith(dataDir, file string, o Options) (*bolt.DB, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	path := filepath.Join(dataDir, file)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	opts := &bolt.Options{
+		Timeout:         time.Second,
+		InitialMmapSize: o.InitialMmapSize,
+		NoFreelistSync:  o.NoFreelistSync,
+	}
+	if o.HashmapFreelist {
+		opts.FreelistType = bolt.FreelistMapType
+	}
+	db, err := bolt.Open(path, 0o600, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}

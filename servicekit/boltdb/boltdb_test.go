@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"path/filepath"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestOpenCreatesDirAndFile(t *testing.T) {
@@ -33,5 +35,44 @@ func TestKeysNeverCrossTenants(t *testing.T) {
 	}
 	if got, want := Key("t", "a", "b"), []byte("t\x00a\x00b"); !bytes.Equal(got, want) {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestOpenWithTuningKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	db, err := OpenWith(dir, "svc.db", Options{InitialMmapSize: 64 << 20, HashmapFreelist: true, NoFreelistSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !db.NoFreelistSync || db.FreelistType != bolt.FreelistMapType {
+		t.Errorf("got NoFreelistSync %v, FreelistType %q; want true, %q", db.NoFreelistSync, db.FreelistType, bolt.FreelistMapType)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("b"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("k"), []byte("v"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A file written without a synced freelist opens with the defaults too.
+	db, err = Open(dir, "svc.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		if got := tx.Bucket([]byte("b")).Get([]byte("k")); string(got) != "v" {
+			t.Errorf("got %q, want %q", got, "v")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -79,14 +80,29 @@ type deviceSeed struct {
 func (l *loader) readIdentities(idns []profile.Identity) ([]profile.ID, []identitySeed, error) {
 	var mem arena
 	type item struct {
-		key []byte
-		i   int
+		key  []byte
+		rank uint64 // see sortPuts
+		i    int
 	}
 	items := make([]item, len(idns))
 	for i, idn := range idns {
 		items[i] = item{key: mem.build(func(dst []byte) []byte { return l.keys.identity(dst, idn) }), i: i}
 	}
-	slices.SortFunc(items, func(a, b item) int { return bytes.Compare(a.key, b.key) })
+	if len(items) > 0 {
+		lcp := len(items[0].key)
+		for _, it := range items[1:] {
+			lcp = min(lcp, commonPrefixLen(items[0].key, it.key))
+		}
+		for i := range items {
+			items[i].rank = rank(items[i].key[lcp:])
+		}
+	}
+	slices.SortFunc(items, func(a, b item) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
+		}
+		return bytes.Compare(a.key, b.key)
+	})
 	owners := make([]profile.ID, len(idns))
 	seeds := make([]identitySeed, 0, len(idns))
 	w := newWalker(l.identities)
@@ -139,17 +155,29 @@ func (l *loader) readProfiles(ids []profile.ID) ([]profileSeed, error) {
 // keys[i].ID()), then the details of those for which needDetails(i, token)
 // says so (nil: none).
 func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, needDetails func(i int, t *profile.Token) bool) ([]tokenSeed, error) {
-	order := make([]int, len(keys))
-	for i := range order {
-		order[i] = i
+	// Sort by the ids' leading bytes as a number (the hash makes ties
+	// rare), not by indirect byte comparisons.
+	type item struct {
+		rank uint64
+		i    int
 	}
-	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(ids[a][:], ids[b][:]) })
+	order := make([]item, len(keys))
+	for i := range order {
+		order[i] = item{rank: rank(ids[i][:]), i: i}
+	}
+	slices.SortFunc(order, func(a, b item) int {
+		if a.rank != b.rank {
+			return cmp.Compare(a.rank, b.rank)
+		}
+		return bytes.Compare(ids[a.i][:], ids[b.i][:])
+	})
 	seeds := make([]tokenSeed, 0, len(keys))
 	var withDetails []int // indexes into seeds
 	w := newWalker(l.tokens)
 	var key []byte
-	for j, i := range order {
-		if j > 0 && ids[order[j-1]] == ids[i] {
+	for j, it := range order {
+		i := it.i
+		if j > 0 && ids[order[j-1].i] == ids[i] {
 			continue
 		}
 		key = l.keys.token(key[:0], ids[i])

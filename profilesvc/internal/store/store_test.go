@@ -450,3 +450,24 @@ func TestFeedbackBatch(t *testing.T) {
 func profileReg(i int64) profile.Registration {
 	return profile.Registration{Key: apns(fmt.Sprintf("%064x", i)), Time: base + i, DeviceID: fmt.Sprintf("device-%d", i), Source: "bench"}
 }
+
+// TestSortPutsOrdersLikeBytes checks the ranked sort against plain byte
+// order on keys with long shared prefixes, keys shorter than a rank and
+// keys that are prefixes of others.
+func TestSortPutsOrdersLikeBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 8))
+	var puts []put
+	for i := 0; i < 2000; i++ {
+		key := []byte("tenant\x00customer_id\x00C-")
+		for n := rng.IntN(12); n > 0; n-- {
+			key = append(key, byte('0'+rng.IntN(3)))
+		}
+		puts = append(puts, put{key: key})
+	}
+	sortPuts(puts)
+	for i := 1; i < len(puts); i++ {
+		if bytes.Compare(puts[i-1].key, puts[i].key) > 0 {
+			t.Fatalf("keys %d and %d out of order: %q before %q", i-1, i, puts[i-1].key, puts[i].key)
+		}
+	}
+}

@@ -103,14 +103,14 @@ func idFromKey(key []byte) (profile.ID, bool) {
 // arena hands out byte slices carved from blocks. bbolt requires keys and
 // values passed to Put to stay untouched until the transaction ends, and one
 // allocation per block is far cheaper than one per key. Blocks start small
-// (a single registration writes a few hundred bytes) and double up to 1 MiB
+// (a single registration writes well under 2 KiB) and double up to 1 MiB
 // for big batches.
 type arena struct {
 	buf []byte
 }
 
 const (
-	arenaMinBlock = 4 << 10
+	arenaMinBlock = 2 << 10
 	arenaMaxBlock = 1 << 20
 )
 

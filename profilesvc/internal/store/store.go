@@ -373,16 +373,20 @@ type bucketPuts struct {
 // writes go through the transaction, one at a time.
 func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 	keys := newKeyer(tenantID)
-	builders := []func() bucketPuts{
-		func() bucketPuts { return bucketPuts{bucketProfileTokens, detailPuts(keys, ch.Tokens)} },
-		func() bucketPuts { return bucketPuts{bucketTokens, hotPuts(keys, ch.Tokens)} },
-		func() bucketPuts { return bucketPuts{bucketProfiles, profilePuts(keys, ch.Profiles)} },
-		func() bucketPuts { return bucketPuts{bucketIdentities, identityPuts(keys, ch.IdentityOwners)} },
-		func() bucketPuts { return bucketPuts{bucketDevices, devicePuts(keys, ch.DeviceTokens)} },
+	builders := []func(mem *arena) bucketPuts{
+		func(mem *arena) bucketPuts { return bucketPuts{bucketProfileTokens, detailPuts(mem, keys, ch.Tokens)} },
+		func(mem *arena) bucketPuts { return bucketPuts{bucketTokens, hotPuts(mem, keys, ch.Tokens)} },
+		func(mem *arena) bucketPuts { return bucketPuts{bucketProfiles, profilePuts(mem, keys, ch.Profiles)} },
+		func(mem *arena) bucketPuts {
+			return bucketPuts{bucketIdentities, identityPuts(mem, keys, ch.IdentityOwners)}
+		},
+		func(mem *arena) bucketPuts { return bucketPuts{bucketDevices, devicePuts(mem, keys, ch.DeviceTokens)} },
 	}
 	if len(ch.Profiles)+len(ch.Tokens) <= 1000 {
+		// A single mutation writes a few hundred bytes: one arena.
+		var mem arena
 		for _, build := range builders {
-			if err := writeBucket(tx, build()); err != nil {
+			if err := writeBucket(tx, build(&mem)); err != nil {
 				return err
 			}
 		}
@@ -390,7 +394,10 @@ func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 	}
 	ready := make(chan bucketPuts, len(builders))
 	for _, build := range builders {
-		go func() { ready <- build() }()
+		go func() {
+			var mem arena
+			ready <- build(&mem)
+		}()
 	}
 	var first error
 	for range builders {
@@ -413,8 +420,7 @@ func writeBucket(tx *bolt.Tx, w bucketPuts) error {
 	return nil
 }
 
-func profilePuts(keys keyer, changes []profile.ProfileChange) []put {
-	var mem arena
+func profilePuts(mem *arena, keys keyer, changes []profile.ProfileChange) []put {
 	puts := make([]put, 0, len(changes))
 	for _, c := range changes {
 		p := put{key: mem.build(func(dst []byte) []byte { return keys.profile(dst, c.ID) }), del: c.Profile == nil}
@@ -427,8 +433,7 @@ func profilePuts(keys keyer, changes []profile.ProfileChange) []put {
 	return puts
 }
 
-func identityPuts(keys keyer, changes []profile.IdentityOwnerChange) []put {
-	var mem arena
+func identityPuts(mem *arena, keys keyer, changes []profile.IdentityOwnerChange) []put {
 	puts := make([]put, 0, len(changes))
 	for _, c := range changes {
 		p := put{key: mem.build(func(dst []byte) []byte { return keys.identity(dst, c.Identity) }), del: !c.Found}
@@ -441,8 +446,7 @@ func identityPuts(keys keyer, changes []profile.IdentityOwnerChange) []put {
 	return puts
 }
 
-func devicePuts(keys keyer, changes []profile.DeviceTokenChange) []put {
-	var mem arena
+func devicePuts(mem *arena, keys keyer, changes []profile.DeviceTokenChange) []put {
 	puts := make([]put, 0, len(changes))
 	for _, c := range changes {
 		id := profile.TokenKey{Platform: c.Key.Platform, AppID: c.Key.AppID, Token: c.Token}.ID()
@@ -456,8 +460,7 @@ func devicePuts(keys keyer, changes []profile.DeviceTokenChange) []put {
 	return puts
 }
 
-func hotPuts(keys keyer, changes []profile.TokenChange) []put {
-	var mem arena
+func hotPuts(mem *arena, keys keyer, changes []profile.TokenChange) []put {
 	puts := make([]put, 0, len(changes))
 	for _, c := range changes {
 		if !c.Hot {
@@ -473,8 +476,7 @@ func hotPuts(keys keyer, changes []profile.TokenChange) []put {
 	return puts
 }
 
-func detailPuts(keys keyer, changes []profile.TokenChange) []put {
-	var mem arena
+func detailPuts(mem *arena, keys keyer, changes []profile.TokenChange) []put {
 	puts := make([]put, 0, len(changes))
 	for _, c := range changes {
 		if c.HasOldDetails {

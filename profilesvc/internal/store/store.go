@@ -387,7 +387,8 @@ func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 		func(mem *arena) bucketPuts { return bucketPuts{bucketDevices, devicePuts(mem, keys, ch.DeviceTokens)} },
 	}
 	if len(ch.Profiles)+len(ch.Tokens) <= 1000 {
-		// A single mutation writes a few hundred bytes: one arena.
+		// Small changes (a registration writes a few hundred bytes) are
+		// built and written in turn, from one arena.
 		var mem arena
 		for _, build := range builders {
 			if err := writeBucket(tx, build(&mem)); err != nil {
@@ -405,10 +406,11 @@ func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 	}
 	var first error
 	for range builders {
-		// Keep receiving after an error: every builder must finish before
-		// the transaction (and the memory its puts point into) goes away.
-		if err := writeBucket(tx, <-ready); err != nil && first == nil {
-			first = err
+		// Keep receiving after an error (without writing): every builder
+		// must finish before the transaction is rolled back.
+		w := <-ready
+		if first == nil {
+			first = writeBucket(tx, w)
 		}
 	}
 	return first

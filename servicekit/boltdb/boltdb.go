@@ -7,7 +7,10 @@
 package boltdb
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,8 +39,11 @@ type Options struct {
 	// have freed tens of thousands of pages).
 	HashmapFreelist bool
 	// NoFreelistSync stops writing the freelist at every commit (hundreds of
-	// KiB once the file has many free pages); bbolt rebuilds it by scanning
-	// the file when it opens. Commits stay atomic and durable.
+	// KiB once the file has many free pages); bbolt rebuilds it by walking
+	// every page when it opens. Commits stay atomic and durable. On a cold
+	// page cache that walk faults the file in page by page (about 12 s for
+	// a 600 MiB file on the reference machine), so OpenWith first reads the
+	// file once sequentially (about a second).
 	NoFreelistSync bool
 }
 
@@ -47,6 +53,11 @@ func OpenWith(dataDir, file string, o Options) (*bolt.DB, error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	path := filepath.Join(dataDir, file)
+	if o.NoFreelistSync {
+		if err := readAhead(path); err != nil {
+			return nil, err
+		}
+	}
 	opts := &bolt.Options{
 		Timeout:         time.Second,
 		InitialMmapSize: o.InitialMmapSize,
@@ -60,6 +71,29 @@ func OpenWith(dataDir, file string, o Options) (*bolt.DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// readAhead reads the file at path (if any) once, sequentially, to bring it
+// into the page cache.
+func readAhead(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read ahead %s: %w", path, err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		_, err := f.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read ahead %s: %w", path, err)
+		}
+	}
 }
 
 // TenantPrefix is the key prefix of a tenant: its id and a 0x00 separator

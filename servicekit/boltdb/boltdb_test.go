@@ -60,19 +60,27 @@ func TestOpenWithTuningKeepsData(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// A file written without a synced freelist opens with the defaults too.
-	db, err = Open(dir, "svc.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.View(func(tx *bolt.Tx) error {
-		if got := tx.Bucket([]byte("b")).Get([]byte("k")); string(got) != "v" {
-			t.Errorf("got %q, want %q", got, "v")
+	// A file written without a synced freelist opens with the defaults too,
+	// and again with the tuning (reading the existing file ahead).
+	for _, open := range []func() (*bolt.DB, error){
+		func() (*bolt.DB, error) { return Open(dir, "svc.db") },
+		func() (*bolt.DB, error) { return OpenWith(dir, "svc.db", Options{NoFreelistSync: true}) },
+	} {
+		db, err := open()
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		err = db.View(func(tx *bolt.Tx) error {
+			if got := tx.Bucket([]byte("b")).Get([]byte("k")); string(got) != "v" {
+				t.Errorf("got %q, want %q", got, "v")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

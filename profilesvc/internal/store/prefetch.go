@@ -79,6 +79,9 @@ type deviceSeed struct {
 // idns[i] (zero when none).
 func (l *loader) readIdentities(idns []profile.Identity) ([]profile.ID, []identitySeed, error) {
 	var mem arena
+	// The keys are sorted as sortPuts does. The sort is written out again
+	// because a generic version with key and rank accessors made a 300k-row
+	// import take 60 % more CPU (measured).
 	type item struct {
 		key  []byte
 		rank uint64 // see sortPuts

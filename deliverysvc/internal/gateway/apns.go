@@ -112,6 +112,7 @@ func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token)
 	c.HTTPClient = &http.Client{
 		Transport: &retryAfterTransport{base: &http2.Transport{
 			TLSClientConfig: g.tlsConfig(),
+			DialTLSContext:  dialTLSBatched,
 			// As apns2: ping a connection that has been silent for 15 s,
 			// so a dead one is noticed and replaced.
 			ReadIdleTimeout: apns2.ReadIdleTimeout,

@@ -129,6 +129,7 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		TLSClientConfig:     g.tlsConfig(),
+		DialContext:         dialBatched,
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,

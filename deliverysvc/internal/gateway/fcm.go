@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -141,10 +142,10 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("service account: %w", err)
 	}
-	hc := &http.Client{
-		Transport: &oauth2.Transport{Source: gc.TokenSource, Base: transport},
-		Timeout:   g.cfg.RequestTimeout,
-	}
+	hc := &http.Client{Transport: &timeoutTransport{
+		base:    &oauth2.Transport{Source: gc.TokenSource, Base: transport},
+		timeout: g.cfg.RequestTimeout,
+	}}
 	opts := []option.ClientOption{option.WithHTTPClient(hc)}
 	if g.cfg.FCMEndpoint != "" {
 		opts = append(opts, option.WithEndpoint(strings.TrimSuffix(g.cfg.FCMEndpoint, "/")))
@@ -159,6 +160,38 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 		return nil, fmt.Errorf("firebase messaging: %w", err)
 	}
 	return &fcmClient{messaging: mc, tokens: gc.TokenSource, transport: transport}, nil
+}
+
+// timeoutTransport bounds each request, body included, by a context
+// deadline. http.Client.Timeout does the same for a transport it does not
+// know (oauth2's) with a goroutine and a timer per request, and FCM costs a
+// request per message.
+type timeoutTransport struct {
+	base    http.RoundTripper
+	timeout time.Duration
+}
+
+func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
+	res, err := t.base.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	res.Body = &cancelOnClose{ReadCloser: res.Body, cancel: cancel}
+	return res, nil
+}
+
+// cancelOnClose releases a request's deadline once its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // checkFCMToken is a registration token no device has.

@@ -387,3 +387,37 @@ func fcmMessage(token string, ttl time.Duration) *messaging.Message {
 		Android:      &messaging.AndroidConfig{CollapseKey: "m1", TTL: &ttl},
 	}
 }
+
+// A gateway that does not answer is cut off by Config.RequestTimeout, and
+// the message fails as a network error instead of waiting for the gateway.
+func TestFCMRequestTimeout(t *testing.T) {
+	e := start(t)
+	gw, err := New(Config{
+		FCMEndpoint: e.fcm.URL() + "/v1", ExtraCAPEM: e.gw.cfg.ExtraCAPEM,
+		FCMLinger: time.Millisecond, RequestTimeout: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gw.Open(fcmKey, 0, e.fcmCreds(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := e.fcm.SetFaults(fcm.Faults{Latency: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	defer e.fcm.SetFaults(fcm.Faults{})
+	// No TTL deadline: only the request timeout can end each attempt
+	// (firebase retries a network error four times, 7 s of backoff).
+	done := make(chan delivery.Attempt, 1)
+	go func() { done <- s.Send(context.Background(), []delivery.Push{fcmPush("device-slow")})[0] }()
+	select {
+	case a := <-done:
+		if a.Reason == commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+			t.Fatalf("a push the gateway never answered succeeded: %+v", a)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the send waited for a gateway that does not answer")
+	}
+}

@@ -119,12 +119,18 @@ func (t *Tracking) Record(ctx context.Context, results []delivery.Result) error 
 // EventID is the deterministic id of an outcome's event: the same outcome
 // recorded twice (a retry after a crash) is one event for trackingsvc.
 func EventID(tenantID string, r *delivery.Result) string {
-	h := sha256.New()
-	for _, part := range []string{tenantID, r.IdempotencyKey, r.Target.Platform.String(), r.Target.AppID, r.Target.Token, r.Target.ProfileID, r.Status.String()} {
-		h.Write([]byte(part))
-		h.Write([]byte{0})
+	// One buffer on the stack and one hash call: this runs for every push.
+	var buf [512]byte
+	b := buf[:0]
+	for _, part := range [...]string{tenantID, r.IdempotencyKey, r.Target.Platform.String(), r.Target.AppID, r.Target.Token, r.Target.ProfileID, r.Status.String()} {
+		b = append(b, part...)
+		b = append(b, 0)
 	}
-	return "pm-" + hex.EncodeToString(h.Sum(nil)[:16])
+	sum := sha256.Sum256(b)
+	var id [3 + 32]byte
+	copy(id[:], "pm-")
+	hex.Encode(id[3:], sum[:16])
+	return string(id[:])
 }
 
 // Event converts a result to a tracking event, or nil when the result is

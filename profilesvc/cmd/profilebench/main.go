@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
@@ -97,6 +98,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	server.TuneRuntime() // as cmd/profilesvc does
 	if o.importRows == 0 && o.audienceProfiles == 0 && o.registerClients == 0 {
 		return errors.New("nothing to do: give -import-rows, -audience-profiles and/or -register-clients")
 	}
@@ -110,7 +112,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			defer os.RemoveAll(d)
 		}
 	}
-	fmt.Fprintf(out, "profilebench: GOMAXPROCS=%d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
+	gogc := debug.SetGCPercent(-1) // reads the setting, which has to be put back
+	debug.SetGCPercent(gogc)
+	fmt.Fprintf(out, "profilebench: GOMAXPROCS=%d, GOGC=%d, GOMEMLIMIT=%s, %s\n", runtime.GOMAXPROCS(0), gogc, mib(uint64(debug.SetMemoryLimit(-1))), runtime.Version())
 	if o.importRows > 0 {
 		if err := benchImport(ctx, o, out); err != nil {
 			return fmt.Errorf("import: %w", err)

@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("journeybench", flag.ContinueOnError)
 	fs.IntVar(&o.profiles, "profiles", 100_000, "profiles in the audience (one APNs token each)")
 	fs.IntVar(&o.fcmEvery, "fcm-every", 5, "every n-th profile also has an FCM token (0: APNs only)")
-	fs.IntVar(&o.ceilingN, "ceiling-n", 50_000, "pushes per ceiling measurement")
+	fs.IntVar(&o.ceilingN, "ceiling-n", 100_000, "pushes per ceiling measurement (longer runs average out a shared machine's noise)")
 	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
 	fs.IntVar(&o.window, "window", 2000, "deliverysvc --journey-window, and the ceiling's concurrent pushes")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10_000, "deliverysvc --max-in-flight")

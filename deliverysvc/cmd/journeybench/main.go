@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string) error {
 
 	opts := journeytest.Options{
 		MaxInFlight: o.maxInFlight, JourneyWindow: o.window, APNsConnections: o.connections,
-		ChildArgs: []string{}, EmulatorLog: 10_000,
+		ChildArgs: []string{}, EmulatorLog: 10_000, CountEventsOnly: true,
 	}
 	if o.cpuprofile != "" {
 		opts.ChildEnv = append(opts.ChildEnv, journeytest.ChildCPUProfileEnv+"="+o.cpuprofile)
@@ -216,6 +216,12 @@ func run(ctx context.Context, args []string) error {
 	row("  peak file-backed (bbolt mmap), sampled every 200 ms", fmt.Sprintf("%d kB", peakFile))
 	row("  at the end: anonymous, file-backed", anon+", "+file)
 	row("deliverysvc data file (bbolt) at the end", fileSize(m.DeliveryDir+"/deliverysvc.db"))
+	// Every send's event reaches the tracking fake (the outbox forwards
+	// them in the background; give it a moment).
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_ = m.Events.WaitFor(wctx, int(p.GetSent()))
+	row("tracking events received (sent notifications)", fmt.Sprintf("%d (%d)", m.Events.Received(), p.GetSent()))
 	row("load average (1 min) at the end", loadAverage())
 	return nil
 }

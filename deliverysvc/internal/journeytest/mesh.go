@@ -76,6 +76,9 @@ type Options struct {
 	// EmulatorLog bounds the emulators' inspection logs (0: their
 	// default, a million deliveries each); their counts stay exact.
 	EmulatorLog int
+	// CountEventsOnly makes the tracking fake count events without keeping
+	// them (NewEventCounter): for benchmarks of large journeys.
+	CountEventsOnly bool
 }
 
 // ChildCPUProfileEnv and ChildHeapProfileEnv name files where a child
@@ -152,6 +155,9 @@ func New(opts Options) (_ *Mesh, err error) {
 		return nil, err
 	}
 	m.Events = testenv.NewEvents()
+	if opts.CountEventsOnly {
+		m.Events = testenv.NewEventCounter()
+	}
 	tracking := &testenv.FakeTracking{IngestFunc: m.Events.Ingest}
 	if m.TrackingAddr, err = m.serve("trackingsvc-fake", "127.0.0.1:0", func(_ context.Context, s *grpc.Server) (func() error, error) {
 		trackingv1.RegisterTrackingServiceServer(s, tracking)

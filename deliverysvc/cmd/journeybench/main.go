@@ -51,6 +51,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
 	"github.com/pushmesh/pushmesh/emulator/fcm"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profileserver "github.com/pushmesh/pushmesh/profilesvc/server"
 )
 
 func main() {
@@ -96,6 +97,10 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	o.concurrency = o.window
+	// This process hosts profilesvc: run it with profilesvc's runtime
+	// settings, as its binary does (GOGC 400). The emulators and the
+	// ceiling's clients share them, before and after the journey alike.
+	profileserver.TuneRuntime()
 
 	opts := journeytest.Options{
 		MaxInFlight: o.maxInFlight, JourneyWindow: o.window, APNsConnections: o.connections,

@@ -131,9 +131,14 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // NetConn returns the wrapped connection.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
 
-// Close sends what is queued (bounded by the write deadline, which
-// crypto/tls sets before its close_notify) and closes the connection.
+// closeFlushTimeout bounds how long Close tries to send what is queued to a
+// peer that does not read: crypto/tls allows its close_notify as long.
+const closeFlushTimeout = 5 * time.Second
+
+// Close sends what is queued, for at most closeFlushTimeout, and closes the
+// connection.
 func (c *Conn) Close() error {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 	_ = c.Flush()
 	c.mu.Lock()
 	if c.err == nil {

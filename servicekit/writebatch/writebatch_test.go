@@ -202,3 +202,27 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
+
+// Close does not hang on a peer that stopped reading: it gives up sending
+// after a bounded time and closes.
+func TestCloseOnStalledPeerReturns(t *testing.T) {
+	t.Parallel()
+	wc, _ := tcpPair(t) // the peer never reads
+	chunk := make([]byte, 64<<10)
+	// Fill the socket buffers until the flusher blocks, then queue more.
+	go func() {
+		for range 512 {
+			if _, err := wc.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- wc.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close blocked on a peer that does not read")
+	}
+}

@@ -1,7 +1,8 @@
 // Package servicekit is the shared runtime of the pushmesh services: one gRPC
 // server bootstrap (health, reflection, OpenTelemetry, tenancy, graceful
 // shutdown), one client dialer, one telemetry setup, one mapping from domain
-// errors to gRPC status, and small helpers for configuration and bbolt.
+// errors to gRPC status, small helpers for configuration and bbolt, and
+// writebatch, which merges the frame writes of busy HTTP/2 connections.
 //
 // Domain packages depend only on the gRPC-free parts: fault and tenant.
 package servicekit

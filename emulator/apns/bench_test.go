@@ -11,6 +11,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/emulator/apns"
 	"github.com/pushmesh/pushmesh/emulator/tlsca"
+	"github.com/pushmesh/pushmesh/servicekit/writebatch"
 )
 
 // benchParallelism × GOMAXPROCS goroutines share one apns2 client, and so one
@@ -62,7 +63,8 @@ func BenchmarkAPNsCeiling(b *testing.B) {
 			w.WriteHeader(http.StatusOK)
 		}),
 	}
-	go hs.ServeTLS(ln, "", "")
+	// Batched writes, as the emulator's own listener has.
+	go hs.ServeTLS(writebatch.Listener{Listener: ln}, "", "")
 	defer hs.Close()
 
 	c := apns2.NewTokenClient(&token.Token{AuthKey: mustKey(b), KeyID: keyID, TeamID: teamID})

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/api/option"
 
 	"github.com/pushmesh/pushmesh/emulator/fcm"
+	"github.com/pushmesh/pushmesh/servicekit/writebatch"
 )
 
 // BenchmarkFCMSendEach measures firebase's SendEach (500 messages a call,
@@ -91,7 +92,8 @@ func BenchmarkFCMCeiling(b *testing.B) {
 			_, _ = io.WriteString(w, `{"name":"projects/`+project+`/messages/0:1%0"}`)
 		}),
 	}
-	go hs.ServeTLS(ln, "", "")
+	// Batched writes, as the emulator's own listener has.
+	go hs.ServeTLS(writebatch.Listener{Listener: ln}, "", "")
 	defer hs.Close()
 
 	hc := &http.Client{Transport: &oauth2.Transport{

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
@@ -99,12 +98,7 @@ const DefaultMemoryLimit = 160 << 20
 // and GOMEMLIMIT are set. The binary calls it first thing; in-process runs
 // may leave the runtime alone.
 func TuneRuntime() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(DefaultGCPercent)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(DefaultMemoryLimit)
-	}
+	service.TuneRuntime(DefaultGCPercent, DefaultMemoryLimit)
 }
 
 // Spec describes the service to servicekit/service.

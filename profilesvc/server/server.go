@@ -9,8 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
-	"runtime/debug"
 	"strconv"
 
 	"google.golang.org/grpc"
@@ -56,12 +54,7 @@ const DefaultMemoryLimit = 1536 << 20
 // and GOMEMLIMIT are set. The binary calls it first thing; in-process runs
 // (pushctl dev, tests) may leave the runtime alone.
 func TuneRuntime() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(DefaultGCPercent)
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(DefaultMemoryLimit)
-	}
+	service.TuneRuntime(DefaultGCPercent, DefaultMemoryLimit)
 }
 
 // Config is the service's own configuration, beyond the common flags. The

@@ -113,19 +113,23 @@ func (c *Conn) Flush() error {
 // sets one right after queuing its close_notify): what is queued is sent
 // first, bounded by the deadline in force until then.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	if !t.IsZero() && !t.After(time.Now()) {
-		_ = c.Flush()
-	}
+	c.flushBeforePast(t)
 	return c.Conn.SetWriteDeadline(t)
 }
 
 // SetDeadline sets the read deadline and, as SetWriteDeadline, the write
 // deadline.
 func (c *Conn) SetDeadline(t time.Time) error {
+	c.flushBeforePast(t)
+	return c.Conn.SetDeadline(t)
+}
+
+// flushBeforePast sends what is queued when t has already passed, before
+// that deadline stops all writes.
+func (c *Conn) flushBeforePast(t time.Time) {
 	if !t.IsZero() && !t.After(time.Now()) {
 		_ = c.Flush()
 	}
-	return c.Conn.SetDeadline(t)
 }
 
 // NetConn returns the wrapped connection.

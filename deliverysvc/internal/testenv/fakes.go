@@ -122,7 +122,7 @@ func (e *Events) Ingest(ctx context.Context, events []*trackingv1.Event) error {
 	e.received += len(events)
 	for _, ev := range events {
 		if e.countOnly {
-			break
+			break // a counter keeps nothing
 		}
 		if _, ok := e.byID[ev.GetEventId()]; ok {
 			e.repeats++

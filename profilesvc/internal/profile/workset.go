@@ -42,6 +42,7 @@ type Loader interface {
 }
 
 type profileSlot struct {
+	id     ID
 	p      *Profile // nil: absent, deleted, or not loaded yet
 	loaded bool     // p reflects the store (or a change)
 	known  bool     // exists is known
@@ -61,6 +62,7 @@ type tokenSlot struct {
 }
 
 type ownerSlot struct {
+	idn   Identity
 	id    ID
 	found bool
 	dirty bool
@@ -89,21 +91,35 @@ type Workset struct {
 	deviceTokens   map[DeviceKey]*deviceSlot
 
 	// Slots come from slabs: a batch makes hundreds of thousands of them.
+	// A key's slot is never replaced, only updated in place, so Changes can
+	// walk the slabs (in the order the slots were made, which for a batch
+	// seeded in key order is key order) instead of the maps.
 	profileSlots slab[profileSlot]
 	tokenSlots   slab[tokenSlot]
 	ownerSlots   slab[ownerSlot]
 }
 
 // slab hands out pointers to values allocated in chunks that start small
-// (a single registration needs a handful) and grow to a thousand.
-type slab[T any] struct{ buf []T }
+// (a single registration needs a handful) and grow to a thousand, and
+// remembers them in allocation order.
+type slab[T any] struct {
+	chunks [][]T
+	n      int
+}
 
 func (s *slab[T]) alloc(v T) *T {
-	if len(s.buf) == cap(s.buf) {
-		s.buf = make([]T, 0, min(1024, max(8, 2*cap(s.buf))))
+	last := len(s.chunks) - 1
+	if last < 0 || len(s.chunks[last]) == cap(s.chunks[last]) {
+		c := 8
+		if last >= 0 {
+			c = min(1024, 2*cap(s.chunks[last]))
+		}
+		s.chunks = append(s.chunks, make([]T, 0, c))
+		last++
 	}
-	s.buf = append(s.buf, v)
-	return &s.buf[len(s.buf)-1]
+	s.chunks[last] = append(s.chunks[last], v)
+	s.n++
+	return &s.chunks[last][len(s.chunks[last])-1]
 }
 
 // Reserve sizes the workset for a batch touching about n rows' worth of
@@ -159,7 +175,7 @@ func (w *Workset) Forget(ch *Changes) {
 // read its keys in sorted order before applying rows.
 func (w *Workset) SeedProfile(id ID, p *Profile) {
 	if _, ok := w.profiles[id]; !ok {
-		w.profiles[id] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: p != nil})
+		w.profiles[id] = w.profileSlots.alloc(profileSlot{id: id, p: p, loaded: true, known: true, exists: p != nil})
 	}
 }
 
@@ -174,7 +190,7 @@ func (w *Workset) SeedToken(id TokenID, t *Token) {
 // SeedIdentityOwner caches an identity index entry loaded ahead.
 func (w *Workset) SeedIdentityOwner(idn Identity, owner ID, found bool) {
 	if _, ok := w.identityOwners[idn]; !ok {
-		w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: owner, found: found})
+		w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{idn: idn, id: owner, found: found})
 	}
 }
 
@@ -224,7 +240,7 @@ func (w *Workset) Profile(id ID) (*Profile, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.profiles[id] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: p != nil})
+	w.setProfileSlot(profileSlot{id: id, p: p, loaded: true, known: true, exists: p != nil})
 	return p, nil
 }
 
@@ -236,17 +252,23 @@ func (w *Workset) profileExists(id ID) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	w.profiles[id] = w.profileSlots.alloc(profileSlot{known: true, exists: exists})
+	w.setProfileSlot(profileSlot{id: id, known: true, exists: exists})
 	return exists, nil
+}
+
+// setProfileSlot sets the slot of v.id, updating it in place when there is
+// one.
+func (w *Workset) setProfileSlot(v profileSlot) {
+	if s, ok := w.profiles[v.id]; ok {
+		*s = v
+		return
+	}
+	w.profiles[v.id] = w.profileSlots.alloc(v)
 }
 
 func (w *Workset) markDirty(p *Profile) {
 	p.UpdateTime = w.now
-	if s, ok := w.profiles[p.ID]; ok {
-		*s = profileSlot{p: p, loaded: true, known: true, exists: true, dirty: true}
-		return
-	}
-	w.profiles[p.ID] = w.profileSlots.alloc(profileSlot{p: p, loaded: true, known: true, exists: true, dirty: true})
+	w.setProfileSlot(profileSlot{id: p.ID, p: p, loaded: true, known: true, exists: true, dirty: true})
 }
 
 func (w *Workset) newProfile() *Profile {
@@ -293,16 +315,16 @@ func (w *Workset) IdentityOwner(idn Identity) (ID, bool, error) {
 	if err != nil {
 		return ID{}, false, err
 	}
-	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: id, found: found})
+	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{idn: idn, id: id, found: found})
 	return id, found, nil
 }
 
 func (w *Workset) setIdentityOwner(idn Identity, id ID, found bool) {
 	if s, ok := w.identityOwners[idn]; ok {
-		*s = ownerSlot{id: id, found: found, dirty: true}
+		*s = ownerSlot{idn: idn, id: id, found: found, dirty: true}
 		return
 	}
-	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{id: id, found: found, dirty: true})
+	w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{idn: idn, id: id, found: found, dirty: true})
 }
 
 func (w *Workset) device(k DeviceKey) (*deviceSlot, error) {
@@ -894,7 +916,7 @@ func (w *Workset) Delete(p *Profile) (int, error) {
 			}
 		}
 	}
-	w.profiles[p.ID] = w.profileSlots.alloc(profileSlot{loaded: true, known: true, exists: false, dirty: true})
+	w.setProfileSlot(profileSlot{id: p.ID, loaded: true, known: true, exists: false, dirty: true})
 	return len(tokens), nil
 }
 
@@ -995,30 +1017,41 @@ func (c *Changes) Empty() bool {
 	return len(c.Profiles)+len(c.Tokens)+len(c.IdentityOwners)+len(c.DeviceTokens) == 0
 }
 
-// Changes returns everything the workset changed, in no particular order.
+// Changes returns everything the workset changed, each kind in the order
+// its slots were made: for a batch seeded in key order, mostly key order.
 func (w *Workset) Changes() Changes {
 	var c Changes
-	for id, s := range w.profiles {
-		if s.dirty {
-			c.Profiles = append(c.Profiles, ProfileChange{ID: id, Profile: s.p})
+	c.Profiles = make([]ProfileChange, 0, w.profileSlots.n)
+	for _, chunk := range w.profileSlots.chunks {
+		for i := range chunk {
+			if s := &chunk[i]; s.dirty {
+				c.Profiles = append(c.Profiles, ProfileChange{ID: s.id, Profile: s.p})
+			}
 		}
 	}
-	for id, s := range w.tokens {
-		if !s.hotDirty && !s.detailsDirty {
-			continue
+	c.Tokens = make([]TokenChange, 0, w.tokenSlots.n)
+	for _, chunk := range w.tokenSlots.chunks {
+		for i := range chunk {
+			s := &chunk[i]
+			if !s.hotDirty && !s.detailsDirty {
+				continue
+			}
+			if s.t == nil && !s.stored {
+				continue // created and deleted in the same workset
+			}
+			tc := TokenChange{ID: s.id, Token: s.t, Hot: s.hotDirty, Details: s.detailsDirty}
+			if s.stored && (s.t == nil || (s.detailsDirty && s.storedOwner != s.t.Owner)) {
+				tc.HasOldDetails, tc.DeleteDetailsOf = true, s.storedOwner
+			}
+			c.Tokens = append(c.Tokens, tc)
 		}
-		tc := TokenChange{ID: id, Token: s.t, Hot: s.hotDirty, Details: s.detailsDirty}
-		if s.stored && (s.t == nil || (s.detailsDirty && s.storedOwner != s.t.Owner)) {
-			tc.HasOldDetails, tc.DeleteDetailsOf = true, s.storedOwner
-		}
-		if s.t == nil && !s.stored {
-			continue // created and deleted in the same workset
-		}
-		c.Tokens = append(c.Tokens, tc)
 	}
-	for k, s := range w.identityOwners {
-		if s.dirty {
-			c.IdentityOwners = append(c.IdentityOwners, IdentityOwnerChange{Identity: k, Owner: s.id, Found: s.found})
+	c.IdentityOwners = make([]IdentityOwnerChange, 0, w.ownerSlots.n)
+	for _, chunk := range w.ownerSlots.chunks {
+		for i := range chunk {
+			if s := &chunk[i]; s.dirty {
+				c.IdentityOwners = append(c.IdentityOwners, IdentityOwnerChange{Identity: s.idn, Owner: s.id, Found: s.found})
+			}
 		}
 	}
 	for k, ds := range w.deviceTokens {

@@ -71,9 +71,10 @@ type Config struct {
 
 // Gateways implements apps.Gateways.
 type Gateways struct {
-	cfg    Config
-	roots  *x509.CertPool
-	tracer trace.Tracer
+	cfg       Config
+	roots     *x509.CertPool
+	tracer    trace.Tracer
+	deadlines *sharedDeadline // bounds APNs requests by cfg.RequestTimeout
 }
 
 // New returns the gateways for cfg.
@@ -114,7 +115,7 @@ func New(cfg Config) (*Gateways, error) {
 	if len(cfg.ExtraCAPEM) > 0 && !roots.AppendCertsFromPEM(cfg.ExtraCAPEM) {
 		return nil, errors.New("gateway CA: no PEM certificate found")
 	}
-	return &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName)}, nil
+	return &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName), deadlines: newSharedDeadline(cfg.RequestTimeout)}, nil
 }
 
 // LoadCAFile reads the PEM certificates of --gateway-ca-file, to trust on

@@ -303,6 +303,14 @@ func (p *Pipeline) worker(t *task) {
 		if t.detached {
 			return
 		}
+		// Under load a dispatcher is usually waiting to hand over the next
+		// task: take it without re-arming the idle timer or entering a
+		// two-way select (both show in CPU profiles at 10,000 pushes/s).
+		select {
+		case t = <-p.jobs:
+			continue
+		default:
+		}
 		idle.Reset(workerIdle)
 		select {
 		case t = <-p.jobs:

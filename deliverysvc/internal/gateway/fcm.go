@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -143,8 +142,8 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 		return nil, fmt.Errorf("service account: %w", err)
 	}
 	hc := &http.Client{Transport: &timeoutTransport{
-		base:    &oauth2.Transport{Source: gc.TokenSource, Base: transport},
-		timeout: g.cfg.RequestTimeout,
+		base:      &oauth2.Transport{Source: gc.TokenSource, Base: transport},
+		deadlines: g.deadlines,
 	}}
 	opts := []option.ClientOption{option.WithHTTPClient(hc)}
 	if g.cfg.FCMEndpoint != "" {
@@ -162,36 +161,28 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 	return &fcmClient{messaging: mc, tokens: gc.TokenSource, transport: transport}, nil
 }
 
-// timeoutTransport bounds each request, body included, by a context
-// deadline. http.Client.Timeout does the same for a transport it does not
-// know (oauth2's) with a goroutine and a timer per request, and FCM costs a
+// timeoutTransport bounds each request, body included, by RequestTimeout
+// (firebase retries internally, so each attempt needs its own bound).
+// http.Client.Timeout does the same for a transport it does not know
+// (oauth2's) with a goroutine and a timer per request, and FCM costs a
 // request per message.
+//
+// A request whose context already ends within the bound keeps it. Any
+// other runs under the gateways' shared deadline context instead (see
+// sharedDeadline), without the caller's cancellation: the one caller
+// without a deadline of its own is an FCM chunk, whose context is
+// deliberately not cancellable (it mixes several callers' messages).
 type timeoutTransport struct {
-	base    http.RoundTripper
-	timeout time.Duration
+	base      http.RoundTripper
+	deadlines *sharedDeadline
 }
 
 func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx, cancel := context.WithTimeout(req.Context(), t.timeout)
-	res, err := t.base.RoundTrip(req.WithContext(ctx))
-	if err != nil {
-		cancel()
-		return nil, err
+	shared, deadline := t.deadlines.get(time.Now())
+	if d, ok := req.Context().Deadline(); ok && !d.After(deadline) {
+		return t.base.RoundTrip(req)
 	}
-	res.Body = &cancelOnClose{ReadCloser: res.Body, cancel: cancel}
-	return res, nil
-}
-
-// cancelOnClose releases a request's deadline once its body is closed.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (b *cancelOnClose) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
+	return t.base.RoundTrip(req.WithContext(shared))
 }
 
 // checkFCMToken is a registration token no device has.

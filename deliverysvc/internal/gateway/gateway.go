@@ -74,7 +74,7 @@ type Gateways struct {
 	cfg       Config
 	roots     *x509.CertPool
 	tracer    trace.Tracer
-	deadlines *sharedDeadline // bounds APNs requests by cfg.RequestTimeout
+	deadlines *sharedDeadline // bounds APNs and FCM requests by cfg.RequestTimeout
 }
 
 // New returns the gateways for cfg.

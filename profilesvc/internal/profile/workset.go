@@ -153,21 +153,46 @@ func (w *Workset) Bind(load Loader, now int64) {
 	w.load, w.now = load, now
 }
 
-// Forget drops what the workset cached about the keys ch changed, so they
-// are read again through the loader: used when a seeded workset was read
-// before another transaction (the changes ch) committed.
-func (w *Workset) Forget(ch *Changes) {
-	for _, c := range ch.Profiles {
-		delete(w.profiles, c.ID)
+// Overlay carries what prev changed into w, a fresh workset for the next
+// batch of an import, before w is seeded: w then sees prev's results
+// instead of the store's older state for every key prev changed, whether
+// or not prev has been committed yet. prev's values are shared, not
+// copied: prev must not be used afterwards except to read its changes
+// already taken.
+func (w *Workset) Overlay(prev *Workset) {
+	for _, chunk := range prev.profileSlots.chunks {
+		for i := range chunk {
+			if s := &chunk[i]; s.dirty {
+				w.setProfileSlot(profileSlot{id: s.id, p: s.p, loaded: true, known: true, exists: s.p != nil})
+			}
+		}
 	}
-	for _, c := range ch.Tokens {
-		delete(w.tokens, c.ID)
+	for _, chunk := range prev.tokenSlots.chunks {
+		for i := range chunk {
+			if s := &chunk[i]; s.hotDirty || s.detailsDirty {
+				if old, ok := w.tokens[s.id]; ok {
+					*old = storedTokenSlot(s.id, s.t)
+				} else {
+					w.tokens[s.id] = w.newTokenSlot(s.id, s.t)
+				}
+			}
+		}
 	}
-	for _, c := range ch.IdentityOwners {
-		delete(w.identityOwners, c.Identity)
+	for _, chunk := range prev.ownerSlots.chunks {
+		for i := range chunk {
+			if s := &chunk[i]; s.dirty {
+				if old, ok := w.identityOwners[s.idn]; ok {
+					*old = ownerSlot{idn: s.idn, id: s.id, found: s.found}
+				} else {
+					w.identityOwners[s.idn] = w.ownerSlots.alloc(ownerSlot{idn: s.idn, id: s.id, found: s.found})
+				}
+			}
+		}
 	}
-	for _, c := range ch.DeviceTokens {
-		delete(w.deviceTokens, c.Key)
+	for k, ds := range prev.deviceTokens {
+		if len(ds.changed) > 0 {
+			w.deviceTokens[k] = &deviceSlot{members: ds.members}
+		}
 	}
 }
 
@@ -220,7 +245,12 @@ func (w *Workset) TokenOwnerHint(id TokenID) (ID, bool) {
 }
 
 func (w *Workset) newTokenSlot(id TokenID, t *Token) *tokenSlot {
-	s := w.tokenSlots.alloc(tokenSlot{id: id, t: t})
+	return w.tokenSlots.alloc(storedTokenSlot(id, t))
+}
+
+// storedTokenSlot is the clean slot of a token as stored (t nil: absent).
+func storedTokenSlot(id TokenID, t *Token) tokenSlot {
+	s := tokenSlot{id: id, t: t}
 	if t != nil {
 		s.stored, s.storedOwner = true, t.Owner
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 	"go.opentelemetry.io/otel/attribute"
@@ -41,15 +42,19 @@ type ImportCounts struct {
 //
 //   - the caller decodes the stream and adds valid rows (and reports
 //     invalid ones) until a batch is full;
-//   - a reader reads everything the batch needs (sorted, in a read
-//     transaction) while the previous batch is being written;
-//   - a writer applies each batch in one write transaction.
+//   - a preparer reads everything the batch needs (sorted, in a read
+//     transaction), applies the rows to that state in memory and builds
+//     the sorted writes, while the previous batch is being written;
+//   - a writer writes each prepared batch in one write transaction.
 //
-// The reader reads batch N+1 before batch N commits, so the writer checks
-// bbolt's transaction ids: if batch N was the only commit in between, the
-// keys N wrote are dropped from N+1's reads and read again; if anything else
-// committed, N+1 is read again inside its write transaction. Correctness
-// never depends on the read-ahead, only speed does.
+// The preparer works on batch N+1 before batch N commits, so it applies
+// N+1 on top of what N changed (Workset.Overlay), and the writer checks
+// bbolt's transaction ids: N+1's prepared writes are used only if nothing
+// but N committed since N+1's read and N's own prepared writes were used.
+// Otherwise (a registration committed in between) N+1 is read and applied
+// again inside its write transaction, and the preparer starts afresh after
+// the writer caught up. Correctness never depends on the read-ahead, only
+// speed does.
 //
 // Because every rule is a last-writer-wins merge ordered by the rows' own
 // timestamps, the result does not depend on how rows fall into batches or in
@@ -70,22 +75,38 @@ type Import struct {
 	failed  chan struct{} // closed on the first error
 	done    chan struct{} // closed when the writer exits
 
+	// resync is set by the writer when a batch had to be applied again in
+	// its write transaction: the batch prepared on top of it is stale too,
+	// and the preparer must wait for the writer and start afresh.
+	resync atomic.Bool
+	// written counts the batches the writer is done with (committed,
+	// failed or skipped); wrote is signalled at each.
+	writtenMu sync.Mutex
+	wrote     *sync.Cond
+	written   int
+
 	mu      sync.Mutex // guards applied and err
 	applied ImportCounts
 	err     error
 }
 
-// readBatch is a batch with the workset the reader seeded for it.
+// readBatch is a batch as the preparer hands it to the writer.
 type readBatch struct {
 	rows []profile.ImportRow
-	ws   *profile.Workset
 	txID int // the read transaction's id: the last commit it saw
+	// overlaid says the rows were applied on top of the previous batch's
+	// changes (Workset.Overlay), which must then be what it committed.
+	overlaid bool
+	counts   ImportCounts
+	puts     []bucketPuts
 }
 
 // lastCommit is the writer's previous batch.
 type lastCommit struct {
-	txID    int
-	changes *profile.Changes
+	txID int
+	// prepared says the batch committed its prepared writes, so the
+	// changes the next batch was prepared on top of are the committed ones.
+	prepared bool
 }
 
 // StartImport starts an import for ctx's tenant. Finish or Abort must be
@@ -101,8 +122,9 @@ func (s *Store) StartImport(ctx context.Context) *Import {
 		failed:    make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	im.wrote = sync.NewCond(&im.writtenMu)
 	im.pending = make([]profile.ImportRow, 0, im.batchRows)
-	go im.reader()
+	go im.prepare()
 	go im.writer()
 	return im
 }
@@ -194,8 +216,13 @@ func (im *Import) stopped() bool {
 	}
 }
 
-func (im *Import) reader() {
+// prepare reads and applies each batch and builds its writes.
+func (im *Import) prepare() {
 	defer close(im.reads)
+	var (
+		prev   *profile.Workset // the batch handed over last, applied
+		handed int
+	)
 	for rows := range im.batches {
 		if im.stopped() {
 			continue // drain; the caller learns the error from flush or Finish
@@ -203,19 +230,24 @@ func (im *Import) reader() {
 		for i := range rows {
 			rows[i].Reg.ID = rows[i].Reg.Key.ID()
 		}
-		rb := &readBatch{rows: rows}
-		_, span := im.s.tracer.Start(im.ctx, "store.import.read", trace.WithAttributes(attribute.Int("import.rows", len(rows))))
+		if im.resync.Load() {
+			im.waitWritten(handed)
+			im.resync.Store(false)
+			prev = nil
+		}
+		rb := &readBatch{rows: rows, overlaid: prev != nil}
+		_, span := im.s.tracer.Start(im.ctx, "store.import.prepare", trace.WithAttributes(attribute.Int("import.rows", len(rows))))
+		var ws *profile.Workset
 		err := im.s.db.View(func(tx *bolt.Tx) error {
 			rb.txID = tx.ID()
-			pre, err := readImport(newLoader(tx, im.tenant), rows)
+			ld := newLoader(tx, im.tenant)
+			var err error
+			ws, rb.counts, err = applyBatch(ld, rows, prev, im.s.ids.New, im.s.clock())
 			if err != nil {
 				return err
 			}
-			// Seeding the workset is map work the writer would otherwise
-			// do while holding the write lock.
-			rb.ws = profile.NewWorkset(nil, im.s.ids.New, 0)
-			rb.ws.Reserve(len(rows))
-			pre.seed(rb.ws)
+			rb.puts = buildPuts(im.tenant, ws.Changes())
+			ws.Bind(nil, ws.Now()) // the transaction ends here
 			return nil
 		})
 		span.End()
@@ -223,11 +255,22 @@ func (im *Import) reader() {
 			im.fail(fmt.Errorf("import read-ahead: %w", err))
 			continue
 		}
+		prev = ws
 		select {
 		case im.reads <- rb:
+			handed++
 		case <-im.failed:
 		case <-im.ctx.Done():
 		}
+	}
+}
+
+// waitWritten waits until the writer is done with n batches.
+func (im *Import) waitWritten(n int) {
+	im.writtenMu.Lock()
+	defer im.writtenMu.Unlock()
+	for im.written < n {
+		im.wrote.Wait()
 	}
 }
 
@@ -235,25 +278,68 @@ func (im *Import) writer() {
 	defer close(im.done)
 	var prev lastCommit
 	for rb := range im.reads {
-		if im.stopped() {
-			continue
+		if !im.stopped() {
+			c, err := im.s.importBatch(im.ctx, im.tenant, rb, &prev)
+			if err != nil {
+				im.fail(err)
+			} else {
+				im.mu.Lock()
+				im.applied.Created += c.Created
+				im.applied.Updated += c.Updated
+				im.applied.Moved += c.Moved
+				im.applied.Unchanged += c.Unchanged
+				im.applied.ProfilesCreated += c.ProfilesCreated
+				im.mu.Unlock()
+				if !prev.prepared {
+					im.resync.Store(true)
+				}
+			}
 		}
-		c, err := im.s.importBatch(im.ctx, im.tenant, rb, &prev)
-		if err != nil {
-			im.fail(err)
-			continue
-		}
-		im.mu.Lock()
-		im.applied.Created += c.Created
-		im.applied.Updated += c.Updated
-		im.applied.Moved += c.Moved
-		im.applied.Unchanged += c.Unchanged
-		im.applied.ProfilesCreated += c.ProfilesCreated
-		im.mu.Unlock()
+		im.writtenMu.Lock()
+		im.written++
+		im.wrote.Broadcast()
+		im.writtenMu.Unlock()
 	}
 	if err := im.ctx.Err(); err != nil {
 		im.fail(err)
 	}
+}
+
+// applyBatch reads what rows need through ld (on top of prev's changes
+// when prev is not nil) and applies them; it returns the workset holding
+// their changes.
+func applyBatch(ld *loader, rows []profile.ImportRow, prev *profile.Workset, newID func() profile.ID, now int64) (*profile.Workset, ImportCounts, error) {
+	var counts ImportCounts
+	pre, err := readImport(ld, rows)
+	if err != nil {
+		return nil, counts, err
+	}
+	ws := profile.NewWorkset(ld, newID, now)
+	ws.Reserve(len(rows))
+	if prev != nil {
+		ws.Overlay(prev)
+	}
+	pre.seed(ws)
+	for _, r := range rows {
+		outcome, created, err := ws.Import(r)
+		if err != nil {
+			return nil, counts, err
+		}
+		if created {
+			counts.ProfilesCreated++
+		}
+		switch outcome {
+		case profile.OutcomeCreated:
+			counts.Created++
+		case profile.OutcomeUpdated:
+			counts.Updated++
+		case profile.OutcomeMoved:
+			counts.Moved++
+		case profile.OutcomeUnchanged:
+			counts.Unchanged++
+		}
+	}
+	return ws, counts, nil
 }
 
 // readImport reads everything a batch of rows needs, each bucket in key
@@ -298,59 +384,38 @@ func readImport(ld *loader, rows []profile.ImportRow) (*prefetched, error) {
 	return pre, nil
 }
 
-// importBatch applies a batch in one write transaction.
+// importBatch writes a prepared batch in one write transaction, or reads
+// and applies it again there when its preparation may be stale.
 func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch, prev *lastCommit) (ImportCounts, error) {
 	_, span := s.tracer.Start(ctx, "store.import.batch", trace.WithAttributes(attribute.Int("import.rows", len(rb.rows))))
 	defer span.End()
 	var (
 		counts ImportCounts
 		commit lastCommit
-		reread bool
 	)
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		counts = ImportCounts{}
+		id := tx.ID()
+		// The prepared state is current when nothing committed since the
+		// batch's read or, for a batch prepared on top of the previous one,
+		// when that one committed its prepared writes right before this
+		// transaction and after or right after this batch's read.
+		fresh := rb.txID == id-1
+		if rb.overlaid {
+			fresh = prev.prepared && prev.txID == id-1 && (rb.txID == id-1 || rb.txID == id-2)
+		}
+		commit = lastCommit{txID: id, prepared: fresh}
+		if fresh {
+			counts = rb.counts
+			return writeBuckets(tx, rb.puts)
+		}
+		s.importRereads.Add(1)
 		ld := newLoader(tx, tenantID)
-		ws := rb.ws
-		switch {
-		case rb.txID == tx.ID()-1:
-			// Nothing committed since the read.
-		case rb.txID == tx.ID()-2 && prev.txID == tx.ID()-1:
-			ws.Forget(prev.changes) // only our previous batch did
-		default:
-			// Another writer committed in between: read again, here.
-			reread = true
-			s.importRereads.Add(1)
-			pre, err := readImport(ld, rb.rows)
-			if err != nil {
-				return err
-			}
-			ws = profile.NewWorkset(nil, s.ids.New, 0)
-			ws.Reserve(len(rb.rows))
-			pre.seed(ws)
+		ws, c, err := applyBatch(ld, rb.rows, nil, s.ids.New, s.clock())
+		if err != nil {
+			return err
 		}
-		ws.Bind(ld, s.clock())
-		for _, r := range rb.rows {
-			outcome, created, err := ws.Import(r)
-			if err != nil {
-				return err
-			}
-			if created {
-				counts.ProfilesCreated++
-			}
-			switch outcome {
-			case profile.OutcomeCreated:
-				counts.Created++
-			case profile.OutcomeUpdated:
-				counts.Updated++
-			case profile.OutcomeMoved:
-				counts.Moved++
-			case profile.OutcomeUnchanged:
-				counts.Unchanged++
-			}
-		}
-		ch := ws.Changes()
-		commit = lastCommit{txID: tx.ID(), changes: &ch}
-		return persist(tx, tenantID, ch)
+		counts = c
+		return persist(tx, tenantID, ws.Changes())
 	})
 	if err != nil {
 		span.RecordError(err)
@@ -359,7 +424,7 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 	}
 	*prev = commit
 	span.SetAttributes(
-		attribute.Bool("import.reread", reread),
+		attribute.Bool("import.reread", !commit.prepared),
 		attribute.Int64("import.created", counts.Created),
 		attribute.Int64("import.moved", counts.Moved),
 		attribute.Int64("import.profiles_created", counts.ProfilesCreated))

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,7 +61,8 @@ type Store struct {
 	commits *committer
 	tracer  trace.Tracer
 
-	// importRereads counts import batches whose read-ahead went stale.
+	// importRereads counts import batches whose read-ahead went stale and
+	// were applied again inside their write transaction.
 	importRereads atomic.Int64
 }
 
@@ -376,16 +378,7 @@ type bucketPuts struct {
 // transaction's writes overlap the building of the other buckets. Only the
 // writes go through the transaction, one at a time.
 func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
-	keys := newKeyer(tenantID)
-	builders := []func(mem *arena) bucketPuts{
-		func(mem *arena) bucketPuts { return bucketPuts{bucketProfileTokens, detailPuts(mem, keys, ch.Tokens)} },
-		func(mem *arena) bucketPuts { return bucketPuts{bucketTokens, hotPuts(mem, keys, ch.Tokens)} },
-		func(mem *arena) bucketPuts { return bucketPuts{bucketProfiles, profilePuts(mem, keys, ch.Profiles)} },
-		func(mem *arena) bucketPuts {
-			return bucketPuts{bucketIdentities, identityPuts(mem, keys, ch.IdentityOwners)}
-		},
-		func(mem *arena) bucketPuts { return bucketPuts{bucketDevices, devicePuts(mem, keys, ch.DeviceTokens)} },
-	}
+	builders := putBuilders(tenantID, ch)
 	if len(ch.Profiles)+len(ch.Tokens) <= 1000 {
 		// Small changes (a registration writes a few hundred bytes) are
 		// built and written in turn, from one arena.
@@ -414,6 +407,47 @@ func persist(tx *bolt.Tx, tenantID string, ch profile.Changes) error {
 		}
 	}
 	return first
+}
+
+// buildPuts builds every bucket's sorted writes for ch, one goroutine per
+// bucket, without a transaction: an import prepares a batch's writes while
+// the previous batch is being written.
+func buildPuts(tenantID string, ch profile.Changes) []bucketPuts {
+	builders := putBuilders(tenantID, ch)
+	out := make([]bucketPuts, len(builders))
+	var wg sync.WaitGroup
+	for i, build := range builders {
+		wg.Go(func() {
+			var mem arena
+			out[i] = build(&mem)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// writeBuckets writes what buildPuts built.
+func writeBuckets(tx *bolt.Tx, all []bucketPuts) error {
+	for _, w := range all {
+		if err := writeBucket(tx, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// putBuilders returns one function per bucket building its sorted writes.
+func putBuilders(tenantID string, ch profile.Changes) []func(mem *arena) bucketPuts {
+	keys := newKeyer(tenantID)
+	return []func(mem *arena) bucketPuts{
+		func(mem *arena) bucketPuts { return bucketPuts{bucketProfileTokens, detailPuts(mem, keys, ch.Tokens)} },
+		func(mem *arena) bucketPuts { return bucketPuts{bucketTokens, hotPuts(mem, keys, ch.Tokens)} },
+		func(mem *arena) bucketPuts { return bucketPuts{bucketProfiles, profilePuts(mem, keys, ch.Profiles)} },
+		func(mem *arena) bucketPuts {
+			return bucketPuts{bucketIdentities, identityPuts(mem, keys, ch.IdentityOwners)}
+		},
+		func(mem *arena) bucketPuts { return bucketPuts{bucketDevices, devicePuts(mem, keys, ch.DeviceTokens)} },
+	}
 }
 
 func writeBucket(tx *bolt.Tx, w bucketPuts) error {

@@ -307,7 +307,10 @@ func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
 // random ones, since each page is visited once. The keys of a batch share a
 // long prefix (the tenant, an identity namespace), so comparing whole keys
 // spends most of its time on equal bytes: each put is ranked by the 8 bytes
-// after the common prefix, and keys are compared only when ranks tie.
+// after the common prefix, and keys are compared only when ranks tie. Puts
+// already in order (a batch seeded in key order) are left as they are; big
+// batches are sorted by rank with a radix sort, which moves 16-byte
+// (rank, index) pairs instead of comparing and swapping 64-byte puts.
 func sortPuts(puts []put) {
 	if len(puts) < 2 {
 		return
@@ -319,12 +322,76 @@ func sortPuts(puts []put) {
 	for i := range puts {
 		puts[i].rank = rank(puts[i].key[lcp:])
 	}
-	slices.SortFunc(puts, func(a, b put) int {
+	cmpPuts := func(a, b put) int {
 		if a.rank != b.rank {
 			return cmp.Compare(a.rank, b.rank)
 		}
 		return bytes.Compare(a.key, b.key)
-	})
+	}
+	if slices.IsSortedFunc(puts, cmpPuts) {
+		return
+	}
+	if len(puts) < radixMin {
+		slices.SortFunc(puts, cmpPuts)
+		return
+	}
+	order := radixSortRanks(puts)
+	// Equal ranks are ordered by their whole keys.
+	for i := 0; i < len(order); {
+		j := i + 1
+		for j < len(order) && order[j].rank == order[i].rank {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(order[i:j], func(a, b rankedPut) int { return bytes.Compare(puts[a.i].key, puts[b.i].key) })
+		}
+		i = j
+	}
+	sorted := make([]put, len(puts))
+	for j, o := range order {
+		sorted[j] = puts[o.i]
+	}
+	copy(puts, sorted)
+}
+
+// radixMin is the number of puts from which sortPuts radix sorts.
+const radixMin = 512
+
+type rankedPut struct {
+	rank uint64
+	i    int
+}
+
+// radixSortRanks returns the puts' (rank, index) pairs sorted by rank: a
+// least-significant-byte-first radix sort, skipping the bytes all ranks
+// share.
+func radixSortRanks(puts []put) []rankedPut {
+	a := make([]rankedPut, len(puts))
+	var counts [8][256]int
+	for i, p := range puts {
+		a[i] = rankedPut{rank: p.rank, i: i}
+		for d := range 8 {
+			counts[d][byte(p.rank>>(8*d))]++
+		}
+	}
+	b := make([]rankedPut, len(puts))
+	for d := range 8 {
+		c := &counts[d]
+		if c[byte(a[0].rank>>(8*d))] == len(a) {
+			continue // every rank has the same byte here
+		}
+		sum := 0
+		for v := range c {
+			c[v], sum = sum, sum+c[v]
+		}
+		for _, x := range a {
+			v := byte(x.rank >> (8 * d))
+			b[c[v]] = x
+			c[v]++
+		}
+		a, b = b, a
+	}
+	return a
 }
 
 // commonPrefixLen is the length of the longest common prefix of a and b.

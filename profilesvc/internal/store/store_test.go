@@ -472,10 +472,25 @@ func TestSortPutsOrdersLikeBytes(t *testing.T) {
 		}
 		puts = append(puts, put{key: key})
 	}
-	sortPuts(puts)
-	for i := 1; i < len(puts); i++ {
-		if bytes.Compare(puts[i-1].key, puts[i].key) > 0 {
-			t.Fatalf("keys %d and %d out of order: %q before %q", i-1, i, puts[i-1].key, puts[i].key)
+	// Random 16-byte ids after the prefix, as the token index has.
+	for i := 0; i < 3000; i++ {
+		key := []byte("tenant\x00")
+		for range 16 {
+			key = append(key, byte(rng.IntN(256)))
+		}
+		puts = append(puts, put{key: key})
+	}
+	for _, n := range []int{len(puts), 2000, 300} {
+		ps := slices.Clone(puts[len(puts)-n:])
+		sortPuts(ps)
+		for i := 1; i < len(ps); i++ {
+			if bytes.Compare(ps[i-1].key, ps[i].key) > 0 {
+				t.Fatalf("%d puts: keys %d and %d out of order: %q before %q", n, i-1, i, ps[i-1].key, ps[i].key)
+			}
+		}
+		sortPuts(ps) // already sorted
+		if !slices.IsSortedFunc(ps, func(a, b put) int { return bytes.Compare(a.key, b.key) }) {
+			t.Fatalf("%d puts: sorting sorted puts unsorted them", n)
 		}
 	}
 }

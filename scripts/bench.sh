@@ -35,7 +35,7 @@ fi
 
 # pick FILE REGEX: the first number after REGEX in FILE.
 pick() { grep -v '^DEBUG\|^DBG' "$OUT/$1.txt" 2>/dev/null | grep -oP "$2\\s*\\K[0-9][0-9.,]*" | head -1 | tr -d , || true; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.3f", a / b }'; }
 
 apns=$(grep -oP 'BenchmarkAPNsPush\S*.*?\K[0-9.]+(?= pushes/s)' "$OUT/emulator-apns.txt" | head -1 || true)
 apnsCeil=$(grep -oP 'BenchmarkAPNsCeiling\S*.*?\K[0-9.]+(?= pushes/s)' "$OUT/emulator-apns.txt" | head -1 || true)

@@ -299,7 +299,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	ceiling := (ceilingBefore + ceilingAfter) / 2
 	fmt.Printf("  apns2 → APNs emulator ceiling again (after deliverysvc went idle, %s later): %8.0f pushes/s; mean %.0f\n", settled.Round(10*time.Millisecond), ceilingAfter, ceiling)
-	fmt.Printf("  ratio to the apns2 ceiling: %.2f\n", rate/ceiling)
+	fmt.Printf("  ratio to the apns2 ceiling: %.3f\n", rate/ceiling)
 	apnsShare := float64(res.apns) / float64(max(1, res.sent))
 	apnsCeilingCPU := ceilingCPU.Seconds() / float64(o.ceilingN) * 1e6
 	mixedCeilingCPU := apnsCeilingCPU
@@ -307,7 +307,7 @@ func run(ctx context.Context, args []string) error {
 		// The same mix of raw client calls: time per push weighted by
 		// the share of each gateway.
 		mixed := 1 / (apnsShare/ceiling + (1-apnsShare)/fcmRate)
-		fmt.Printf("  ratio to the same mix of raw client calls (%.0f/s): %.2f\n", mixed, rate/mixed)
+		fmt.Printf("  ratio to the same mix of raw client calls (%.0f/s): %.3f\n", mixed, rate/mixed)
 		mixedCeilingCPU = apnsShare*apnsCeilingCPU + (1-apnsShare)*fcmCPU.Seconds()/float64(o.ceilingN/2)*1e6
 	}
 	childCPU, selfCPUUsed := per100k(childAfter-childBefore), per100k(selfAfter-selfBefore)

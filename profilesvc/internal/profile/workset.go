@@ -153,8 +153,9 @@ func (w *Workset) Bind(load Loader, now int64) {
 	w.load, w.now = load, now
 }
 
-// Overlay carries what prev changed into w, a fresh workset for the next
-// batch of an import, before w is seeded: w then sees prev's results
+// Overlay carries what prev changed into w, the workset of the next batch
+// of an import, after w is seeded (a seeded slot is updated in place, so
+// the refs seeding returned stay valid): w then sees prev's results
 // instead of the store's older state for every key prev changed, whether
 // or not prev has been committed yet. prev's values are shared, not
 // copied: prev must not be used afterwards except to read its changes
@@ -204,19 +205,28 @@ func (w *Workset) SeedProfile(id ID, p *Profile) {
 	}
 }
 
+// TokenRef is a token's slot in a workset, returned by SeedToken so that
+// ImportSeeded can reach it without a map lookup.
+type TokenRef struct{ s *tokenSlot }
+
+// OwnerRef is an identity's slot in a workset, returned by
+// SeedIdentityOwner.
+type OwnerRef struct{ s *ownerSlot }
+
 // SeedToken caches a token loaded ahead (nil when absent): its hot part, and
-// its details too when t.Full.
-func (w *Workset) SeedToken(id TokenID, t *Token) {
-	if _, ok := w.tokens[id]; !ok {
-		w.tokens[id] = w.newTokenSlot(id, t)
-	}
+// its details too when t.Full. The token must not be cached yet.
+func (w *Workset) SeedToken(id TokenID, t *Token) TokenRef {
+	s := w.newTokenSlot(id, t)
+	w.tokens[id] = s
+	return TokenRef{s}
 }
 
-// SeedIdentityOwner caches an identity index entry loaded ahead.
-func (w *Workset) SeedIdentityOwner(idn Identity, owner ID, found bool) {
-	if _, ok := w.identityOwners[idn]; !ok {
-		w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{idn: idn, id: owner, found: found})
-	}
+// SeedIdentityOwner caches an identity index entry loaded ahead. The
+// identity must not be cached yet.
+func (w *Workset) SeedIdentityOwner(idn Identity, owner ID, found bool) OwnerRef {
+	s := w.ownerSlots.alloc(ownerSlot{idn: idn, id: owner, found: found})
+	w.identityOwners[idn] = s
+	return OwnerRef{s}
 }
 
 // SeedDevice caches the tokens of an app install loaded ahead.
@@ -647,11 +657,17 @@ type RegisterResult struct {
 // token's hot part; the details are read and rewritten only on a move, a
 // device or environment change, or a change of active state.
 func (w *Workset) Register(target ID, r Registration) (RegisterResult, error) {
-	st := r.stamp()
 	s, err := w.tokenByID(r.Key, r.tokenID())
 	if err != nil {
 		return RegisterResult{}, err
 	}
+	return w.register(target, r, s)
+}
+
+// register is Register on the token's slot s.
+func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterResult, error) {
+	var err error
+	st := r.stamp()
 	res := RegisterResult{Outcome: OutcomeUnchanged, Owner: target}
 	if s.t == nil {
 		t := &Token{
@@ -963,9 +979,28 @@ type ImportRow struct {
 // row's time, and the token registers under the usual rules. It reports the
 // registration's outcome and whether a profile was created.
 func (w *Workset) Import(row ImportRow) (Outcome, bool, error) {
+	return w.ImportSeeded(row, OwnerRef{}, TokenRef{})
+}
+
+// ImportSeeded is Import for a row whose customer id and token were seeded
+// into this workset: owner and token are the refs seeding returned (zero
+// refs are looked up).
+func (w *Workset) ImportSeeded(row ImportRow, owner OwnerRef, token TokenRef) (Outcome, bool, error) {
 	idn := Identity{Namespace: CustomerIDNamespace, Value: row.CustomerID}
-	id, created, err := w.ResolveOrCreate(Ref{Identity: idn, ByIdentity: true}, "customer_id")
-	if err != nil {
+	var (
+		id      ID
+		created bool
+		err     error
+	)
+	if o := owner.s; o != nil {
+		id = o.id
+		if !o.found {
+			p := w.newProfile()
+			p.addIdentity(idn)
+			*o = ownerSlot{idn: idn, id: p.ID, found: true, dirty: true}
+			id, created = p.ID, true
+		}
+	} else if id, created, err = w.ResolveOrCreate(Ref{Identity: idn, ByIdentity: true}, "customer_id"); err != nil {
 		return 0, false, err
 	}
 	if len(row.Attributes) > 0 {
@@ -978,7 +1013,12 @@ func (w *Workset) Import(row ImportRow) (Outcome, bool, error) {
 		}
 	}
 	row.Reg.OwnerKey = CustomerIDNamespace + "\x00" + row.CustomerID
-	res, err := w.Register(id, row.Reg)
+	var res RegisterResult
+	if token.s != nil {
+		res, err = w.register(id, row.Reg, token.s)
+	} else {
+		res, err = w.Register(id, row.Reg)
+	}
 	if err != nil {
 		return 0, false, err
 	}

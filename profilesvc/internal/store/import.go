@@ -316,12 +316,12 @@ func applyBatch(ld *loader, rows []profile.ImportRow, prev *profile.Workset, new
 	}
 	ws := profile.NewWorkset(ld, newID, now)
 	ws.Reserve(len(rows))
+	owners, tokens := pre.seed(ws)
 	if prev != nil {
 		ws.Overlay(prev)
 	}
-	pre.seed(ws)
-	for _, r := range rows {
-		outcome, created, err := ws.Import(r)
+	for i, r := range rows {
+		outcome, created, err := ws.ImportSeeded(r, owners[pre.identityOf[i]], tokens[pre.tokenOf[i]])
 		if err != nil {
 			return nil, counts, err
 		}
@@ -361,11 +361,11 @@ func readImport(ld *loader, rows []profile.ImportRow) (*prefetched, error) {
 		}
 	}
 	pre := &prefetched{}
-	owners, seeds, err := ld.readIdentities(idns)
+	owners, seeds, seedOf, err := ld.readIdentities(idns)
 	if err != nil {
 		return nil, err
 	}
-	pre.identities = seeds
+	pre.identities, pre.identityOf = seeds, seedOf
 	// Rows with attributes rewrite their profile.
 	heads := make([]profile.ID, 0, len(withAttrs))
 	for _, i := range withAttrs {
@@ -377,7 +377,7 @@ func readImport(ld *loader, rows []profile.ImportRow) (*prefetched, error) {
 	// A token whose owner is not the row's customer is about to move: its
 	// details will be rewritten under the new owner.
 	needDetails := func(i int, t *profile.Token) bool { return t.Owner != owners[i] }
-	if pre.tokens, err = ld.readTokens(keys, ids, needDetails); err != nil {
+	if pre.tokens, pre.tokenOf, err = ld.readTokens(keys, ids, needDetails); err != nil {
 		return nil, err
 	}
 	pre.devices = ld.readDevices(devices)

@@ -147,7 +147,7 @@ func (s *Store) Feedback(ctx context.Context, items []FeedbackItem) (counts Feed
 			keys[i], ids[i] = it.Key, it.Key.ID()
 		}
 		// Only active tokens can be deactivated, which rewrites details.
-		seeds, err := ld.readTokens(keys, ids, func(_ int, t *profile.Token) bool { return t.Active() })
+		seeds, _, err := ld.readTokens(keys, ids, func(_ int, t *profile.Token) bool { return t.Active() })
 		if err != nil {
 			return err
 		}

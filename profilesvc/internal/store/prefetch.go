@@ -76,8 +76,8 @@ type deviceSeed struct {
 }
 
 // readIdentities reads the owners of idns; owners[i] is the owner of
-// idns[i] (zero when none).
-func (l *loader) readIdentities(idns []profile.Identity) ([]profile.ID, []identitySeed, error) {
+// idns[i] (zero when none) and seeds[seedOf[i]] its seed.
+func (l *loader) readIdentities(idns []profile.Identity) (owners []profile.ID, seeds []identitySeed, seedOf []int32, err error) {
 	var mem arena
 	// The keys are sorted as sortPuts does. The sort is written out again
 	// because a generic version with key and rank accessors made a 300k-row
@@ -106,26 +106,29 @@ func (l *loader) readIdentities(idns []profile.Identity) ([]profile.ID, []identi
 		}
 		return bytes.Compare(a.key, b.key)
 	})
-	owners := make([]profile.ID, len(idns))
-	seeds := make([]identitySeed, 0, len(idns))
+	owners = make([]profile.ID, len(idns))
+	seeds = make([]identitySeed, 0, len(idns))
+	seedOf = make([]int32, len(idns))
 	w := newWalker(l.identities)
 	for j, it := range items {
 		if j > 0 && bytes.Equal(items[j-1].key, it.key) {
 			owners[it.i] = owners[items[j-1].i]
+			seedOf[it.i] = seedOf[items[j-1].i]
 			continue
 		}
 		seed := identitySeed{idn: idns[it.i]}
 		if v := w.get(it.key); v != nil {
 			if len(v) != len(seed.owner) {
-				return nil, nil, profile.ErrCorrupt
+				return nil, nil, nil, profile.ErrCorrupt
 			}
 			copy(seed.owner[:], v)
 			seed.found = true
 		}
 		owners[it.i] = seed.owner
+		seedOf[it.i] = int32(len(seeds))
 		seeds = append(seeds, seed)
 	}
-	return owners, seeds, nil
+	return owners, seeds, seedOf, nil
 }
 
 // readProfiles reads and decodes the profiles ids (zero ids skipped).
@@ -156,8 +159,8 @@ func (l *loader) readProfiles(ids []profile.ID) ([]profileSeed, error) {
 
 // readTokens reads the hot parts of the tokens keys[i] (ids[i] is
 // keys[i].ID()), then the details of those for which needDetails(i, token)
-// says so (nil: none).
-func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, needDetails func(i int, t *profile.Token) bool) ([]tokenSeed, error) {
+// says so (nil: none). seeds[seedOf[i]] is the seed of keys[i].
+func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, needDetails func(i int, t *profile.Token) bool) (seeds []tokenSeed, seedOf []int32, err error) {
 	// Sort by the ids' leading bytes as a number (the hash makes ties
 	// rare), not by indirect byte comparisons.
 	type item struct {
@@ -174,21 +177,24 @@ func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, need
 		}
 		return bytes.Compare(ids[a.i][:], ids[b.i][:])
 	})
-	seeds := make([]tokenSeed, 0, len(keys))
+	seeds = make([]tokenSeed, 0, len(keys))
+	seedOf = make([]int32, len(keys))
 	var withDetails []int // indexes into seeds
 	w := newWalker(l.tokens)
 	var key []byte
 	for j, it := range order {
 		i := it.i
 		if j > 0 && ids[order[j-1].i] == ids[i] {
+			seedOf[i] = seedOf[order[j-1].i]
 			continue
 		}
+		seedOf[i] = int32(len(seeds))
 		key = l.keys.token(key[:0], ids[i])
 		seed := tokenSeed{id: ids[i]}
 		if v := w.get(key); v != nil {
 			t, err := profile.DecodeHot(keys[i], v)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			seed.t = t
 			if needDetails != nil && needDetails(i, t) {
@@ -209,13 +215,13 @@ func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, need
 		key = l.keys.details(key[:0], s.t.Owner, &s.id)
 		v := w.get(key)
 		if v == nil {
-			return nil, profile.ErrCorrupt
+			return nil, nil, profile.ErrCorrupt
 		}
 		if err := profile.DecodeDetails(s.t, v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return seeds, nil
+	return seeds, seedOf, nil
 }
 
 // readDevices reads the tokens of the app installs dks.
@@ -247,20 +253,27 @@ type prefetched struct {
 	profiles   []profileSeed
 	tokens     []tokenSeed
 	devices    []deviceSeed
+	// For import rows: row i's customer id is identities[identityOf[i]],
+	// its token tokens[tokenOf[i]].
+	identityOf, tokenOf []int32
 }
 
-// seed hands what was read to ws.
-func (p *prefetched) seed(ws *profile.Workset) {
-	for _, s := range p.identities {
-		ws.SeedIdentityOwner(s.idn, s.owner, s.found)
+// seed hands what was read to ws, a fresh workset, and returns the slots of
+// the identities and tokens (in the order of p.identities and p.tokens).
+func (p *prefetched) seed(ws *profile.Workset) ([]profile.OwnerRef, []profile.TokenRef) {
+	owners := make([]profile.OwnerRef, len(p.identities))
+	for i, s := range p.identities {
+		owners[i] = ws.SeedIdentityOwner(s.idn, s.owner, s.found)
 	}
 	for _, s := range p.profiles {
 		ws.SeedProfile(s.id, s.p)
 	}
-	for _, s := range p.tokens {
-		ws.SeedToken(s.id, s.t)
+	tokens := make([]profile.TokenRef, len(p.tokens))
+	for i, s := range p.tokens {
+		tokens[i] = ws.SeedToken(s.id, s.t)
 	}
 	for _, s := range p.devices {
 		ws.SeedDevice(s.dk, s.tokens)
 	}
+	return owners, tokens
 }

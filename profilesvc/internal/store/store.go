@@ -309,8 +309,10 @@ func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
 // spends most of its time on equal bytes: each put is ranked by the 8 bytes
 // after the common prefix, and keys are compared only when ranks tie. Puts
 // already in order (a batch seeded in key order) are left as they are; big
-// batches are sorted by rank with a radix sort, which moves 16-byte
-// (rank, index) pairs instead of comparing and swapping 64-byte puts.
+// batches are sorted with a radix sort on the 16 bytes after the common
+// prefix (profile ids made in the same millisecond share their first 8
+// bytes after it), which moves small (rank, index) triples instead of
+// comparing and swapping 64-byte puts.
 func sortPuts(puts []put) {
 	if len(puts) < 2 {
 		return
@@ -335,11 +337,11 @@ func sortPuts(puts []put) {
 		slices.SortFunc(puts, cmpPuts)
 		return
 	}
-	order := radixSortRanks(puts)
+	order := radixSortRanks(puts, lcp)
 	// Equal ranks are ordered by their whole keys.
 	for i := 0; i < len(order); {
 		j := i + 1
-		for j < len(order) && order[j].rank == order[i].rank {
+		for j < len(order) && order[j].hi == order[i].hi && order[j].lo == order[i].lo {
 			j++
 		}
 		if j-i > 1 {
@@ -357,27 +359,40 @@ func sortPuts(puts []put) {
 // radixMin is the number of puts from which sortPuts radix sorts.
 const radixMin = 512
 
+// rankedPut is a put's rank (hi) and the 8 key bytes after it (lo).
 type rankedPut struct {
-	rank uint64
-	i    int
+	hi, lo uint64
+	i      int
 }
 
-// radixSortRanks returns the puts' (rank, index) pairs sorted by rank: a
-// least-significant-byte-first radix sort, skipping the bytes all ranks
-// share.
-func radixSortRanks(puts []put) []rankedPut {
+// digit is byte d of r's 16-byte rank, 0 the least significant.
+func (r *rankedPut) digit(d int) byte {
+	if d < 8 {
+		return byte(r.lo >> (8 * d))
+	}
+	return byte(r.hi >> (8 * (d - 8)))
+}
+
+// radixSortRanks returns the puts' ranks (the 16 key bytes after lcp) and
+// indexes, sorted by rank: a least-significant-byte-first radix sort,
+// skipping the bytes all ranks share.
+func radixSortRanks(puts []put, lcp int) []rankedPut {
 	a := make([]rankedPut, len(puts))
-	var counts [8][256]int
+	var counts [16][256]int
 	for i, p := range puts {
-		a[i] = rankedPut{rank: p.rank, i: i}
-		for d := range 8 {
-			counts[d][byte(p.rank>>(8*d))]++
+		r := rankedPut{hi: p.rank, i: i}
+		if len(p.key) > lcp+8 {
+			r.lo = rank(p.key[lcp+8:])
+		}
+		a[i] = r
+		for d := range 16 {
+			counts[d][r.digit(d)]++
 		}
 	}
 	b := make([]rankedPut, len(puts))
-	for d := range 8 {
+	for d := range 16 {
 		c := &counts[d]
-		if c[byte(a[0].rank>>(8*d))] == len(a) {
+		if c[a[0].digit(d)] == len(a) {
 			continue // every rank has the same byte here
 		}
 		sum := 0
@@ -385,7 +400,7 @@ func radixSortRanks(puts []put) []rankedPut {
 			c[v], sum = sum, sum+c[v]
 		}
 		for _, x := range a {
-			v := byte(x.rank >> (8 * d))
+			v := x.digit(d)
 			b[c[v]] = x
 			c[v]++
 		}

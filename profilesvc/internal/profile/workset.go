@@ -90,6 +90,11 @@ type Workset struct {
 	identityOwners map[Identity]*ownerSlot
 	deviceTokens   map[DeviceKey]*deviceSlot
 
+	// prev is the previous batch of an import (see Overlay): a key this
+	// workset has not cached is taken from prev's changes, when prev
+	// changed it, before it is loaded.
+	prev *Workset
+
 	// Slots come from slabs: a batch makes hundreds of thousands of them.
 	// A key's slot is never replaced, only updated in place, so Changes can
 	// walk the slabs (in the order the slots were made, which for a batch
@@ -153,18 +158,23 @@ func (w *Workset) Bind(load Loader, now int64) {
 	w.load, w.now = load, now
 }
 
-// Overlay carries what prev changed into w, the workset of the next batch
-// of an import, after w is seeded (a seeded slot is updated in place, so
-// the refs seeding returned stay valid): w then sees prev's results
-// instead of the store's older state for every key prev changed, whether
-// or not prev has been committed yet. prev's values are shared, not
-// copied: prev must not be used afterwards except to read its changes
-// already taken.
+// Overlay makes w, the workset of the next batch of an import, see what
+// prev (the batch before, applied but maybe not committed yet) changed
+// instead of the store's older state: the slots w was seeded with are
+// updated in place (so the refs seeding returned stay valid), and a key w
+// has not cached is looked up in prev's changes before the loader. prev's
+// values are shared, not copied: prev must not be used afterwards except
+// to read the changes already taken from it. The loader must see at least
+// everything committed before prev was applied.
 func (w *Workset) Overlay(prev *Workset) {
+	prev.prev = nil // w needs prev's own changes only
+	w.prev = prev
 	for _, chunk := range prev.profileSlots.chunks {
 		for i := range chunk {
 			if s := &chunk[i]; s.dirty {
-				w.setProfileSlot(profileSlot{id: s.id, p: s.p, loaded: true, known: true, exists: s.p != nil})
+				if old, ok := w.profiles[s.id]; ok {
+					*old = carriedProfile(s)
+				}
 			}
 		}
 	}
@@ -173,8 +183,6 @@ func (w *Workset) Overlay(prev *Workset) {
 			if s := &chunk[i]; s.hotDirty || s.detailsDirty {
 				if old, ok := w.tokens[s.id]; ok {
 					*old = storedTokenSlot(s.id, s.t)
-				} else {
-					w.tokens[s.id] = w.newTokenSlot(s.id, s.t)
 				}
 			}
 		}
@@ -184,17 +192,31 @@ func (w *Workset) Overlay(prev *Workset) {
 			if s := &chunk[i]; s.dirty {
 				if old, ok := w.identityOwners[s.idn]; ok {
 					*old = ownerSlot{idn: s.idn, id: s.id, found: s.found}
-				} else {
-					w.identityOwners[s.idn] = w.ownerSlots.alloc(ownerSlot{idn: s.idn, id: s.id, found: s.found})
 				}
 			}
 		}
 	}
 	for k, ds := range prev.deviceTokens {
-		if len(ds.changed) > 0 {
+		if _, ok := w.deviceTokens[k]; ok && len(ds.changed) > 0 {
 			w.deviceTokens[k] = &deviceSlot{members: ds.members}
 		}
 	}
+}
+
+// carriedProfile is the clean slot of a profile prev changed.
+func carriedProfile(s *profileSlot) profileSlot {
+	return profileSlot{id: s.id, p: s.p, loaded: true, known: true, exists: s.p != nil}
+}
+
+// prevProfile returns the slot of profile id if the previous batch changed
+// it.
+func (w *Workset) prevProfile(id ID) (profileSlot, bool) {
+	if w.prev != nil {
+		if s, ok := w.prev.profiles[id]; ok && s.dirty {
+			return carriedProfile(s), true
+		}
+	}
+	return profileSlot{}, false
 }
 
 // SeedProfile caches a profile loaded ahead (nil when absent), so a batch can
@@ -276,6 +298,10 @@ func (w *Workset) Profile(id ID) (*Profile, error) {
 	if ok && s.known && !s.exists {
 		return nil, nil
 	}
+	if v, ok := w.prevProfile(id); ok {
+		w.setProfileSlot(v)
+		return v.p, nil
+	}
 	p, err := w.load.LoadProfile(id)
 	if err != nil {
 		return nil, err
@@ -287,6 +313,10 @@ func (w *Workset) Profile(id ID) (*Profile, error) {
 func (w *Workset) profileExists(id ID) (bool, error) {
 	if s, ok := w.profiles[id]; ok && s.known {
 		return s.exists, nil
+	}
+	if v, ok := w.prevProfile(id); ok {
+		w.setProfileSlot(v)
+		return v.exists, nil
 	}
 	exists, err := w.load.ProfileExists(id)
 	if err != nil {
@@ -325,6 +355,13 @@ func (w *Workset) tokenByID(k TokenKey, id TokenID) (*tokenSlot, error) {
 	if s, ok := w.tokens[id]; ok {
 		return s, nil
 	}
+	if w.prev != nil {
+		if ps, ok := w.prev.tokens[id]; ok && (ps.hotDirty || ps.detailsDirty) {
+			s := w.newTokenSlot(id, ps.t)
+			w.tokens[id] = s
+			return s, nil
+		}
+	}
 	t, err := w.load.LoadToken(k)
 	if err != nil {
 		return nil, err
@@ -351,6 +388,12 @@ func (w *Workset) IdentityOwner(idn Identity) (ID, bool, error) {
 	if s, ok := w.identityOwners[idn]; ok {
 		return s.id, s.found, nil
 	}
+	if w.prev != nil {
+		if ps, ok := w.prev.identityOwners[idn]; ok && ps.dirty {
+			w.identityOwners[idn] = w.ownerSlots.alloc(ownerSlot{idn: idn, id: ps.id, found: ps.found})
+			return ps.id, ps.found, nil
+		}
+	}
 	id, found, err := w.load.LoadIdentityOwner(idn)
 	if err != nil {
 		return ID{}, false, err
@@ -370,6 +413,13 @@ func (w *Workset) setIdentityOwner(idn Identity, id ID, found bool) {
 func (w *Workset) device(k DeviceKey) (*deviceSlot, error) {
 	if ds, ok := w.deviceTokens[k]; ok {
 		return ds, nil
+	}
+	if w.prev != nil {
+		if ps, ok := w.prev.deviceTokens[k]; ok && len(ps.changed) > 0 {
+			ds := &deviceSlot{members: ps.members}
+			w.deviceTokens[k] = ds
+			return ds, nil
+		}
 	}
 	tokens, err := w.load.LoadDeviceTokens(k)
 	if err != nil {

@@ -392,7 +392,11 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 	var (
 		counts ImportCounts
 		commit lastCommit
+		// After the puts, while bbolt commits them, the file's dirty pages
+		// are written back ahead of the commit's fdatasync.
+		stopWriteback = func() {}
 	)
+	defer func() { stopWriteback() }()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		id := tx.ID()
 		// The prepared state is current when nothing committed since the
@@ -406,7 +410,11 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 		commit = lastCommit{txID: id, prepared: fresh}
 		if fresh {
 			counts = rb.counts
-			return writeBuckets(tx, rb.puts)
+			if err := writeBuckets(tx, rb.puts); err != nil {
+				return err
+			}
+			stopWriteback = startWriteback(s.db.Path())
+			return nil
 		}
 		s.importRereads.Add(1)
 		ld := newLoader(tx, tenantID)
@@ -415,7 +423,11 @@ func (s *Store) importBatch(ctx context.Context, tenantID string, rb *readBatch,
 			return err
 		}
 		counts = c
-		return persist(tx, tenantID, ws.Changes())
+		if err := persist(tx, tenantID, ws.Changes()); err != nil {
+			return err
+		}
+		stopWriteback = startWriteback(s.db.Path())
+		return nil
 	})
 	if err != nil {
 		span.RecordError(err)

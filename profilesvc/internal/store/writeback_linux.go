@@ -19,6 +19,9 @@ const writebackEvery = 20 * time.Millisecond
 // page building and writes. Durability is unchanged: the commit still
 // flushes before and after writing its meta page.
 func startWriteback(path string) (stop func()) {
+	// A second descriptor of the file: writeback is per file, whatever the
+	// descriptor, and closing it does not drop bbolt's lock (flock locks
+	// belong to bbolt's own descriptor, unlike fcntl locks).
 	f, err := os.Open(path)
 	if err != nil {
 		return func() {} // only a hint: the commit flushes anyway

@@ -51,15 +51,7 @@ func TestSharedDeadlineEnds(t *testing.T) {
 // An APNs request the gateway never answers is cut off by RequestTimeout.
 func TestAPNsRequestTimeout(t *testing.T) {
 	e := start(t)
-	gw, err := New(Config{APNsURL: e.apns.URL(), ExtraCAPEM: e.gw.cfg.ExtraCAPEM, RequestTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := e.openWithTimeout(t, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID), 200*time.Millisecond)
 	if err := e.apns.SetFaults(apns.Faults{Latency: time.Minute}); err != nil {
 		t.Fatal(err)
 	}

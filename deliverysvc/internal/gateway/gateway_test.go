@@ -11,6 +11,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	"github.com/pushmesh/pushmesh/emulator/apns"
@@ -82,6 +83,25 @@ func (e *emulators) fcmCreds(t *testing.T) creds.Credentials {
 		t.Fatal(err)
 	}
 	return creds.Credentials{FCM: c}
+}
+
+// openWithTimeout opens a sender on gateways like e's whose RequestTimeout
+// is timeout; the test closes it.
+func (e *emulators) openWithTimeout(t *testing.T, key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials, timeout time.Duration) apps.Sender {
+	t.Helper()
+	gw, err := New(Config{
+		APNsURL: e.apns.URL(), FCMEndpoint: e.fcm.URL() + "/v1", ExtraCAPEM: e.gw.cfg.ExtraCAPEM,
+		FCMLinger: time.Millisecond, RequestTimeout: timeout,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gw.Open(key, env, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }
 
 var (
@@ -392,18 +412,7 @@ func fcmMessage(token string, ttl time.Duration) *messaging.Message {
 // the message fails as a network error instead of waiting for the gateway.
 func TestFCMRequestTimeout(t *testing.T) {
 	e := start(t)
-	gw, err := New(Config{
-		FCMEndpoint: e.fcm.URL() + "/v1", ExtraCAPEM: e.gw.cfg.ExtraCAPEM,
-		FCMLinger: time.Millisecond, RequestTimeout: 100 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := gw.Open(fcmKey, 0, e.fcmCreds(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := e.openWithTimeout(t, fcmKey, 0, e.fcmCreds(t), 100*time.Millisecond)
 	if err := e.fcm.SetFaults(fcm.Faults{Latency: time.Minute}); err != nil {
 		t.Fatal(err)
 	}

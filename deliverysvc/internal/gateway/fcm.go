@@ -167,11 +167,13 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 // (oauth2's) with a goroutine and a timer per request, and FCM costs a
 // request per message.
 //
-// A request whose context already ends within the bound keeps it. Any
-// other runs under the gateways' shared deadline context instead (see
-// sharedDeadline), without the caller's cancellation: the one caller
-// without a deadline of its own is an FCM chunk, whose context is
-// deliberately not cancellable (it mixes several callers' messages).
+// A request whose context already ends within the bound keeps it (the
+// credential check's, a chunk whose latest TTL is near). Any other runs
+// under the gateways' shared deadline context instead (see sharedDeadline),
+// without its own context's cancellation. That loses nothing: such a
+// request comes from an FCM chunk, whose context is deliberately not
+// cancellable (it mixes several callers' messages) and ends only at its
+// deadline, which is then later than the shared one.
 type timeoutTransport struct {
 	base      http.RoundTripper
 	deadlines *sharedDeadline

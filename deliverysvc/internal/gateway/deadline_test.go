@@ -70,11 +70,7 @@ func TestAPNsRequestTimeout(t *testing.T) {
 // gateway's answer is what the caller gets, so the outcome is known.
 func TestAPNsPushOutlivesItsCaller(t *testing.T) {
 	e := start(t)
-	s, err := e.gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
 	if err := e.apns.SetFaults(apns.Faults{Latency: 300 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}

@@ -96,6 +96,12 @@ func (e *emulators) openWithTimeout(t *testing.T, key delivery.AppKey, env commo
 	if err != nil {
 		t.Fatal(err)
 	}
+	return openSender(t, gw, key, env, c)
+}
+
+// openSender opens a sender on gw for the app; the test closes it.
+func openSender(t *testing.T, gw *Gateways, key delivery.AppKey, env commonv1.ApnsEnvironment, c creds.Credentials) apps.Sender {
+	t.Helper()
 	s, err := gw.Open(key, env, c)
 	if err != nil {
 		t.Fatal(err)
@@ -175,11 +181,7 @@ func apnsPush(token string) delivery.Push {
 
 func TestAPNsAnswersAreClassified(t *testing.T) {
 	e := start(t)
-	s, err := e.gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
 	token := func(i int) string { return strings.Repeat("0", 62) + string(rune('a'+i/10)) + string(rune('0'+i%10)) }
 	gone := time.UnixMilli(1_700_000_000_000)
 	cases := []struct {
@@ -236,11 +238,7 @@ func TestAPNsAnswersAreClassified(t *testing.T) {
 func TestAPNsRetryAfterAndCredentials(t *testing.T) {
 	e := start(t)
 	c := e.apnsCreds(t, teamID, keyID, bundleID)
-	s, err := e.gw.Open(apnsKey, sandbox, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, apnsKey, sandbox, c)
 	if err := e.apns.SetFaults(apns.Faults{TooManyRequestsRate: 1, RetryAfter: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
@@ -260,11 +258,7 @@ func TestAPNsRetryAfterAndCredentials(t *testing.T) {
 
 func TestAPNsNetworkErrors(t *testing.T) {
 	e := start(t)
-	s, err := e.gw.Open(apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
 	if err := e.apns.SetFaults(apns.Faults{DropEvery: 1, DropMode: "close"}); err != nil {
 		t.Fatal(err)
 	}
@@ -288,11 +282,7 @@ func fcmPush(token string) delivery.Push {
 
 func TestFCMAnswersAreClassified(t *testing.T) {
 	e := start(t)
-	s, err := e.gw.Open(fcmKey, 0, e.fcmCreds(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, fcmKey, 0, e.fcmCreds(t))
 	cases := []struct {
 		outcome string
 		want    commonv1.FailureReason
@@ -343,11 +333,7 @@ func TestFCMChunksOfAtMost500(t *testing.T) {
 	e := start(t)
 	spans := tracetest.NewSpanRecorder()
 	e.gw.tracer = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)).Tracer(tracerName)
-	s, err := e.gw.Open(fcmKey, 0, e.fcmCreds(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openSender(t, e.gw, fcmKey, 0, e.fcmCreds(t))
 	pushes := make([]delivery.Push, 1201)
 	for i := range pushes {
 		pushes[i] = fcmPush("device-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)))

@@ -21,24 +21,49 @@ import (
 //
 //	hot      = owner:16 flags:1 sourceTime:varint sourceTie:4 env:1 (flags&4: replaced)
 //	           [envTime:varint envTie:4]        (unless flags&1: same as source)
-//	           deviceFP:8
+//	           [deviceFP:8]                     (unless flags&8: zero)
 //	           [deviceTime:varint deviceTie:4]  (unless flags&2: same as source)
 //	           deactivatedAt:varint reason:1 update:varint
 //
-//	details  = version:1 platform:1 active:1 appID:str token:str env:1
+//	details  = version:1 platform:1 active:1 appID:str token env:1
 //	           deviceID:str model:str os:str appVersion:str locale:str tz:str
-//	           create:varint historyCount:uvarint { from:16 to:16 time:varint source:str }
+//	           create:varint historyCount:uvarint { move }
+//	move     = flags:1 [from:16] to:16 time:varint [source:str]
+//	           from only when flags&1 (otherwise it is the previous move's
+//	           "to", or none for the first); source only when flags>>1 is
+//	           sourceOther, else it is one of the knownSources
+//	token    = see tokenpack.go
 //
 //	str      = len:uvarint bytes
 //	value    = kind:1 payload (see appendValue)
-const recordVersion = 1
+//
+// Version 1 of the details record (still read, no longer written) stored
+// the token as a str and each move as from:16 to:16 time:varint source:str.
+// Version 2 is about a quarter smaller for typical tokens, which is fewer
+// pages for an import to rewrite. The hot record carries no version: flag 8
+// is new, and records without it read as before.
+const (
+	recordVersion  = 1 // profile records
+	detailsVersion = 2 // details records written now
+	detailsV1      = 1 // details records written before
+)
 
 // Hot record flags.
 const (
 	hotEnvStampIsSource    = 1 << 0
 	hotDeviceStampIsSource = 1 << 1
 	hotReplaced            = 1 << 2
+	hotNoDeviceFP          = 1 << 3
 )
+
+// Move sources with a one-byte code in details records; any other source is
+// stored as a string.
+const sourceOther = 0
+
+var knownSources = [...]string{1: "register", 2: "import"}
+
+// moveExplicitFrom marks a move whose "from" is stored.
+const moveExplicitFrom = 1
 
 // Value kinds.
 const (
@@ -97,13 +122,18 @@ func EncodeHot(dst []byte, t *Token) []byte {
 	if t.Replaced {
 		flags |= hotReplaced
 	}
+	if t.DeviceFP == 0 {
+		flags |= hotNoDeviceFP
+	}
 	dst = append(dst, flags)
 	dst = appendStamp(dst, t.SourceStamp)
 	dst = append(dst, byte(t.Env))
 	if flags&hotEnvStampIsSource == 0 {
 		dst = appendStamp(dst, t.EnvStamp)
 	}
-	dst = binary.LittleEndian.AppendUint64(dst, t.DeviceFP)
+	if flags&hotNoDeviceFP == 0 {
+		dst = binary.LittleEndian.AppendUint64(dst, t.DeviceFP)
+	}
 	if flags&hotDeviceStampIsSource == 0 {
 		dst = appendStamp(dst, t.DeviceStamp)
 	}
@@ -133,7 +163,10 @@ func DecodeHotInto(t *Token, b []byte) error {
 	if flags&hotEnvStampIsSource == 0 {
 		t.EnvStamp = r.stamp()
 	}
-	t.DeviceFP = r.uint64()
+	t.DeviceFP = 0
+	if flags&hotNoDeviceFP == 0 {
+		t.DeviceFP = r.uint64()
+	}
 	t.DeviceStamp = t.SourceStamp
 	if flags&hotDeviceStampIsSource == 0 {
 		t.DeviceStamp = r.stamp()
@@ -153,14 +186,14 @@ func HotOwner(b []byte) (ID, error) {
 
 // EncodeDetails appends the details part of t to dst.
 func EncodeDetails(dst []byte, t *Token) []byte {
-	dst = append(dst, recordVersion, byte(t.Platform))
+	dst = append(dst, detailsVersion, byte(t.Platform))
 	if t.Active() {
 		dst = append(dst, 1)
 	} else {
 		dst = append(dst, 0)
 	}
 	dst = appendStr(dst, t.AppID)
-	dst = appendStr(dst, t.Token)
+	dst = appendToken(dst, t.Token)
 	dst = append(dst, byte(t.Env))
 	dst = appendStr(dst, t.DeviceID)
 	dst = appendStr(dst, t.Device.Model)
@@ -170,11 +203,28 @@ func EncodeDetails(dst []byte, t *Token) []byte {
 	dst = appendStr(dst, t.Device.TimeZone)
 	dst = binary.AppendVarint(dst, t.CreateTime)
 	dst = binary.AppendUvarint(dst, uint64(len(t.History)))
+	var prev ID
 	for _, m := range t.History {
-		dst = append(dst, m.From[:]...)
+		source := byte(sourceOther)
+		for code, known := range knownSources {
+			if code != sourceOther && m.Source == known {
+				source = byte(code)
+			}
+		}
+		flags := source << 1
+		if m.From != prev {
+			flags |= moveExplicitFrom
+		}
+		dst = append(dst, flags)
+		if flags&moveExplicitFrom != 0 {
+			dst = append(dst, m.From[:]...)
+		}
 		dst = append(dst, m.To[:]...)
 		dst = binary.AppendVarint(dst, m.Time)
-		dst = appendStr(dst, m.Source)
+		if source == sourceOther {
+			dst = appendStr(dst, m.Source)
+		}
+		prev = m.To
 	}
 	return dst
 }
@@ -202,13 +252,20 @@ func DecodeFullDetails(t *Token, b []byte) error { return decodeDetails(t, b) }
 // scans use it without the hot record.
 func decodeDetails(t *Token, b []byte) error {
 	r := reader{b: b}
-	if r.byte() != recordVersion {
+	version := r.byte()
+	if version != detailsVersion && version != detailsV1 {
 		return ErrCorrupt
 	}
 	t.Platform = Platform(r.byte())
 	r.byte() // active: derived from the hot record when that is at hand
 	t.AppID = r.str()
-	t.Token = r.str()
+	if version == detailsV1 {
+		t.Token = r.str()
+	} else {
+		var scratch [256]byte
+		tok, _ := r.token(scratch[:0])
+		t.Token = string(tok)
+	}
 	t.Env = Environment(r.byte())
 	t.DeviceID = r.str()
 	t.Device.Model = r.str()
@@ -217,10 +274,34 @@ func decodeDetails(t *Token, b []byte) error {
 	t.Device.Locale = r.str()
 	t.Device.TimeZone = r.str()
 	t.CreateTime = r.varint()
-	if n := r.count(34); n > 0 {
+	t.History = nil
+	if version == detailsV1 {
+		if n := r.count(34); n > 0 {
+			t.History = make([]Move, n)
+			for i := range t.History {
+				t.History[i] = Move{From: r.id(), To: r.id(), Time: r.varint(), Source: r.str()}
+			}
+		}
+	} else if n := r.count(18); n > 0 {
 		t.History = make([]Move, n)
+		var prev ID
 		for i := range t.History {
-			t.History[i] = Move{From: r.id(), To: r.id(), Time: r.varint(), Source: r.str()}
+			m := &t.History[i]
+			flags := r.byte()
+			m.From = prev
+			if flags&moveExplicitFrom != 0 {
+				m.From = r.id()
+			}
+			m.To, m.Time = r.id(), r.varint()
+			switch source := int(flags >> 1); {
+			case source == sourceOther:
+				m.Source = r.str()
+			case source < len(knownSources):
+				m.Source = knownSources[source]
+			default:
+				r.fail()
+			}
+			prev = m.To
 		}
 	}
 	t.Full = true
@@ -588,10 +669,13 @@ type TokenHead struct {
 	Token    []byte
 	Active   bool
 	raw      []byte
+	size     int
+	scratch  []byte // unpacks Token
 }
 
-// Size is the token's encoded size.
-func (h *TokenHead) Size() int { return len(h.raw) }
+// Size is about the size of the token's details once decoded (its record's
+// size with the token unpacked): what it adds to a message carrying it.
+func (h *TokenHead) Size() int { return h.size }
 
 // Full decodes the token's details (the hot fields stay zero, except Env).
 func (h *TokenHead) Full() (Token, error) {
@@ -606,17 +690,27 @@ func (v *View) EachTokenHead(fn func(h *TokenHead) bool) error {
 	var h TokenHead
 	for _, raw := range v.tokens {
 		r := reader{b: raw}
-		if r.byte() != recordVersion {
+		version := r.byte()
+		if version != detailsVersion && version != detailsV1 {
 			return ErrCorrupt
 		}
 		h.raw = raw
 		h.Platform = Platform(r.byte())
 		h.Active = r.byte() == 1
 		h.AppID = r.bytes()
-		h.Token = r.bytes()
+		before := len(r.b)
+		if version == detailsV1 {
+			h.Token = r.bytes()
+		} else {
+			var packed bool
+			if h.Token, packed = r.token(h.scratch[:0]); packed {
+				h.scratch = h.Token[:0] // keep what append grew
+			}
+		}
 		if r.err != nil {
 			return ErrCorrupt
 		}
+		h.size = len(raw) - (before - len(r.b)) + len(h.Token)
 		if !fn(&h) {
 			return nil
 		}

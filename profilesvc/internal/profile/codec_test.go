@@ -43,19 +43,24 @@ func TestProfileRoundTrip(t *testing.T) {
 }
 
 func TestTokenRoundTrip(t *testing.T) {
-	want := sampleToken()
-	got, err := DecodeHot(want.Key(), EncodeHot(nil, want))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := DecodeDetails(got, EncodeDetails(nil, want)); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %+v, want %+v", got, want)
-	}
-	if o, _ := HotOwner(EncodeHot(nil, want)); o != want.Owner {
-		t.Fatalf("HotOwner: got %s, want %s", o, want.Owner)
+	noDevice := sampleToken()
+	noDevice.DeviceID, noDevice.Device, noDevice.DeviceFP = "", Device{}, 0
+	fcm := sampleToken()
+	fcm.Platform, fcm.Token = PlatformFCM, "dGVzdA:APA91bZm9v"
+	for _, want := range []*Token{sampleToken(), noDevice, fcm} {
+		got, err := DecodeHot(want.Key(), EncodeHot(nil, want))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := DecodeDetails(got, EncodeDetails(nil, want)); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("got %+v, want %+v", got, want)
+		}
+		if o, _ := HotOwner(EncodeHot(nil, want)); o != want.Owner {
+			t.Fatalf("HotOwner: got %s, want %s", o, want.Owner)
+		}
 	}
 }
 

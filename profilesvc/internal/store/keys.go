@@ -35,8 +35,14 @@ var (
 )
 
 // schemaVersion is written in bucketMeta; a store refuses to open a file of
-// another version instead of misreading it.
-const schemaVersion = "1"
+// another version instead of misreading it. Version 2 packs token details
+// (profile.EncodeDetails) in a way version 1 builds cannot read; this build
+// reads both kinds of record, so a version 1 file opens as it is and is
+// marked version 2, which older builds then refuse.
+const schemaVersion = "2"
+
+// upgradableSchema is the older version whose files this build opens.
+const upgradableSchema = "1"
 
 var schemaKey = []byte("schema")
 

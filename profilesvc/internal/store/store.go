@@ -95,7 +95,7 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(schemaKey); {
-		case v == nil:
+		case v == nil || string(v) == upgradableSchema:
 			if err := meta.Put(schemaKey, []byte(schemaVersion)); err != nil {
 				return err
 			}

@@ -364,6 +364,57 @@ func TestIDsKeepGrowingAfterReopen(t *testing.T) {
 	}
 }
 
+func TestSchemaVersion(t *testing.T) {
+	for _, tt := range []struct {
+		stored, want string // want "" when Open must fail
+	}{
+		{"", schemaVersion},
+		{upgradableSchema, schemaVersion},
+		{schemaVersion, schemaVersion},
+		{"3", ""},
+	} {
+		dir := t.TempDir()
+		db, err := boltdb.Open(dir, "profilesvc.db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.stored != "" {
+			err := db.Update(func(tx *bolt.Tx) error {
+				b, err := tx.CreateBucket(bucketMeta)
+				if err != nil {
+					return err
+				}
+				return b.Put(schemaKey, []byte(tt.stored))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := Open(db, Options{})
+		if tt.want == "" {
+			if err == nil {
+				st.Close()
+				t.Errorf("schema %q: opened, want an error", tt.stored)
+			}
+			db.Close()
+			continue
+		}
+		if err != nil {
+			t.Fatalf("schema %q: %v", tt.stored, err)
+		}
+		st.Close()
+		var got string
+		_ = db.View(func(tx *bolt.Tx) error {
+			got = string(tx.Bucket(bucketMeta).Get(schemaKey))
+			return nil
+		})
+		db.Close()
+		if got != tt.want {
+			t.Errorf("schema %q: stored %q after opening, want %q", tt.stored, got, tt.want)
+		}
+	}
+}
+
 func TestGroupCommitIsolatesFailures(t *testing.T) {
 	ctx := context.Background()
 	st, _ := openStore(t, t.TempDir(), Options{})

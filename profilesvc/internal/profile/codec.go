@@ -662,20 +662,27 @@ func (v *View) AttributeCount() (int, error) {
 }
 
 // TokenHead is the part of a token a scan needs to decide whether it can be
-// targeted. AppID and Token borrow the record's memory.
+// targeted. AppID borrows the record's memory.
 type TokenHead struct {
 	Platform Platform
 	AppID    []byte
-	Token    []byte
 	Active   bool
 	raw      []byte
-	size     int
-	scratch  []byte // unpacks Token
+	version  byte
+	token    []byte // the rest of the record, from the token on
 }
 
 // Size is about the size of the token's details once decoded (its record's
-// size with the token unpacked): what it adds to a message carrying it.
-func (h *TokenHead) Size() int { return h.size }
+// size with the token's text in place of its packed form): what it adds to
+// a message carrying it.
+func (h *TokenHead) Size() int {
+	if h.version == detailsV1 {
+		return len(h.raw)
+	}
+	r := reader{b: h.token}
+	text := r.tokenLen()
+	return len(h.raw) - (len(h.token) - len(r.b)) + text
+}
 
 // Full decodes the token's details (the hot fields stay zero, except Env).
 func (h *TokenHead) Full() (Token, error) {
@@ -690,27 +697,18 @@ func (v *View) EachTokenHead(fn func(h *TokenHead) bool) error {
 	var h TokenHead
 	for _, raw := range v.tokens {
 		r := reader{b: raw}
-		version := r.byte()
-		if version != detailsVersion && version != detailsV1 {
+		h.version = r.byte()
+		if h.version != detailsVersion && h.version != detailsV1 {
 			return ErrCorrupt
 		}
 		h.raw = raw
 		h.Platform = Platform(r.byte())
 		h.Active = r.byte() == 1
 		h.AppID = r.bytes()
-		before := len(r.b)
-		if version == detailsV1 {
-			h.Token = r.bytes()
-		} else {
-			var packed bool
-			if h.Token, packed = r.token(h.scratch[:0]); packed {
-				h.scratch = h.Token[:0] // keep what append grew
-			}
-		}
 		if r.err != nil {
 			return ErrCorrupt
 		}
-		h.size = len(raw) - (before - len(r.b)) + len(h.Token)
+		h.token = r.b
 		if !fn(&h) {
 			return nil
 		}

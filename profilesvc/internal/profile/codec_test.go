@@ -83,7 +83,8 @@ func TestViewReadsWhatScansNeed(t *testing.T) {
 	}
 	var heads []string
 	err = v.EachTokenHead(func(h *TokenHead) bool {
-		heads = append(heads, string(h.Token)+map[bool]string{true: "+", false: "-"}[h.Active])
+		tok, _ := h.Full()
+		heads = append(heads, tok.Token+map[bool]string{true: "+", false: "-"}[h.Active])
 		return true
 	})
 	if err != nil || !reflect.DeepEqual(heads, []string{"abcdef+", "ff-"}) {
@@ -117,7 +118,7 @@ func tryDecode(b []byte) {
 	if v, err := ParseView(b, [][]byte{b}); err == nil {
 		_, _ = v.Attributes()
 		_, _ = v.Identities()
-		_ = v.EachTokenHead(func(h *TokenHead) bool { _, _ = h.Full(); return true })
+		_ = v.EachTokenHead(func(h *TokenHead) bool { _, _ = h.Full(); _ = h.Size(); return true })
 	}
 }
 

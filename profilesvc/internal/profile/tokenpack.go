@@ -1,6 +1,9 @@
 package profile
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // A token's text is most of its details record, and token details are most
 // of the pages a CRM import rewrites (a batch of updates and moves touches
@@ -32,49 +35,53 @@ const (
 	base64Digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 )
 
-// packValue maps a character to its hex value (bits 0–3, 0xFF when not a
-// lowercase hex digit) and base64url value (bits 8–13, 0xFF00 when none).
-var packValue = func() [256]uint16 {
-	var v [256]uint16
-	for c := range v {
-		v[c] = 0xFFFF
-	}
+// packValue maps a character to its hex value (bits 0–3) and base64url
+// value (bits 8–13), and says which it is (packHex, packBase64).
+var packValue = func() [256]uint32 {
+	var v [256]uint32
 	for i := 0; i < len(base64Digits); i++ {
-		v[base64Digits[i]] = uint16(i)<<8 | 0xFF
+		v[base64Digits[i]] = uint32(i)<<8 | packBase64
 	}
 	for i := 0; i < len(hexDigits); i++ {
-		v[hexDigits[i]] = v[hexDigits[i]]&0xFF00 | uint16(i)
+		v[hexDigits[i]] |= uint32(i) | packHex
 	}
 	return v
 }()
+
+const (
+	packHex    = 1 << 16
+	packBase64 = 1 << 17
+)
 
 // appendToken appends tok, packed when it can be, to dst.
 func appendToken(dst []byte, tok string) []byte {
 	if len(tok) == 0 {
 		return append(dst, tokenText, 0)
 	}
-	isHex, isBase64, colon := true, true, -1
+	kinds, colon := uint32(packHex|packBase64), -1
 	for i := 0; i < len(tok); i++ {
-		v := packValue[tok[i]]
-		isHex = isHex && v&0xFF != 0xFF
-		if v&0xFF00 == 0xFF00 {
-			if tok[i] != ':' || colon >= 0 {
-				isBase64 = false
-			} else {
-				colon = i
+		if tok[i] == ':' {
+			if colon >= 0 {
+				kinds = 0
+				break
 			}
+			colon = i
+			kinds &^= packHex
+			continue
 		}
+		kinds &= packValue[tok[i]]
 	}
+	isHex, isBase64 := kinds&packHex != 0, kinds&packBase64 != 0
 	switch {
 	case isHex:
 		dst = append(dst, tokenHex)
 		dst = binary.AppendUvarint(dst, uint64(len(tok)))
-		for i := 0; i < len(tok); i += 2 {
-			b := byte(packValue[tok[i]]) << 4
-			if i+1 < len(tok) {
-				b |= byte(packValue[tok[i+1]])
-			}
-			dst = append(dst, b)
+		i := 0
+		for ; i+1 < len(tok); i += 2 {
+			dst = append(dst, byte(packValue[tok[i]])<<4|byte(packValue[tok[i+1]])&0xF)
+		}
+		if i < len(tok) {
+			dst = append(dst, byte(packValue[tok[i]])<<4)
 		}
 		return dst
 	case isBase64:
@@ -85,13 +92,21 @@ func appendToken(dst []byte, tok string) []byte {
 		dst = append(dst, tokenBase64)
 		dst = binary.AppendUvarint(dst, uint64(chars))
 		dst = binary.AppendUvarint(dst, uint64(colon+1))
+		// The characters without the colon, packed four to three bytes.
+		var buf [256]byte
+		text := append(buf[:0], tok[:max(colon, 0)]...)
+		text = append(text, tok[colon+1:]...)
+		dst = slices.Grow(dst, (6*len(text)+7)/8)
+		i := 0
+		for ; i+4 <= len(text); i += 4 {
+			v := packValue[text[i]]>>8&63<<18 | packValue[text[i+1]]>>8&63<<12 |
+				packValue[text[i+2]]>>8&63<<6 | packValue[text[i+3]]>>8&63
+			dst = append(dst, byte(v>>16), byte(v>>8), byte(v))
+		}
 		var acc uint32
 		bits := 0
-		for i := 0; i < len(tok); i++ {
-			if i == colon {
-				continue
-			}
-			acc = acc<<6 | uint32(packValue[tok[i]]>>8)
+		for ; i < len(text); i++ {
+			acc = acc<<6 | packValue[text[i]]>>8&63
 			bits += 6
 			if bits >= 8 {
 				bits -= 8
@@ -126,12 +141,11 @@ func (r *reader) token(scratch []byte) (text []byte, packed bool) {
 		if r.err != nil {
 			return nil, false
 		}
-		for i := 0; i < n; i++ {
-			b := packed[i/2]
-			if i%2 == 0 {
-				b >>= 4
-			}
-			scratch = append(scratch, hexDigits[b&0xF])
+		for _, b := range packed[:n/2] {
+			scratch = append(scratch, hexDigits[b>>4], hexDigits[b&0xF])
+		}
+		if n%2 == 1 {
+			scratch = append(scratch, hexDigits[packed[n/2]>>4])
 		}
 		return scratch, true
 	case tokenBase64:
@@ -145,12 +159,16 @@ func (r *reader) token(scratch []byte) (text []byte, packed bool) {
 		if r.err != nil {
 			return nil, false
 		}
+		start := len(scratch)
+		i, next := 0, 0
+		// Three bytes make four characters.
+		for ; i+4 <= n; i, next = i+4, next+3 {
+			v := uint32(packed[next])<<16 | uint32(packed[next+1])<<8 | uint32(packed[next+2])
+			scratch = append(scratch, base64Digits[v>>18], base64Digits[v>>12&63], base64Digits[v>>6&63], base64Digits[v&63])
+		}
 		var acc uint32
-		bits, next := 0, 0
-		for i := 0; i < n; i++ {
-			if i == at {
-				scratch = append(scratch, ':')
-			}
+		bits := 0
+		for ; i < n; i++ {
 			if bits < 6 {
 				acc = acc<<8 | uint32(packed[next])
 				next++
@@ -159,13 +177,46 @@ func (r *reader) token(scratch []byte) (text []byte, packed bool) {
 			bits -= 6
 			scratch = append(scratch, base64Digits[acc>>bits&63])
 		}
-		if at == n {
-			scratch = append(scratch, ':')
+		if at >= 0 {
+			scratch = append(scratch, 0)
+			copy(scratch[start+at+1:], scratch[start+at:])
+			scratch[start+at] = ':'
 		}
 		return scratch, true
 	default:
 		r.fail()
 		return nil, false
+	}
+}
+
+// tokenLen reads past a token written by appendToken and returns the length
+// of its text, without unpacking it.
+func (r *reader) tokenLen() int {
+	switch r.byte() {
+	case tokenText:
+		return len(r.bytes())
+	case tokenHex:
+		chars := r.uvarint()
+		if chars > 2*uint64(len(r.b)) {
+			r.fail()
+			return 0
+		}
+		r.take((int(chars) + 1) / 2)
+		return int(chars)
+	case tokenBase64:
+		chars, colon := r.uvarint(), r.uvarint()
+		if chars > 8*uint64(len(r.b))/6 || colon > chars+1 {
+			r.fail()
+			return 0
+		}
+		r.take((6*int(chars) + 7) / 8)
+		if colon > 0 {
+			return int(chars) + 1
+		}
+		return int(chars)
+	default:
+		r.fail()
+		return 0
 	}
 }
 

@@ -47,6 +47,10 @@ func TestTokenPacking(t *testing.T) {
 			if len(r.b) != 1 {
 				t.Fatalf("decoding left %d bytes, want the 1 that followed", len(r.b))
 			}
+			r = reader{b: append(enc, 0x55)}
+			if n := r.tokenLen(); r.err != nil || n != len(tt.token) || len(r.b) != 1 {
+				t.Fatalf("tokenLen %d (%v, %d bytes left), want %d", n, r.err, len(r.b), len(tt.token))
+			}
 		})
 	}
 }
@@ -66,6 +70,10 @@ func FuzzTokenPacking(f *testing.F) {
 		got, _ := r.token(nil)
 		if r.err == nil && len(got) > 8*len(garbage) {
 			t.Fatalf("%d bytes decoded to %d characters", len(garbage), len(got))
+		}
+		r2 := reader{b: garbage}
+		if n := r2.tokenLen(); (r.err == nil) != (r2.err == nil) || (r.err == nil && (n != len(got) || len(r.b) != len(r2.b))) {
+			t.Fatalf("tokenLen %d (%v), token %d characters (%v)", n, r2.err, len(got), r.err)
 		}
 	})
 }
@@ -135,15 +143,14 @@ func TestDetailsVersion1StillRead(t *testing.T) {
 	}
 	var sizes []int
 	err = v.EachTokenHead(func(h *TokenHead) bool {
-		if string(h.Token) != want.Token {
-			t.Errorf("head token %q, want %q", h.Token, want.Token)
+		if tok, err := h.Full(); err != nil || tok.Token != want.Token {
+			t.Errorf("head token %q (%v), want %q", tok.Token, err, want.Token)
 		}
 		sizes = append(sizes, h.Size())
 		return true
 	})
-	// The token's text in place of its encoding: a length byte in version
-	// 1; kind, count and 32 bytes in version 2.
-	if want := []int{len(v1) - 1, len(v2) - 34 + 64}; err != nil || !reflect.DeepEqual(sizes, want) {
+	// Version 2: the token's text in place of its kind, count and 32 bytes.
+	if want := []int{len(v1), len(v2) - 34 + 64}; err != nil || !reflect.DeepEqual(sizes, want) {
 		t.Fatalf("head sizes %v (%v), want %v", sizes, err, want)
 	}
 
@@ -169,5 +176,27 @@ func TestHistoryRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got.History, want.History) {
 		t.Fatalf("got %+v, want %+v", got.History, want.History)
+	}
+}
+
+func BenchmarkTokenPacking(b *testing.B) {
+	for _, tt := range []struct{ name, token string }{
+		{"APNs", strings.Repeat("0123456789abcdef", 4)},
+		{"FCM", "dGVzdC1pbnN0YW5jZQ:APA91b" + strings.Repeat("Zm9vYmFy_-09", 11)},
+	} {
+		b.Run(tt.name+"/pack", func(b *testing.B) {
+			buf := make([]byte, 0, 256)
+			for b.Loop() {
+				buf = appendToken(buf[:0], tt.token)
+			}
+		})
+		b.Run(tt.name+"/unpack", func(b *testing.B) {
+			enc := appendToken(nil, tt.token)
+			buf := make([]byte, 0, 256)
+			for b.Loop() {
+				r := reader{b: enc}
+				buf, _ = r.token(buf[:0])
+			}
+		})
 	}
 }

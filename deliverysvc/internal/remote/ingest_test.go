@@ -1,0 +1,180 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+)
+
+// fakeTracking records what Ingest streams receive.
+type fakeTracking struct {
+	trackingv1.UnimplementedTrackingServiceServer
+	mu       sync.Mutex
+	requests []*trackingv1.IngestRequest
+	err      error // returned instead of a response when set
+}
+
+func (f *fakeTracking) Ingest(stream grpc.ClientStreamingServer[trackingv1.IngestRequest, trackingv1.IngestResponse]) error {
+	var n int64
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		f.requests = append(f.requests, req)
+		f.mu.Unlock()
+		n += int64(len(req.GetEvents()))
+	}
+	if f.err != nil {
+		return f.err
+	}
+	return stream.SendAndClose(&trackingv1.IngestResponse{Accepted: n})
+}
+
+func (f *fakeTracking) events() []*trackingv1.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var evs []*trackingv1.Event
+	for _, r := range f.requests {
+		evs = append(evs, r.GetEvents()...)
+	}
+	return evs
+}
+
+func sentResult(i int) delivery.Result {
+	return delivery.Result{
+		IdempotencyKey: "k" + strconv.Itoa(i), MessageID: "m", JourneyID: "j",
+		Target: delivery.Target{Token: "tok" + strconv.Itoa(i), Platform: commonv1.Platform_PLATFORM_APNS, AppID: "com.x", ProfileID: "p"},
+		Status: delivery.StatusSent, Time: time.Unix(1_700_000_000, int64(i)),
+	}
+}
+
+// TestIngestForwardsRecordsAsTheyAre: the events trackingsvc decodes are the
+// recorded ones; records it could not decode are dropped, not sent.
+func TestIngestForwardsRecordsAsTheyAre(t *testing.T) {
+	fake := &fakeTracking{}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
+	deliver := Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.DiscardHandler))
+
+	var records [][]byte
+	var want []*trackingv1.Event
+	for i := range 3 {
+		r := sentResult(i)
+		rec, _ := appendEvent(nil, "acme", &r)
+		records = append(records, rec)
+		want = append(want, referenceEvent("acme", &r))
+	}
+	badUTF8 := sentResult(9)
+	badUTF8.Target.Token = "tok\xff"
+	rec, _ := appendEvent(nil, "acme", &badUTF8)
+	records = append(records,
+		records[0][:len(records[0])-1], // truncated
+		rec,                            // invalid UTF-8 in a string field
+		append(append([]byte(nil), records[1]...), 0x1a, 0x02, 0x08, 0x80), // a broken event_time
+	)
+	if err := deliver(context.Background(), "acme", records); err != nil {
+		t.Fatal(err)
+	}
+	got := fake.events()
+	if len(got) != len(want) {
+		t.Fatalf("trackingsvc got %d events, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Errorf("event %d: got %v, want %v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestIngestSplitsBigBatches(t *testing.T) {
+	fake := &fakeTracking{}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
+	deliver := Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.DiscardHandler))
+	records := make([][]byte, 10_001)
+	for i := range records {
+		r := sentResult(i)
+		records[i], _ = appendEvent(nil, "acme", &r)
+	}
+	if err := deliver(context.Background(), "acme", records); err != nil {
+		t.Fatal(err)
+	}
+	if len(fake.requests) != 2 || len(fake.requests[0].GetEvents()) != 10_000 || len(fake.events()) != 10_001 {
+		t.Fatalf("got %d requests, %d events; want 10,000 events and 1", len(fake.requests), len(fake.events()))
+	}
+	if got := fake.events()[10_000].GetToken(); got != "tok10000" {
+		t.Errorf("last event's token %q, want tok10000", got)
+	}
+}
+
+// TestIngestErrors: a batch trackingsvc refuses as invalid is dropped (nil:
+// the outbox deletes it); any other failure is retried (an error).
+func TestIngestErrors(t *testing.T) {
+	fake := &fakeTracking{}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
+	deliver := Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.DiscardHandler))
+	r := sentResult(1)
+	rec, _ := appendEvent(nil, "acme", &r)
+	fake.err = status.Error(codes.InvalidArgument, "bad batch")
+	if err := deliver(context.Background(), "acme", [][]byte{rec}); err != nil {
+		t.Errorf("refused batch: got %v, want nil (dropped)", err)
+	}
+	fake.err = status.Error(codes.Unavailable, "down")
+	if err := deliver(context.Background(), "acme", [][]byte{rec}); status.Code(errors.Unwrap(err)) != codes.Unavailable {
+		t.Errorf("unavailable: got %v, want an Unavailable error to retry", err)
+	}
+	if err := deliver(context.Background(), "acme", [][]byte{{0xff}}); err != nil || len(fake.requests) != 2 {
+		t.Errorf("only unreadable records: got %v after %d requests, want nil and no request", err, len(fake.requests))
+	}
+}
+
+func BenchmarkIngestEncoding(b *testing.B) {
+	records := make([][]byte, 5000)
+	for i := range records {
+		r := sentResult(i)
+		r.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+		records[i], _ = appendEvent(nil, "acme", &r)
+	}
+	b.Run("checked and framed", func(b *testing.B) {
+		for b.Loop() {
+			var req []byte
+			for _, rec := range records {
+				if _, ok := checkEvent(rec); ok {
+					req = protowire.AppendTag(req, ingestEventsField, protowire.BytesType)
+					req = protowire.AppendBytes(req, rec)
+				}
+			}
+		}
+	})
+	b.Run("decoded and encoded again", func(b *testing.B) {
+		for b.Loop() {
+			events := make([]*trackingv1.Event, 0, len(records))
+			for _, rec := range records {
+				ev := &trackingv1.Event{}
+				if err := proto.Unmarshal(rec, ev); err == nil {
+					events = append(events, ev)
+				}
+			}
+			_, _ = proto.Marshal(&trackingv1.IngestRequest{Events: events})
+		}
+	})
+}

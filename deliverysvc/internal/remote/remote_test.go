@@ -105,16 +105,21 @@ func TestEvent(t *testing.T) {
 	}
 }
 
-// TestAppendEvent checks the hand-written encoding against proto.Marshal
-// of the same event, byte for byte.
-func TestAppendEvent(t *testing.T) {
-	full := delivery.Result{
+// fullResult is a journey push's result with every field of an event set.
+func fullResult(at time.Time) delivery.Result {
+	return delivery.Result{
 		IdempotencyKey: "journey/profile/token", MessageID: "msg_1", JourneyID: "jrn_1",
 		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 		Target: delivery.Target{Token: strings.Repeat("ab", 32), Platform: commonv1.Platform_PLATFORM_APNS,
 			AppID: "com.example.shop", ProfileID: "01JD3Z5V4Q9W8X7Y6Z5A4B3C2D"},
-		Status: delivery.StatusSent, Time: time.Unix(1_700_000_000, 123_456_789),
+		Status: delivery.StatusSent, Time: at,
 	}
+}
+
+// TestAppendEvent checks the hand-written encoding against proto.Marshal
+// of the same event, byte for byte.
+func TestAppendEvent(t *testing.T) {
+	full := fullResult(time.Unix(1_700_000_000, 123_456_789))
 	failed := full
 	failed.Status, failed.Reason = delivery.StatusFailed, commonv1.FailureReason_FAILURE_REASON_UNREGISTERED
 	excluded := full
@@ -139,13 +144,7 @@ func TestAppendEvent(t *testing.T) {
 }
 
 func BenchmarkRecordEncoding(b *testing.B) {
-	r := delivery.Result{
-		IdempotencyKey: "journey/profile/token", MessageID: "msg_1", JourneyID: "jrn_1",
-		TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-		Target: delivery.Target{Token: strings.Repeat("ab", 32), Platform: commonv1.Platform_PLATFORM_APNS,
-			AppID: "com.example.shop", ProfileID: "01JD3Z5V4Q9W8X7Y6Z5A4B3C2D"},
-		Status: delivery.StatusSent, Time: time.Now(),
-	}
+	r := fullResult(time.Now())
 	b.Run("appendEvent", func(b *testing.B) {
 		for b.Loop() {
 			buf := make([]byte, 0, 320)

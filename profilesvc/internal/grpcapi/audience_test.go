@@ -160,3 +160,62 @@ func TestQueryAudienceOverGRPC(t *testing.T) {
 		}
 	}
 }
+
+// TestQueryAudienceMemberFields: members carry only the attributes and
+// identity namespaces asked for, while the condition still sees the whole
+// profile; without a selection they carry everything.
+func TestQueryAudienceMemberFields(t *testing.T) {
+	ctx := ctxFor(t)
+	e := newEnv(t, store.Options{})
+	attrs, _ := structpb.NewStruct(map[string]any{
+		"tier": "gold", "locale": "fr-FR", "firstName": "Ada", "ltv": 1234.5,
+		"address": map[string]any{"city": "Lyon"}, "segments": []any{"a", "b"},
+	})
+	must[*profilev1.UpsertProfileResponse](t)(e.client.UpsertProfile(ctx, &profilev1.UpsertProfileRequest{
+		Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: "C1"}, {Namespace: "email", Value: "ada@example.com"}},
+		Attributes: attrs,
+	}))
+	importAll(t, ctx, e.client, []*profilev1.ImportRow{{CustomerId: "C1", Token: "abcd", Platform: apns, AppId: "com.example.ios", SourceTime: at(1)}}, 1)
+
+	member := func(req *profilev1.QueryAudienceRequest) *profilev1.AudienceMember {
+		t.Helper()
+		req.Condition = `attributes.ltv > 1000.0 && "email" in identities`
+		var got []*profilev1.AudienceMember
+		for _, r := range queryAll(t, ctx, e.client, req) {
+			got = append(got, r.GetMembers()...)
+		}
+		if len(got) != 1 || got[0].GetExcluded() || len(got[0].GetTokens()) != 1 {
+			t.Fatalf("got members %v, want the one profile with its token", got)
+		}
+		return got[0]
+	}
+	keys := func(m *profilev1.AudienceMember) map[string]bool {
+		out := map[string]bool{}
+		for k := range m.GetAttributes().GetFields() {
+			out[k] = true
+		}
+		for _, idn := range m.GetIdentities() {
+			out["identity:"+idn.GetNamespace()] = true
+		}
+		return out
+	}
+
+	all := member(&profilev1.QueryAudienceRequest{})
+	if want := 8; len(keys(all)) != want {
+		t.Fatalf("no selection: got %v, want all 6 attributes and 2 identities", keys(all))
+	}
+	picked := member(&profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{
+		Attributes:         []string{"firstName", "address", "absent", "firstName"},
+		IdentityNamespaces: []string{"email"},
+	}})
+	if got, want := keys(picked), map[string]bool{"firstName": true, "address": true, "identity:email": true}; !maps.Equal(got, want) {
+		t.Fatalf("selection: got %v, want %v", got, want)
+	}
+	if picked.GetAttributes().GetFields()["address"].GetStructValue().GetFields()["city"].GetStringValue() != "Lyon" {
+		t.Fatalf("selection: nested attribute lost: %v", picked.GetAttributes())
+	}
+	none := member(&profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{}})
+	if len(keys(none)) != 0 {
+		t.Fatalf("empty selection: got %v, want nothing but the id and tokens", keys(none))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
@@ -59,39 +60,79 @@ func BenchmarkImport(b *testing.B) {
 // BenchmarkQueryAudience runs a selective audience query (about 1 profile in
 // 8 qualifies) over 50,000 profiles with two tokens each, per iteration.
 func BenchmarkQueryAudience(b *testing.B) {
-	benchQueryAudience(b, `attributes.tier == "gold" && attributes.locale.startsWith("en")`)
+	benchQueryAudience(b, 50_000, narrowProfile, &profilev1.QueryAudienceRequest{Condition: `attributes.tier == "gold" && attributes.locale.startsWith("en")`})
 }
 
 // BenchmarkQueryAudienceEveryone streams every profile as a member: it
 // measures building and sending members rather than evaluating.
-func BenchmarkQueryAudienceEveryone(b *testing.B) { benchQueryAudience(b, "") }
+func BenchmarkQueryAudienceEveryone(b *testing.B) {
+	benchQueryAudience(b, 50_000, narrowProfile, &profilev1.QueryAudienceRequest{})
+}
 
-func benchQueryAudience(b *testing.B, condition string) {
-	const profiles = 50_000
+// BenchmarkQueryAudienceWideProfiles streams every one of 20,000 profiles
+// with 40 attributes, as a CRM keeps them: whole, and with only the three
+// attributes a journey's templates read (member_fields). The client decodes
+// what it receives, as deliverysvc does.
+func BenchmarkQueryAudienceWideProfiles(b *testing.B) {
+	b.Run("whole", func(b *testing.B) {
+		benchQueryAudience(b, 20_000, wideProfile, &profilev1.QueryAudienceRequest{})
+	})
+	b.Run("selected", func(b *testing.B) {
+		benchQueryAudience(b, 20_000, wideProfile, &profilev1.QueryAudienceRequest{
+			MemberFields: &profilev1.MemberFields{Attributes: []string{"firstName", "tier", "locale"}}})
+	})
+}
+
+var (
+	benchTiers   = []string{"gold", "silver", "bronze", "platinum"}
+	benchLocales = []string{"en-GB", "fr-FR", "en-US", "de-DE"}
+)
+
+func narrowProfile(i int) map[string]any {
+	return map[string]any{"tier": benchTiers[i%4], "locale": benchLocales[(i/4)%4], "firstName": "Ada"}
+}
+
+func wideProfile(i int) map[string]any {
+	attrs := narrowProfile(i)
+	attrs["address"] = map[string]any{"street": "12 Rue de la République", "city": "Lyon", "zip": "69002", "country": "FR"}
+	attrs["segments"] = []any{"newsletter", "loyalty", "winter-2026"}
+	for k := range 33 {
+		attrs[fmt.Sprintf("crm_field_%02d", k)] = fmt.Sprintf("value %d of profile %d", k, i)
+	}
+	attrs["ltv"], attrs["vip"] = float64(i%5000)+0.5, i%10 == 0
+	return attrs
+}
+
+func benchQueryAudience(b *testing.B, profiles int, attrsOf func(int) map[string]any, req *profilev1.QueryAudienceRequest) {
 	e := newEnv(b, store.Options{})
 	ctx := context.Background()
-	tiers, locales := []string{"gold", "silver", "bronze", "platinum"}, []string{"en-GB", "fr-FR", "en-US", "de-DE"}
 	rows := make([]*profilev1.ImportRow, 0, 2*profiles)
 	for i := 0; i < profiles; i++ {
-		attrs, _ := structpb.NewStruct(map[string]any{"tier": tiers[i%4], "locale": locales[(i/4)%4], "firstName": "Ada"})
+		attrs, err := structpb.NewStruct(attrsOf(i))
+		if err != nil {
+			b.Fatal(err)
+		}
 		c := fmt.Sprintf("C%08d", i)
 		rows = append(rows,
 			&profilev1.ImportRow{CustomerId: c, Platform: apns, AppId: "com.example.ios", Token: fmt.Sprintf("%064x", i), SourceTime: at(1), Attributes: attrs},
 			&profilev1.ImportRow{CustomerId: c, Platform: fcm, AppId: "com.example.android", Token: fmt.Sprintf("fcm-%0150d", i), SourceTime: at(1)})
 	}
 	importAll(b, ctx, e.client, rows, 1000)
-	req := &profilev1.QueryAudienceRequest{Condition: condition, BatchSize: 1000}
+	req.BatchSize = 1000
 	b.ResetTimer()
 	cpu0 := cpuTime()
-	defer func() {
-		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(profiles*b.N), "cpu-µs/profile")
-	}()
+	var bytes int
 	for range b.N {
 		resps := queryAll(b, ctx, e.client, req)
-		if got := resps[len(resps)-1].GetStats().GetScanned(); got != profiles {
+		if got := resps[len(resps)-1].GetStats().GetScanned(); got != int64(profiles) {
 			b.Fatalf("got %d scanned, want %d", got, profiles)
 		}
+		for _, r := range resps {
+			bytes += proto.Size(r)
+		}
 	}
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(profiles*b.N), "cpu-µs/profile")
+	b.ReportMetric(float64(bytes)/float64(profiles*b.N), "B/profile")
 	b.ReportMetric(float64(profiles)*float64(b.N)/b.Elapsed().Seconds(), "profiles/s")
 }
 

@@ -138,6 +138,11 @@ func TestBadInputPerField(t *testing.T) {
 		{"audience: bad resume id", audience(e, &profilev1.QueryAudienceRequest{StartAfterProfileId: "nope"}), codes.InvalidArgument, "start_after_profile_id"},
 		{"audience: unknown platform", audience(e, &profilev1.QueryAudienceRequest{Platforms: []commonv1.Platform{apns, 0}}), codes.InvalidArgument, "platforms[1]"},
 		{"audience: empty app id", audience(e, &profilev1.QueryAudienceRequest{AppIds: []string{""}}), codes.InvalidArgument, "app_ids[0]"},
+		{"audience: empty attribute name", audience(e, &profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{Attributes: []string{"tier", ""}}}), codes.InvalidArgument, "member_fields.attributes[1]"},
+		{"audience: attribute name too long", audience(e, &profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{Attributes: []string{strings.Repeat("a", 257)}}}), codes.InvalidArgument, "member_fields.attributes[0]"},
+		{"audience: too many attributes", audience(e, &profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{Attributes: make([]string, 257)}}), codes.InvalidArgument, "member_fields.attributes"},
+		{"audience: bad identity namespace", audience(e, &profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{IdentityNamespaces: []string{"Customer ID"}}}), codes.InvalidArgument, "member_fields.identity_namespaces[0]"},
+		{"audience: too many namespaces", audience(e, &profilev1.QueryAudienceRequest{MemberFields: &profilev1.MemberFields{IdentityNamespaces: make([]string, 65)}}), codes.InvalidArgument, "member_fields.identity_namespaces"},
 
 		// Tenant metadata
 		{"bad tenant", func(ctx context.Context) error {

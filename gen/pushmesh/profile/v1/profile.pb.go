@@ -1982,7 +1982,11 @@ type QueryAudienceRequest struct {
 	// no members: for audience sizes and progress estimates. The condition is
 	// evaluated as for a full query; a response comes every 100,000 profiles
 	// scanned and at the end.
-	CountOnly     bool `protobuf:"varint,8,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	CountOnly bool `protobuf:"varint,8,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	// What each member carries besides its id and tokens. Unset: every
+	// attribute and identity. A journey asks only for what its templates
+	// read, so wide CRM profiles cost little to stream.
+	MemberFields  *MemberFields `protobuf:"bytes,9,opt,name=member_fields,json=memberFields,proto3" json:"member_fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2073,6 +2077,71 @@ func (x *QueryAudienceRequest) GetCountOnly() bool {
 	return false
 }
 
+func (x *QueryAudienceRequest) GetMemberFields() *MemberFields {
+	if x != nil {
+		return x.MemberFields
+	}
+	return nil
+}
+
+// MemberFields selects the attributes and identities streamed with each
+// audience member. The condition still sees the whole profile.
+type MemberFields struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Top-level attribute names to include; other attributes are left out.
+	// Empty: no attributes. At most 256 names.
+	Attributes []string `protobuf:"bytes,1,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	// Identity namespaces to include; identities of other namespaces are
+	// left out. Empty: no identities. At most 64 namespaces.
+	IdentityNamespaces []string `protobuf:"bytes,2,rep,name=identity_namespaces,json=identityNamespaces,proto3" json:"identity_namespaces,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *MemberFields) Reset() {
+	*x = MemberFields{}
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberFields) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberFields) ProtoMessage() {}
+
+func (x *MemberFields) ProtoReflect() protoreflect.Message {
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberFields.ProtoReflect.Descriptor instead.
+func (*MemberFields) Descriptor() ([]byte, []int) {
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MemberFields) GetAttributes() []string {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *MemberFields) GetIdentityNamespaces() []string {
+	if x != nil {
+		return x.IdentityNamespaces
+	}
+	return nil
+}
+
 // AudienceMember is one qualified profile.
 type AudienceMember struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2094,7 +2163,7 @@ type AudienceMember struct {
 
 func (x *AudienceMember) Reset() {
 	*x = AudienceMember{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[23]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2175,7 @@ func (x *AudienceMember) String() string {
 func (*AudienceMember) ProtoMessage() {}
 
 func (x *AudienceMember) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[23]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2188,7 @@ func (x *AudienceMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudienceMember.ProtoReflect.Descriptor instead.
 func (*AudienceMember) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{23}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AudienceMember) GetProfileId() string {
@@ -2181,7 +2250,7 @@ type AudienceStats struct {
 
 func (x *AudienceStats) Reset() {
 	*x = AudienceStats{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[24]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2262,7 @@ func (x *AudienceStats) String() string {
 func (*AudienceStats) ProtoMessage() {}
 
 func (x *AudienceStats) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[24]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2275,7 @@ func (x *AudienceStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AudienceStats.ProtoReflect.Descriptor instead.
 func (*AudienceStats) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{24}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AudienceStats) GetScanned() int64 {
@@ -2252,7 +2321,7 @@ type QueryAudienceResponse struct {
 
 func (x *QueryAudienceResponse) Reset() {
 	*x = QueryAudienceResponse{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[25]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2333,7 @@ func (x *QueryAudienceResponse) String() string {
 func (*QueryAudienceResponse) ProtoMessage() {}
 
 func (x *QueryAudienceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[25]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2346,7 @@ func (x *QueryAudienceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryAudienceResponse.ProtoReflect.Descriptor instead.
 func (*QueryAudienceResponse) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{25}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *QueryAudienceResponse) GetMembers() []*AudienceMember {
@@ -2320,7 +2389,7 @@ type TokenFeedback struct {
 
 func (x *TokenFeedback) Reset() {
 	*x = TokenFeedback{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[26]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2401,7 @@ func (x *TokenFeedback) String() string {
 func (*TokenFeedback) ProtoMessage() {}
 
 func (x *TokenFeedback) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[26]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2414,7 @@ func (x *TokenFeedback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenFeedback.ProtoReflect.Descriptor instead.
 func (*TokenFeedback) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{26}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TokenFeedback) GetToken() string {
@@ -2394,7 +2463,7 @@ type ReportTokenFeedbackRequest struct {
 
 func (x *ReportTokenFeedbackRequest) Reset() {
 	*x = ReportTokenFeedbackRequest{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[27]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2475,7 @@ func (x *ReportTokenFeedbackRequest) String() string {
 func (*ReportTokenFeedbackRequest) ProtoMessage() {}
 
 func (x *ReportTokenFeedbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[27]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2488,7 @@ func (x *ReportTokenFeedbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTokenFeedbackRequest.ProtoReflect.Descriptor instead.
 func (*ReportTokenFeedbackRequest) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{27}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReportTokenFeedbackRequest) GetFeedback() []*TokenFeedback {
@@ -2444,7 +2513,7 @@ type ReportTokenFeedbackResponse struct {
 
 func (x *ReportTokenFeedbackResponse) Reset() {
 	*x = ReportTokenFeedbackResponse{}
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[28]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +2525,7 @@ func (x *ReportTokenFeedbackResponse) String() string {
 func (*ReportTokenFeedbackResponse) ProtoMessage() {}
 
 func (x *ReportTokenFeedbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[28]
+	mi := &file_pushmesh_profile_v1_profile_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +2538,7 @@ func (x *ReportTokenFeedbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTokenFeedbackResponse.ProtoReflect.Descriptor instead.
 func (*ReportTokenFeedbackResponse) Descriptor() ([]byte, []int) {
-	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{28}
+	return file_pushmesh_profile_v1_profile_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReportTokenFeedbackResponse) GetDeactivated() int32 {
@@ -2632,7 +2701,7 @@ const file_pushmesh_profile_v1_profile_proto_rawDesc = "" +
 	"\tunchanged\x18\x05 \x01(\x03R\tunchanged\x12\x1a\n" +
 	"\brejected\x18\x06 \x01(\x03R\brejected\x12)\n" +
 	"\x10profiles_created\x18\a \x01(\x03R\x0fprofilesCreated\x12E\n" +
-	"\rrejected_rows\x18\b \x03(\v2 .pushmesh.profile.v1.RejectedRowR\frejectedRows\"\xcc\x02\n" +
+	"\rrejected_rows\x18\b \x03(\v2 .pushmesh.profile.v1.RejectedRowR\frejectedRows\"\x94\x03\n" +
 	"\x14QueryAudienceRequest\x12\x1c\n" +
 	"\tcondition\x18\x01 \x01(\tR\tcondition\x12\x17\n" +
 	"\aapp_ids\x18\x02 \x03(\tR\x06appIds\x12:\n" +
@@ -2643,7 +2712,13 @@ const file_pushmesh_profile_v1_profile_proto_rawDesc = "" +
 	"batch_size\x18\x06 \x01(\x05R\tbatchSize\x12\x14\n" +
 	"\x05limit\x18\a \x01(\x03R\x05limit\x12\x1d\n" +
 	"\n" +
-	"count_only\x18\b \x01(\bR\tcountOnly\"\xcb\x02\n" +
+	"count_only\x18\b \x01(\bR\tcountOnly\x12F\n" +
+	"\rmember_fields\x18\t \x01(\v2!.pushmesh.profile.v1.MemberFieldsR\fmemberFields\"_\n" +
+	"\fMemberFields\x12\x1e\n" +
+	"\n" +
+	"attributes\x18\x01 \x03(\tR\n" +
+	"attributes\x12/\n" +
+	"\x13identity_namespaces\x18\x02 \x03(\tR\x12identityNamespaces\"\xcb\x02\n" +
 	"\x0eAudienceMember\x12\x1d\n" +
 	"\n" +
 	"profile_id\x18\x01 \x01(\tR\tprofileId\x127\n" +
@@ -2731,7 +2806,7 @@ func file_pushmesh_profile_v1_profile_proto_rawDescGZIP() []byte {
 }
 
 var file_pushmesh_profile_v1_profile_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_pushmesh_profile_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_pushmesh_profile_v1_profile_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_pushmesh_profile_v1_profile_proto_goTypes = []any{
 	(ConsentState)(0),                   // 0: pushmesh.profile.v1.ConsentState
 	(TokenState)(0),                     // 1: pushmesh.profile.v1.TokenState
@@ -2761,101 +2836,103 @@ var file_pushmesh_profile_v1_profile_proto_goTypes = []any{
 	(*RejectedRow)(nil),                 // 25: pushmesh.profile.v1.RejectedRow
 	(*ImportTokensResponse)(nil),        // 26: pushmesh.profile.v1.ImportTokensResponse
 	(*QueryAudienceRequest)(nil),        // 27: pushmesh.profile.v1.QueryAudienceRequest
-	(*AudienceMember)(nil),              // 28: pushmesh.profile.v1.AudienceMember
-	(*AudienceStats)(nil),               // 29: pushmesh.profile.v1.AudienceStats
-	(*QueryAudienceResponse)(nil),       // 30: pushmesh.profile.v1.QueryAudienceResponse
-	(*TokenFeedback)(nil),               // 31: pushmesh.profile.v1.TokenFeedback
-	(*ReportTokenFeedbackRequest)(nil),  // 32: pushmesh.profile.v1.ReportTokenFeedbackRequest
-	(*ReportTokenFeedbackResponse)(nil), // 33: pushmesh.profile.v1.ReportTokenFeedbackResponse
-	(*timestamppb.Timestamp)(nil),       // 34: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),             // 35: google.protobuf.Struct
-	(v1.Platform)(0),                    // 36: pushmesh.common.v1.Platform
-	(v1.ApnsEnvironment)(0),             // 37: pushmesh.common.v1.ApnsEnvironment
-	(*v1.DeviceInfo)(nil),               // 38: pushmesh.common.v1.DeviceInfo
-	(v1.ExclusionReason)(0),             // 39: pushmesh.common.v1.ExclusionReason
-	(*v1.ExclusionCount)(nil),           // 40: pushmesh.common.v1.ExclusionCount
+	(*MemberFields)(nil),                // 28: pushmesh.profile.v1.MemberFields
+	(*AudienceMember)(nil),              // 29: pushmesh.profile.v1.AudienceMember
+	(*AudienceStats)(nil),               // 30: pushmesh.profile.v1.AudienceStats
+	(*QueryAudienceResponse)(nil),       // 31: pushmesh.profile.v1.QueryAudienceResponse
+	(*TokenFeedback)(nil),               // 32: pushmesh.profile.v1.TokenFeedback
+	(*ReportTokenFeedbackRequest)(nil),  // 33: pushmesh.profile.v1.ReportTokenFeedbackRequest
+	(*ReportTokenFeedbackResponse)(nil), // 34: pushmesh.profile.v1.ReportTokenFeedbackResponse
+	(*timestamppb.Timestamp)(nil),       // 35: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),             // 36: google.protobuf.Struct
+	(v1.Platform)(0),                    // 37: pushmesh.common.v1.Platform
+	(v1.ApnsEnvironment)(0),             // 38: pushmesh.common.v1.ApnsEnvironment
+	(*v1.DeviceInfo)(nil),               // 39: pushmesh.common.v1.DeviceInfo
+	(v1.ExclusionReason)(0),             // 40: pushmesh.common.v1.ExclusionReason
+	(*v1.ExclusionCount)(nil),           // 41: pushmesh.common.v1.ExclusionCount
 }
 var file_pushmesh_profile_v1_profile_proto_depIdxs = []int32{
 	0,  // 0: pushmesh.profile.v1.PushConsent.state:type_name -> pushmesh.profile.v1.ConsentState
-	34, // 1: pushmesh.profile.v1.PushConsent.update_time:type_name -> google.protobuf.Timestamp
+	35, // 1: pushmesh.profile.v1.PushConsent.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 2: pushmesh.profile.v1.Profile.identities:type_name -> pushmesh.profile.v1.Identity
-	35, // 3: pushmesh.profile.v1.Profile.attributes:type_name -> google.protobuf.Struct
+	36, // 3: pushmesh.profile.v1.Profile.attributes:type_name -> google.protobuf.Struct
 	6,  // 4: pushmesh.profile.v1.Profile.consent:type_name -> pushmesh.profile.v1.PushConsent
-	34, // 5: pushmesh.profile.v1.Profile.create_time:type_name -> google.protobuf.Timestamp
-	34, // 6: pushmesh.profile.v1.Profile.update_time:type_name -> google.protobuf.Timestamp
-	34, // 7: pushmesh.profile.v1.TokenMove.time:type_name -> google.protobuf.Timestamp
-	36, // 8: pushmesh.profile.v1.PushToken.platform:type_name -> pushmesh.common.v1.Platform
-	37, // 9: pushmesh.profile.v1.PushToken.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
-	38, // 10: pushmesh.profile.v1.PushToken.device:type_name -> pushmesh.common.v1.DeviceInfo
-	34, // 11: pushmesh.profile.v1.PushToken.source_time:type_name -> google.protobuf.Timestamp
-	34, // 12: pushmesh.profile.v1.PushToken.last_seen_time:type_name -> google.protobuf.Timestamp
+	35, // 5: pushmesh.profile.v1.Profile.create_time:type_name -> google.protobuf.Timestamp
+	35, // 6: pushmesh.profile.v1.Profile.update_time:type_name -> google.protobuf.Timestamp
+	35, // 7: pushmesh.profile.v1.TokenMove.time:type_name -> google.protobuf.Timestamp
+	37, // 8: pushmesh.profile.v1.PushToken.platform:type_name -> pushmesh.common.v1.Platform
+	38, // 9: pushmesh.profile.v1.PushToken.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
+	39, // 10: pushmesh.profile.v1.PushToken.device:type_name -> pushmesh.common.v1.DeviceInfo
+	35, // 11: pushmesh.profile.v1.PushToken.source_time:type_name -> google.protobuf.Timestamp
+	35, // 12: pushmesh.profile.v1.PushToken.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: pushmesh.profile.v1.PushToken.state:type_name -> pushmesh.profile.v1.TokenState
 	2,  // 14: pushmesh.profile.v1.PushToken.inactive_reason:type_name -> pushmesh.profile.v1.InactiveReason
-	34, // 15: pushmesh.profile.v1.PushToken.gateway_invalid_time:type_name -> google.protobuf.Timestamp
-	34, // 16: pushmesh.profile.v1.PushToken.create_time:type_name -> google.protobuf.Timestamp
-	34, // 17: pushmesh.profile.v1.PushToken.update_time:type_name -> google.protobuf.Timestamp
+	35, // 15: pushmesh.profile.v1.PushToken.gateway_invalid_time:type_name -> google.protobuf.Timestamp
+	35, // 16: pushmesh.profile.v1.PushToken.create_time:type_name -> google.protobuf.Timestamp
+	35, // 17: pushmesh.profile.v1.PushToken.update_time:type_name -> google.protobuf.Timestamp
 	8,  // 18: pushmesh.profile.v1.PushToken.history:type_name -> pushmesh.profile.v1.TokenMove
 	5,  // 19: pushmesh.profile.v1.ProfileRef.identity:type_name -> pushmesh.profile.v1.Identity
 	5,  // 20: pushmesh.profile.v1.UpsertProfileRequest.identities:type_name -> pushmesh.profile.v1.Identity
-	35, // 21: pushmesh.profile.v1.UpsertProfileRequest.attributes:type_name -> google.protobuf.Struct
+	36, // 21: pushmesh.profile.v1.UpsertProfileRequest.attributes:type_name -> google.protobuf.Struct
 	6,  // 22: pushmesh.profile.v1.UpsertProfileRequest.consent:type_name -> pushmesh.profile.v1.PushConsent
 	7,  // 23: pushmesh.profile.v1.UpsertProfileResponse.profile:type_name -> pushmesh.profile.v1.Profile
 	10, // 24: pushmesh.profile.v1.GetProfileRequest.profile:type_name -> pushmesh.profile.v1.ProfileRef
 	7,  // 25: pushmesh.profile.v1.GetProfileResponse.profile:type_name -> pushmesh.profile.v1.Profile
 	10, // 26: pushmesh.profile.v1.DeleteProfileRequest.profile:type_name -> pushmesh.profile.v1.ProfileRef
 	10, // 27: pushmesh.profile.v1.RegisterPushTokenRequest.profile:type_name -> pushmesh.profile.v1.ProfileRef
-	36, // 28: pushmesh.profile.v1.RegisterPushTokenRequest.platform:type_name -> pushmesh.common.v1.Platform
-	37, // 29: pushmesh.profile.v1.RegisterPushTokenRequest.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
-	38, // 30: pushmesh.profile.v1.RegisterPushTokenRequest.device:type_name -> pushmesh.common.v1.DeviceInfo
-	34, // 31: pushmesh.profile.v1.RegisterPushTokenRequest.source_time:type_name -> google.protobuf.Timestamp
+	37, // 28: pushmesh.profile.v1.RegisterPushTokenRequest.platform:type_name -> pushmesh.common.v1.Platform
+	38, // 29: pushmesh.profile.v1.RegisterPushTokenRequest.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
+	39, // 30: pushmesh.profile.v1.RegisterPushTokenRequest.device:type_name -> pushmesh.common.v1.DeviceInfo
+	35, // 31: pushmesh.profile.v1.RegisterPushTokenRequest.source_time:type_name -> google.protobuf.Timestamp
 	9,  // 32: pushmesh.profile.v1.RegisterPushTokenResponse.token:type_name -> pushmesh.profile.v1.PushToken
 	3,  // 33: pushmesh.profile.v1.RegisterPushTokenResponse.outcome:type_name -> pushmesh.profile.v1.RegistrationOutcome
-	36, // 34: pushmesh.profile.v1.UnregisterPushTokenRequest.platform:type_name -> pushmesh.common.v1.Platform
+	37, // 34: pushmesh.profile.v1.UnregisterPushTokenRequest.platform:type_name -> pushmesh.common.v1.Platform
 	2,  // 35: pushmesh.profile.v1.UnregisterPushTokenRequest.reason:type_name -> pushmesh.profile.v1.InactiveReason
 	9,  // 36: pushmesh.profile.v1.UnregisterPushTokenResponse.token:type_name -> pushmesh.profile.v1.PushToken
 	10, // 37: pushmesh.profile.v1.ListPushTokensRequest.profile:type_name -> pushmesh.profile.v1.ProfileRef
 	9,  // 38: pushmesh.profile.v1.ListPushTokensResponse.tokens:type_name -> pushmesh.profile.v1.PushToken
-	36, // 39: pushmesh.profile.v1.ImportRow.platform:type_name -> pushmesh.common.v1.Platform
-	34, // 40: pushmesh.profile.v1.ImportRow.source_time:type_name -> google.protobuf.Timestamp
-	35, // 41: pushmesh.profile.v1.ImportRow.attributes:type_name -> google.protobuf.Struct
-	37, // 42: pushmesh.profile.v1.ImportRow.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
+	37, // 39: pushmesh.profile.v1.ImportRow.platform:type_name -> pushmesh.common.v1.Platform
+	35, // 40: pushmesh.profile.v1.ImportRow.source_time:type_name -> google.protobuf.Timestamp
+	36, // 41: pushmesh.profile.v1.ImportRow.attributes:type_name -> google.protobuf.Struct
+	38, // 42: pushmesh.profile.v1.ImportRow.apns_environment:type_name -> pushmesh.common.v1.ApnsEnvironment
 	23, // 43: pushmesh.profile.v1.ImportTokensRequest.rows:type_name -> pushmesh.profile.v1.ImportRow
 	25, // 44: pushmesh.profile.v1.ImportTokensResponse.rejected_rows:type_name -> pushmesh.profile.v1.RejectedRow
-	36, // 45: pushmesh.profile.v1.QueryAudienceRequest.platforms:type_name -> pushmesh.common.v1.Platform
-	35, // 46: pushmesh.profile.v1.AudienceMember.attributes:type_name -> google.protobuf.Struct
-	5,  // 47: pushmesh.profile.v1.AudienceMember.identities:type_name -> pushmesh.profile.v1.Identity
-	9,  // 48: pushmesh.profile.v1.AudienceMember.tokens:type_name -> pushmesh.profile.v1.PushToken
-	39, // 49: pushmesh.profile.v1.AudienceMember.exclusion_reason:type_name -> pushmesh.common.v1.ExclusionReason
-	40, // 50: pushmesh.profile.v1.AudienceStats.excluded:type_name -> pushmesh.common.v1.ExclusionCount
-	28, // 51: pushmesh.profile.v1.QueryAudienceResponse.members:type_name -> pushmesh.profile.v1.AudienceMember
-	29, // 52: pushmesh.profile.v1.QueryAudienceResponse.stats:type_name -> pushmesh.profile.v1.AudienceStats
-	36, // 53: pushmesh.profile.v1.TokenFeedback.platform:type_name -> pushmesh.common.v1.Platform
-	4,  // 54: pushmesh.profile.v1.TokenFeedback.reason:type_name -> pushmesh.profile.v1.FeedbackReason
-	34, // 55: pushmesh.profile.v1.TokenFeedback.gateway_time:type_name -> google.protobuf.Timestamp
-	31, // 56: pushmesh.profile.v1.ReportTokenFeedbackRequest.feedback:type_name -> pushmesh.profile.v1.TokenFeedback
-	11, // 57: pushmesh.profile.v1.ProfileService.UpsertProfile:input_type -> pushmesh.profile.v1.UpsertProfileRequest
-	13, // 58: pushmesh.profile.v1.ProfileService.GetProfile:input_type -> pushmesh.profile.v1.GetProfileRequest
-	15, // 59: pushmesh.profile.v1.ProfileService.DeleteProfile:input_type -> pushmesh.profile.v1.DeleteProfileRequest
-	17, // 60: pushmesh.profile.v1.ProfileService.RegisterPushToken:input_type -> pushmesh.profile.v1.RegisterPushTokenRequest
-	19, // 61: pushmesh.profile.v1.ProfileService.UnregisterPushToken:input_type -> pushmesh.profile.v1.UnregisterPushTokenRequest
-	21, // 62: pushmesh.profile.v1.ProfileService.ListPushTokens:input_type -> pushmesh.profile.v1.ListPushTokensRequest
-	24, // 63: pushmesh.profile.v1.ProfileService.ImportTokens:input_type -> pushmesh.profile.v1.ImportTokensRequest
-	27, // 64: pushmesh.profile.v1.ProfileService.QueryAudience:input_type -> pushmesh.profile.v1.QueryAudienceRequest
-	32, // 65: pushmesh.profile.v1.ProfileService.ReportTokenFeedback:input_type -> pushmesh.profile.v1.ReportTokenFeedbackRequest
-	12, // 66: pushmesh.profile.v1.ProfileService.UpsertProfile:output_type -> pushmesh.profile.v1.UpsertProfileResponse
-	14, // 67: pushmesh.profile.v1.ProfileService.GetProfile:output_type -> pushmesh.profile.v1.GetProfileResponse
-	16, // 68: pushmesh.profile.v1.ProfileService.DeleteProfile:output_type -> pushmesh.profile.v1.DeleteProfileResponse
-	18, // 69: pushmesh.profile.v1.ProfileService.RegisterPushToken:output_type -> pushmesh.profile.v1.RegisterPushTokenResponse
-	20, // 70: pushmesh.profile.v1.ProfileService.UnregisterPushToken:output_type -> pushmesh.profile.v1.UnregisterPushTokenResponse
-	22, // 71: pushmesh.profile.v1.ProfileService.ListPushTokens:output_type -> pushmesh.profile.v1.ListPushTokensResponse
-	26, // 72: pushmesh.profile.v1.ProfileService.ImportTokens:output_type -> pushmesh.profile.v1.ImportTokensResponse
-	30, // 73: pushmesh.profile.v1.ProfileService.QueryAudience:output_type -> pushmesh.profile.v1.QueryAudienceResponse
-	33, // 74: pushmesh.profile.v1.ProfileService.ReportTokenFeedback:output_type -> pushmesh.profile.v1.ReportTokenFeedbackResponse
-	66, // [66:75] is the sub-list for method output_type
-	57, // [57:66] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	37, // 45: pushmesh.profile.v1.QueryAudienceRequest.platforms:type_name -> pushmesh.common.v1.Platform
+	28, // 46: pushmesh.profile.v1.QueryAudienceRequest.member_fields:type_name -> pushmesh.profile.v1.MemberFields
+	36, // 47: pushmesh.profile.v1.AudienceMember.attributes:type_name -> google.protobuf.Struct
+	5,  // 48: pushmesh.profile.v1.AudienceMember.identities:type_name -> pushmesh.profile.v1.Identity
+	9,  // 49: pushmesh.profile.v1.AudienceMember.tokens:type_name -> pushmesh.profile.v1.PushToken
+	40, // 50: pushmesh.profile.v1.AudienceMember.exclusion_reason:type_name -> pushmesh.common.v1.ExclusionReason
+	41, // 51: pushmesh.profile.v1.AudienceStats.excluded:type_name -> pushmesh.common.v1.ExclusionCount
+	29, // 52: pushmesh.profile.v1.QueryAudienceResponse.members:type_name -> pushmesh.profile.v1.AudienceMember
+	30, // 53: pushmesh.profile.v1.QueryAudienceResponse.stats:type_name -> pushmesh.profile.v1.AudienceStats
+	37, // 54: pushmesh.profile.v1.TokenFeedback.platform:type_name -> pushmesh.common.v1.Platform
+	4,  // 55: pushmesh.profile.v1.TokenFeedback.reason:type_name -> pushmesh.profile.v1.FeedbackReason
+	35, // 56: pushmesh.profile.v1.TokenFeedback.gateway_time:type_name -> google.protobuf.Timestamp
+	32, // 57: pushmesh.profile.v1.ReportTokenFeedbackRequest.feedback:type_name -> pushmesh.profile.v1.TokenFeedback
+	11, // 58: pushmesh.profile.v1.ProfileService.UpsertProfile:input_type -> pushmesh.profile.v1.UpsertProfileRequest
+	13, // 59: pushmesh.profile.v1.ProfileService.GetProfile:input_type -> pushmesh.profile.v1.GetProfileRequest
+	15, // 60: pushmesh.profile.v1.ProfileService.DeleteProfile:input_type -> pushmesh.profile.v1.DeleteProfileRequest
+	17, // 61: pushmesh.profile.v1.ProfileService.RegisterPushToken:input_type -> pushmesh.profile.v1.RegisterPushTokenRequest
+	19, // 62: pushmesh.profile.v1.ProfileService.UnregisterPushToken:input_type -> pushmesh.profile.v1.UnregisterPushTokenRequest
+	21, // 63: pushmesh.profile.v1.ProfileService.ListPushTokens:input_type -> pushmesh.profile.v1.ListPushTokensRequest
+	24, // 64: pushmesh.profile.v1.ProfileService.ImportTokens:input_type -> pushmesh.profile.v1.ImportTokensRequest
+	27, // 65: pushmesh.profile.v1.ProfileService.QueryAudience:input_type -> pushmesh.profile.v1.QueryAudienceRequest
+	33, // 66: pushmesh.profile.v1.ProfileService.ReportTokenFeedback:input_type -> pushmesh.profile.v1.ReportTokenFeedbackRequest
+	12, // 67: pushmesh.profile.v1.ProfileService.UpsertProfile:output_type -> pushmesh.profile.v1.UpsertProfileResponse
+	14, // 68: pushmesh.profile.v1.ProfileService.GetProfile:output_type -> pushmesh.profile.v1.GetProfileResponse
+	16, // 69: pushmesh.profile.v1.ProfileService.DeleteProfile:output_type -> pushmesh.profile.v1.DeleteProfileResponse
+	18, // 70: pushmesh.profile.v1.ProfileService.RegisterPushToken:output_type -> pushmesh.profile.v1.RegisterPushTokenResponse
+	20, // 71: pushmesh.profile.v1.ProfileService.UnregisterPushToken:output_type -> pushmesh.profile.v1.UnregisterPushTokenResponse
+	22, // 72: pushmesh.profile.v1.ProfileService.ListPushTokens:output_type -> pushmesh.profile.v1.ListPushTokensResponse
+	26, // 73: pushmesh.profile.v1.ProfileService.ImportTokens:output_type -> pushmesh.profile.v1.ImportTokensResponse
+	31, // 74: pushmesh.profile.v1.ProfileService.QueryAudience:output_type -> pushmesh.profile.v1.QueryAudienceResponse
+	34, // 75: pushmesh.profile.v1.ProfileService.ReportTokenFeedback:output_type -> pushmesh.profile.v1.ReportTokenFeedbackResponse
+	67, // [67:76] is the sub-list for method output_type
+	58, // [58:67] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_pushmesh_profile_v1_profile_proto_init() }
@@ -2873,7 +2950,7 @@ func file_pushmesh_profile_v1_profile_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pushmesh_profile_v1_profile_proto_rawDesc), len(file_pushmesh_profile_v1_profile_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

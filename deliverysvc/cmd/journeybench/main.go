@@ -67,6 +67,7 @@ func main() {
 type options struct {
 	profiles    int
 	fcmEvery    int
+	extraAttrs  int
 	ceilingN    int
 	connections int
 	concurrency int
@@ -84,6 +85,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("journeybench", flag.ContinueOnError)
 	fs.IntVar(&o.profiles, "profiles", 100_000, "profiles in the audience (one APNs token each)")
 	fs.IntVar(&o.fcmEvery, "fcm-every", 5, "every n-th profile also has an FCM token (0: APNs only)")
+	fs.IntVar(&o.extraAttrs, "extra-attributes", 0, "attributes per profile besides the three the journey reads, as a CRM keeps them")
 	fs.IntVar(&o.ceilingN, "ceiling-n", 100_000, "pushes per ceiling measurement (longer runs average out a shared machine's noise)")
 	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
 	fs.IntVar(&o.window, "window", 2000, "deliverysvc --journey-window, and the ceiling's concurrent pushes")
@@ -133,7 +135,7 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	t0 := time.Now()
-	apnsTokens, fcmTokens, err := journeytest.Import(ctx, m, o.profiles, o.fcmEvery)
+	apnsTokens, fcmTokens, err := journeytest.Import(ctx, m, o.profiles, o.fcmEvery, o.extraAttrs)
 	if err != nil {
 		return fmt.Errorf("seed profilesvc: %w", err)
 	}

@@ -2,12 +2,15 @@ package journey
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
 )
 
@@ -125,6 +128,67 @@ type variant struct {
 type Content struct {
 	def      *compiledMessage
 	variants []variant
+}
+
+// localeAttribute is the profile attribute that picks a locale variant.
+const localeAttribute = "locale"
+
+// Limits of profilev1.MemberFields; a journey that reads more asks for
+// whole members instead.
+const (
+	maxMemberAttributes = 256
+	maxMemberNamespaces = 64
+	maxAttributeNameLen = 256
+)
+
+// MemberFields is what rendering reads from an audience member, for
+// QueryAudience to stream nothing else: the top-level attribute of every
+// hole (a hole looks an attribute up first, so identity.x and profile_id
+// name one too), the namespace of every identity.<namespace> hole, and the
+// locale. Nil (whole members) when that is more than a selection may hold.
+func (c *Content) MemberFields() *profilev1.MemberFields {
+	attrs := map[string]bool{localeAttribute: true}
+	namespaces := map[string]bool{}
+	for _, m := range c.messages() {
+		for _, t := range m.texts {
+			for _, p := range t.parts {
+				if p.ref == nil {
+					continue
+				}
+				if len(p.ref[0]) > maxAttributeNameLen {
+					continue // no stored attribute has such a name
+				}
+				attrs[p.ref[0]] = true
+				if len(p.ref) == 2 && p.ref[0] == "identity" && validNamespace(p.ref[1]) {
+					namespaces[p.ref[1]] = true
+				}
+			}
+		}
+	}
+	if len(attrs) > maxMemberAttributes || len(namespaces) > maxMemberNamespaces {
+		return nil
+	}
+	return &profilev1.MemberFields{
+		Attributes:         slices.Sorted(maps.Keys(attrs)),
+		IdentityNamespaces: slices.Sorted(maps.Keys(namespaces)),
+	}
+}
+
+// validNamespace is profilesvc's rule for identity namespaces (1 to 64 of
+// a-z, 0-9, '_' and '-', see profilev1.Identity): a hole naming any other
+// namespace can never find an identity, and profilesvc would refuse it in
+// a selection.
+func validNamespace(ns string) bool {
+	if ns == "" || len(ns) > 64 {
+		return false
+	}
+	for i := 0; i < len(ns); i++ {
+		c := ns[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // messages lists the default template and every variant's.

@@ -211,7 +211,8 @@ func (h *harness) setMembers(ms ...*profilev1.AudienceMember) {
 
 // serveAudience answers QueryAudience as profilesvc does: members in
 // profile id order after start_after_profile_id, in batches, up to limit;
-// tokens filtered by app ids and platforms. The condition "bad(" does not
+// tokens filtered by app ids and platforms, attributes and identities by
+// member_fields. The condition "bad(" does not
 // compile.
 func (h *harness) serveAudience(ctx context.Context, q *profilev1.QueryAudienceRequest, each func(*profilev1.QueryAudienceResponse) error) error {
 	if q.GetCondition() == "bad(" {
@@ -257,6 +258,19 @@ func (h *harness) serveAudience(ctx context.Context, q *profilev1.QueryAudienceR
 func filterTokens(m *profilev1.AudienceMember, q *profilev1.QueryAudienceRequest) *profilev1.AudienceMember {
 	out := &profilev1.AudienceMember{ProfileId: m.GetProfileId(), Attributes: m.GetAttributes(), Identities: m.GetIdentities(),
 		Excluded: m.GetExcluded(), ExclusionReason: m.GetExclusionReason()}
+	if mf := q.GetMemberFields(); mf != nil {
+		out.Attributes, out.Identities = &structpb.Struct{Fields: map[string]*structpb.Value{}}, nil
+		for _, name := range mf.GetAttributes() {
+			if v, ok := m.GetAttributes().GetFields()[name]; ok {
+				out.Attributes.Fields[name] = v
+			}
+		}
+		for _, idn := range m.GetIdentities() {
+			if slices.Contains(mf.GetIdentityNamespaces(), idn.GetNamespace()) {
+				out.Identities = append(out.Identities, idn)
+			}
+		}
+	}
 	for _, tok := range m.GetTokens() {
 		if len(q.GetAppIds()) > 0 && !slices.Contains(q.GetAppIds(), tok.GetAppId()) {
 			continue

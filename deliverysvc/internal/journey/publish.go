@@ -304,7 +304,7 @@ func (m *Manager) dryRun(ctx context.Context, r *runner, samples int) (*delivery
 				n := p.msgs[0].Notification
 				dr.Samples = append(dr.Samples, &deliveryv1.RenderedSample{
 					ProfileId: member.GetProfileId(), Platform: p.msgs[0].Tokens[0].Platform,
-					Locale:       member.GetAttributes().GetFields()["locale"].GetStringValue(),
+					Locale:       member.GetAttributes().GetFields()[localeAttribute].GetStringValue(),
 					Notification: notificationProto(&n), Tokens: int32(len(p.msgs)),
 				})
 			}

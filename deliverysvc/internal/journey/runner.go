@@ -617,6 +617,7 @@ func (r *runner) query(after string) *profilev1.QueryAudienceRequest {
 	return &profilev1.QueryAudienceRequest{
 		Condition: a.GetCondition(), AppIds: r.journey.GetAppIds(), Platforms: a.GetPlatforms(),
 		RequireExplicitConsent: a.GetRequireExplicitConsent(), StartAfterProfileId: after, BatchSize: int32(r.m.cfg.AudienceBatch),
+		MemberFields: r.content.MemberFields(),
 	}
 }
 
@@ -643,7 +644,7 @@ func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) pla
 		return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, detail: "no active token"}
 	}
 	v := Values{ProfileID: member.GetProfileId(), Attributes: member.GetAttributes(), Identities: member.GetIdentities()}
-	locale := member.GetAttributes().GetFields()["locale"].GetStringValue()
+	locale := member.GetAttributes().GetFields()[localeAttribute].GetStringValue()
 	opts := r.journey.GetDelivery()
 	// A profile has tokens of at most two platforms: render each once.
 	var rendered [2]struct {

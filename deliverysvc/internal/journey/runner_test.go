@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -139,6 +140,9 @@ func TestJourneyQueriesItsAudience(t *testing.T) {
 	if q.GetCondition() != j.Audience.Condition || !q.GetRequireExplicitConsent() || len(q.GetPlatforms()) != 1 ||
 		strings.Join(q.GetAppIds(), ",") != shopApp+","+walletApp {
 		t.Errorf("query: got %v, want the journey's condition, platforms, consent and apps", q)
+	}
+	if got := q.GetMemberFields(); !slices.Equal(got.GetAttributes(), []string{"firstName", "locale"}) || len(got.GetIdentityNamespaces()) != 0 {
+		t.Errorf("query: got member fields %v, want what the templates read (firstName) and the locale", got)
 	}
 
 	h.setMembers(population(t, 3)[1:]...) // p000000 no longer qualifies

@@ -2,6 +2,8 @@ package journey
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -164,6 +166,48 @@ func TestCompileNamesTheField(t *testing.T) {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error %q does not name %s", err, field)
 		}
+	}
+}
+
+// A journey streams only what its templates read: the top-level attribute
+// of every hole in every template and variant, the identity namespaces of
+// identity.<namespace> holes, and the locale.
+func TestMemberFields(t *testing.T) {
+	c, err := Compile(&deliveryv1.Journey{
+		Template: &deliveryv1.MessageTemplate{
+			Title: `Hi {{firstName | default "there"}}`, Body: "{{address.city}}: {{identity.email}} {{profile_id}}",
+			Data: map[string]string{"ref": "{{identity.customer_id}}", "static": "x", "odd": "{{identity.Not_Valid}}"},
+		},
+		Variants: []*deliveryv1.TemplateVariant{{Locale: "fr", Template: &deliveryv1.MessageTemplate{Title: "Bonjour {{nickname | upper}}"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.MemberFields()
+	wantAttrs := []string{"address", "firstName", "identity", "locale", "nickname", "profile_id"}
+	wantNamespaces := []string{"customer_id", "email"} // Not_Valid can name no identity
+	if !slices.Equal(got.GetAttributes(), wantAttrs) || !slices.Equal(got.GetIdentityNamespaces(), wantNamespaces) {
+		t.Errorf("got attributes %v namespaces %v, want %v and %v", got.GetAttributes(), got.GetIdentityNamespaces(), wantAttrs, wantNamespaces)
+	}
+
+	static, err := Compile(&deliveryv1.Journey{Template: &deliveryv1.MessageTemplate{Title: "Sale!"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := static.MemberFields(); !slices.Equal(got.GetAttributes(), []string{"locale"}) || len(got.GetIdentityNamespaces()) != 0 {
+		t.Errorf("static template: got %v, want only the locale", got)
+	}
+
+	var many strings.Builder
+	for i := range maxMemberAttributes {
+		fmt.Fprintf(&many, "{{a%d}}", i)
+	}
+	wide, err := Compile(&deliveryv1.Journey{Template: &deliveryv1.MessageTemplate{Body: many.String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := wide.MemberFields(); got != nil {
+		t.Errorf("%d attributes and the locale: got a selection of %d, want whole members", maxMemberAttributes, len(got.GetAttributes()))
 	}
 }
 

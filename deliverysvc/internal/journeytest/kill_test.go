@@ -30,7 +30,7 @@ func TestKill9MidJourney(t *testing.T) {
 	if err := m.RegisterApps(ctx); err != nil {
 		t.Fatal(err)
 	}
-	apnsTokens, fcmTokens, err := Import(ctx, m, profiles, fcmEvery)
+	apnsTokens, fcmTokens, err := Import(ctx, m, profiles, fcmEvery, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

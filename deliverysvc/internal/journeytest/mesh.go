@@ -381,13 +381,19 @@ func (m *Mesh) Device(ctx context.Context, customer, token string, platform comm
 
 // Import seeds n profiles through profilesvc's ImportTokens: customer
 // B-i with one APNs token of the shop, and every fcmEvery-th one also an
-// FCM token. It returns the tokens by platform.
-func Import(ctx context.Context, m *Mesh, n, fcmEvery int) (apnsTokens, fcmTokens []string, err error) {
+// FCM token; each profile has the attributes tier, firstName and locale
+// and extraAttributes more that no journey template reads, as a CRM's
+// profiles do. It returns the tokens by platform.
+func Import(ctx context.Context, m *Mesh, n, fcmEvery, extraAttributes int) (apnsTokens, fcmTokens []string, err error) {
 	stream, err := m.Profiles.ImportTokens(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	attrs, err := structpb.NewStruct(map[string]any{"tier": "gold", "firstName": "Ada", "locale": "en-US"})
+	fields := map[string]any{"tier": "gold", "firstName": "Ada", "locale": "en-US"}
+	for k := range extraAttributes {
+		fields[fmt.Sprintf("crm_field_%02d", k)] = fmt.Sprintf("the value of CRM field %d", k)
+	}
+	attrs, err := structpb.NewStruct(fields)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -58,6 +58,8 @@ type Query struct {
 	BatchSize int
 	// Limit stops after this many qualified profiles; 0 means no limit.
 	Limit int64
+	// Fields limits what members carry; nil means everything.
+	Fields *Fields
 	// CountOnly computes the stats without collecting members: batches
 	// carry no members and come every progressEvery profiles and at the
 	// end. Token details, attributes and identities are never decoded.
@@ -74,6 +76,16 @@ func (q *Query) Validate() error {
 		v.Add("limit", "must not be negative, got %d", q.Limit)
 	}
 	return v.Err()
+}
+
+// Fields selects the attributes and identities members carry. The
+// condition still sees the whole profile.
+type Fields struct {
+	// Attributes are top-level attribute names; the others are not even
+	// decoded.
+	Attributes map[string]struct{}
+	// Namespaces are identity namespaces.
+	Namespaces map[string]struct{}
 }
 
 // Member is one qualified profile.
@@ -209,11 +221,21 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 				m.Excluded, m.Reason = true, ExcludedNoActiveToken
 				break
 			}
-			if m.Attributes = act.attributes(); m.Attributes == nil {
+			if q.Fields != nil {
+				if m.Attributes, err = v.AttributesNamed(q.Fields.Attributes); err != nil {
+					return false, err
+				}
+			} else if m.Attributes = act.attributes(); m.Attributes == nil {
 				m.Attributes = attrsForEmpty
 			}
 			if m.Identities, err = v.Identities(); err != nil {
 				return false, err
+			}
+			if q.Fields != nil {
+				m.Identities = slices.DeleteFunc(m.Identities, func(idn profile.Identity) bool {
+					_, ok := q.Fields.Namespaces[idn.Namespace]
+					return !ok
+				})
 			}
 			if act.err != nil {
 				return false, act.err

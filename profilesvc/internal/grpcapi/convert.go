@@ -176,84 +176,45 @@ func identitiesProto(ids []profile.Identity) []*profilev1.Identity {
 	return out
 }
 
-// memberFields is what a QueryAudience request asked each member to carry
-// (profilev1.MemberFields): everything, or the named attributes and the
-// identities of the named namespaces.
-type memberFields struct {
-	all        bool
-	attrs      []string // in request order, duplicates dropped
-	namespaces map[string]bool
-}
-
 // Limits of profilev1.MemberFields.
 const (
 	maxMemberAttributes = 256
 	maxMemberNamespaces = 64
 )
 
-// memberFieldsOf validates the request's selection; nil selects everything.
-func memberFieldsOf(v *fault.ValidationError, mf *profilev1.MemberFields) memberFields {
+// memberFields validates a QueryAudience request's selection; nil (no
+// selection) means whole members.
+func memberFields(v *fault.ValidationError, mf *profilev1.MemberFields) *audience.Fields {
 	if mf == nil {
-		return memberFields{all: true}
+		return nil
 	}
-	f := memberFields{namespaces: make(map[string]bool, len(mf.GetIdentityNamespaces()))}
+	f := &audience.Fields{
+		Attributes: make(map[string]struct{}, len(mf.GetAttributes())),
+		Namespaces: make(map[string]struct{}, len(mf.GetIdentityNamespaces())),
+	}
 	if n := len(mf.GetAttributes()); n > maxMemberAttributes {
 		v.Add("member_fields.attributes", "names %d attributes, more than %d", n, maxMemberAttributes)
+		return f
 	}
 	if n := len(mf.GetIdentityNamespaces()); n > maxMemberNamespaces {
 		v.Add("member_fields.identity_namespaces", "names %d namespaces, more than %d", n, maxMemberNamespaces)
+		return f
 	}
-	seen := make(map[string]bool, len(mf.GetAttributes()))
 	for i, name := range mf.GetAttributes() {
 		if name == "" || len(name) > profile.MaxAttributeKeyLen || !utf8.ValidString(name) {
 			v.Add(fmt.Sprintf("member_fields.attributes[%d]", i), "attribute names are 1 to %d bytes of UTF-8", profile.MaxAttributeKeyLen)
 			continue
 		}
-		if !seen[name] {
-			seen[name] = true
-			f.attrs = append(f.attrs, name)
-		}
+		f.Attributes[name] = struct{}{}
 	}
 	for i, ns := range mf.GetIdentityNamespaces() {
 		if err := profile.ValidateNamespace(ns); err != nil {
 			v.Add(fmt.Sprintf("member_fields.identity_namespaces[%d]", i), "%v", err)
 			continue
 		}
-		f.namespaces[ns] = true
+		f.Namespaces[ns] = struct{}{}
 	}
 	return f
-}
-
-// attributes converts the selected attributes the profile has; nil when
-// it has none of them.
-func (f memberFields) attributes(m map[string]any) (*structpb.Struct, error) {
-	var out *structpb.Struct
-	for _, name := range f.attrs {
-		raw, ok := m[name]
-		if !ok {
-			continue
-		}
-		val, err := structpb.NewValue(raw)
-		if err != nil {
-			return nil, fmt.Errorf("stored attribute %q does not convert: %w", name, err)
-		}
-		if out == nil {
-			out = &structpb.Struct{Fields: make(map[string]*structpb.Value, len(f.attrs))}
-		}
-		out.Fields[name] = val
-	}
-	return out, nil
-}
-
-// identities converts the identities of the selected namespaces.
-func (f memberFields) identities(ids []profile.Identity) []*profilev1.Identity {
-	var out []*profilev1.Identity
-	for _, idn := range ids {
-		if f.namespaces[idn.Namespace] {
-			out = append(out, &profilev1.Identity{Namespace: idn.Namespace, Value: idn.Value})
-		}
-	}
-	return out
 }
 
 // structProto converts stored attributes. They were validated on the way
@@ -306,27 +267,18 @@ func tokenProto(t *profile.Token, withHistory bool) *profilev1.PushToken {
 	return out
 }
 
-func memberProto(m *audience.Member, fields memberFields) (*profilev1.AudienceMember, error) {
+func memberProto(m *audience.Member) (*profilev1.AudienceMember, error) {
 	out := &profilev1.AudienceMember{ProfileId: m.ID.String(), Excluded: m.Excluded}
 	if m.Excluded {
 		out.ExclusionReason = commonv1.ExclusionReason(m.Reason)
 		return out, nil
 	}
-	if fields.all {
-		attrs, err := structProto(m.Attributes)
-		if err != nil {
-			return nil, fmt.Errorf("profile %s: %w", m.ID, err)
-		}
-		out.Attributes = attrs
-		out.Identities = identitiesProto(m.Identities)
-	} else {
-		attrs, err := fields.attributes(m.Attributes)
-		if err != nil {
-			return nil, fmt.Errorf("profile %s: %w", m.ID, err)
-		}
-		out.Attributes = attrs
-		out.Identities = fields.identities(m.Identities)
+	attrs, err := structProto(m.Attributes)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", m.ID, err)
 	}
+	out.Attributes = attrs
+	out.Identities = identitiesProto(m.Identities)
 	out.Tokens = make([]*profilev1.PushToken, len(m.Tokens))
 	for i := range m.Tokens {
 		out.Tokens[i] = memberTokenProto(&m.Tokens[i], m.ID)

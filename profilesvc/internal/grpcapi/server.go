@@ -311,7 +311,7 @@ func (s *Server) QueryAudience(req *profilev1.QueryAudienceRequest, stream grpc.
 			v.Violations = append(v.Violations, qv.Violations...)
 		}
 	}
-	fields := memberFieldsOf(&v, req.GetMemberFields())
+	q.Fields = memberFields(&v, req.GetMemberFields())
 	cond, err := audience.Compile(req.GetCondition())
 	if err != nil {
 		var cv *fault.ValidationError
@@ -324,14 +324,14 @@ func (s *Server) QueryAudience(req *profilev1.QueryAudienceRequest, stream grpc.
 		return s.status(ctx, err)
 	}
 	q.Condition = cond
-	return s.status(ctx, streamAudience(ctx, s.store, q, fields, stream))
+	return s.status(ctx, streamAudience(ctx, s.store, q, stream))
 }
 
 // streamAudience runs the query and sends its batches. Encoding members to
 // protobuf costs about as much as finding them, so a second goroutine
 // converts and sends each batch while the scan looks for the next one (at
 // most one batch waits between them, keeping memory bounded).
-func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, fields memberFields, stream grpc.ServerStreamingServer[profilev1.QueryAudienceResponse]) error {
+func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, stream grpc.ServerStreamingServer[profilev1.QueryAudienceResponse]) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	batches := make(chan *audience.Batch, 1)
@@ -343,7 +343,7 @@ func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, 
 				continue // drain after a failed send; the scan is being cancelled
 			}
 			var resp *profilev1.QueryAudienceResponse
-			if resp, err = audienceResponse(b, fields); err == nil {
+			if resp, err = audienceResponse(b); err == nil {
 				err = stream.Send(resp)
 			}
 			if err != nil {
@@ -367,13 +367,13 @@ func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, 
 	return runErr
 }
 
-func audienceResponse(b *audience.Batch, fields memberFields) (*profilev1.QueryAudienceResponse, error) {
+func audienceResponse(b *audience.Batch) (*profilev1.QueryAudienceResponse, error) {
 	resp := &profilev1.QueryAudienceResponse{
 		Members: make([]*profilev1.AudienceMember, len(b.Members)),
 		Stats:   statsProto(&b.Stats),
 	}
 	for i := range b.Members {
-		m, err := memberProto(&b.Members[i], fields)
+		m, err := memberProto(&b.Members[i])
 		if err != nil {
 			return nil, err
 		}

@@ -627,6 +627,26 @@ func (v *View) Attributes() (map[string]any, error) {
 	return m, r.err
 }
 
+// AttributesNamed decodes the set attributes whose key is in keys into a
+// map, skipping over the others without decoding them.
+func (v *View) AttributesNamed(keys map[string]struct{}) (map[string]any, error) {
+	r := reader{b: v.attributes}
+	n := r.count(3)
+	m := make(map[string]any, min(n, len(keys)))
+	for i := 0; i < n && r.err == nil; i++ {
+		k := r.bytes()
+		r.varint()
+		if _, ok := keys[string(k)]; !ok {
+			r.skipValue(1)
+			continue
+		}
+		if val := r.value(1); val != nil {
+			m[string(k)] = val
+		}
+	}
+	return m, r.err
+}
+
 // LookupAttribute decodes the value of one attribute (found is false when
 // it is not set), skipping over the others without decoding them: a
 // condition usually reads two or three attributes of many.

@@ -141,3 +141,34 @@ func TestLookupAttribute(t *testing.T) {
 		t.Errorf("AttributeCount: got %d, %v; want %d (tombstones not counted)", n, err, len(p.VisibleAttributes()))
 	}
 }
+
+// AttributesNamed is Attributes restricted to the named keys: every set
+// attribute named, nothing else (tombstones and absent names included).
+func TestAttributesNamed(t *testing.T) {
+	p := sampleProfile()
+	v, err := ParseView(EncodeProfile(nil, p), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := v.Attributes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]struct{}{"absent": {}, "gone": {}} // gone is a tombstone
+	want := map[string]any{}
+	for i, a := range p.Attributes {
+		if i%2 == 0 {
+			keys[a.Key] = struct{}{}
+			if val, ok := all[a.Key]; ok {
+				want[a.Key] = val
+			}
+		}
+	}
+	got, err := v.AttributesNamed(keys)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("AttributesNamed(%v) = %v, %v; want %v", keys, got, err, want)
+	}
+	if got, err := v.AttributesNamed(nil); err != nil || len(got) != 0 {
+		t.Errorf("AttributesNamed(nil) = %v, %v; want nothing", got, err)
+	}
+}

@@ -3,7 +3,6 @@ package grpcapi
 import (
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -192,17 +191,21 @@ func memberFields(v *fault.ValidationError, mf *profilev1.MemberFields) *audienc
 		Attributes: make(map[string]struct{}, len(mf.GetAttributes())),
 		Namespaces: make(map[string]struct{}, len(mf.GetIdentityNamespaces())),
 	}
+	tooMany := false
 	if n := len(mf.GetAttributes()); n > maxMemberAttributes {
 		v.Add("member_fields.attributes", "names %d attributes, more than %d", n, maxMemberAttributes)
-		return f
+		tooMany = true
 	}
 	if n := len(mf.GetIdentityNamespaces()); n > maxMemberNamespaces {
 		v.Add("member_fields.identity_namespaces", "names %d namespaces, more than %d", n, maxMemberNamespaces)
+		tooMany = true
+	}
+	if tooMany {
 		return f
 	}
 	for i, name := range mf.GetAttributes() {
-		if name == "" || len(name) > profile.MaxAttributeKeyLen || !utf8.ValidString(name) {
-			v.Add(fmt.Sprintf("member_fields.attributes[%d]", i), "attribute names are 1 to %d bytes of UTF-8", profile.MaxAttributeKeyLen)
+		if err := profile.ValidateAttributeKey(name); err != nil {
+			v.Add(fmt.Sprintf("member_fields.attributes[%d]", i), "%v", err)
 			continue
 		}
 		f.Attributes[name] = struct{}{}

@@ -198,14 +198,22 @@ func ValidateSourceTime(t, now int64) error {
 	return nil
 }
 
+// ValidateAttributeKey accepts 1 to MaxAttributeKeyLen bytes of UTF-8.
+func ValidateAttributeKey(k string) error {
+	if k == "" || len(k) > MaxAttributeKeyLen || !utf8.ValidString(k) {
+		return fmt.Errorf("attribute keys must be 1 to %d bytes of UTF-8", MaxAttributeKeyLen)
+	}
+	return nil
+}
+
 // ValidateAttributes checks attribute values given as a map from the API (nil
 // values mean "remove the key") into v, under field.
 func ValidateAttributes(v *fault.ValidationError, field string, attrs map[string]any) {
 	size := 0
 	for k, val := range attrs {
 		path := field + "." + k
-		if k == "" || len(k) > MaxAttributeKeyLen || !utf8.ValidString(k) {
-			v.Add(path, "attribute keys must be 1 to %d bytes of UTF-8", MaxAttributeKeyLen)
+		if err := ValidateAttributeKey(k); err != nil {
+			v.Add(path, "%v", err)
 			continue
 		}
 		if err := validateValue(val, 1); err != nil {

@@ -88,6 +88,23 @@ type Fields struct {
 	Namespaces map[string]struct{}
 }
 
+// read decodes the selected attributes and identities of a profile.
+func (f *Fields) read(v *profile.View) (map[string]any, []profile.Identity, error) {
+	attrs, err := v.AttributesNamed(f.Attributes)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, err := v.Identities()
+	if err != nil {
+		return nil, nil, err
+	}
+	ids = slices.DeleteFunc(ids, func(idn profile.Identity) bool {
+		_, ok := f.Namespaces[idn.Namespace]
+		return !ok
+	})
+	return attrs, ids, nil
+}
+
 // Member is one qualified profile.
 type Member struct {
 	ID profile.ID
@@ -222,20 +239,16 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 				break
 			}
 			if q.Fields != nil {
-				if m.Attributes, err = v.AttributesNamed(q.Fields.Attributes); err != nil {
+				if m.Attributes, m.Identities, err = q.Fields.read(v); err != nil {
 					return false, err
 				}
-			} else if m.Attributes = act.attributes(); m.Attributes == nil {
-				m.Attributes = attrsForEmpty
-			}
-			if m.Identities, err = v.Identities(); err != nil {
-				return false, err
-			}
-			if q.Fields != nil {
-				m.Identities = slices.DeleteFunc(m.Identities, func(idn profile.Identity) bool {
-					_, ok := q.Fields.Namespaces[idn.Namespace]
-					return !ok
-				})
+			} else {
+				if m.Attributes = act.attributes(); m.Attributes == nil {
+					m.Attributes = attrsForEmpty
+				}
+				if m.Identities, err = v.Identities(); err != nil {
+					return false, err
+				}
 			}
 			if act.err != nil {
 				return false, act.err

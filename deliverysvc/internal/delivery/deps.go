@@ -112,10 +112,16 @@ type Resolver interface {
 	ProfileTokens(ctx context.Context, t ProfileTarget) ([]Target, error)
 }
 
-// Recorder keeps outcomes for trackingsvc. Record must be durable when it
-// returns (an outbox), so a crash loses no outcome the caller has seen.
+// Recorder keeps outcomes for trackingsvc durably (an outbox), so a crash
+// loses no outcome the caller has seen.
 type Recorder interface {
+	// Record returns once results are durable.
 	Record(ctx context.Context, results []Result) error
+	// RecordAsync makes results durable, then calls done: exactly once,
+	// possibly on another goroutine, and done must not block. The pipeline
+	// reports results only after done, so its workers go on sending while
+	// the outbox commits.
+	RecordAsync(ctx context.Context, results []Result, done func(error))
 }
 
 // DeadToken is a gateway's verdict that a token will never work again.
@@ -127,10 +133,11 @@ type DeadToken struct {
 	GatewayTime time.Time
 }
 
-// Feedback reports dead tokens to profilesvc; like Recorder it is durable
-// when it returns.
+// Feedback reports dead tokens to profilesvc durably, like Recorder.
 type Feedback interface {
-	ReportDead(ctx context.Context, dead []DeadToken) error
+	// ReportDeadAsync makes the report durable, then calls done: exactly
+	// once, possibly on another goroutine, and done must not block.
+	ReportDeadAsync(ctx context.Context, dead []DeadToken, done func(error))
 }
 
 // Dedupe remembers completed messages by idempotency key, per tenant.

@@ -83,5 +83,8 @@
 // Every SENT, FAILED and EXCLUDED result (not duplicates, invalid messages or
 // cancellations) is handed to the Recorder, which deliverysvc backs with a
 // durable outbox forwarding to trackingsvc; emit is called after the
-// Recorder has accepted the message's results.
+// Recorder has committed the message's results. Workers do not wait for that
+// commit: they go on sending, and the session reports the message (emits its
+// results, remembers its outcome, frees its in-flight weight) once the commit
+// is done, in commit order, on a goroutine of the session's own.
 package delivery

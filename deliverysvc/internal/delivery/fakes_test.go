@@ -42,18 +42,32 @@ func (f *fakeResolver) ProfileTokens(ctx context.Context, t ProfileTarget) ([]Ta
 
 type fakeRecorder struct {
 	RecordFunc func(ctx context.Context, results []Result) error
+	// AsyncFunc, when set, replaces RecordAsync (to hold a commit back).
+	AsyncFunc func(ctx context.Context, results []Result, done func(error))
 }
 
 func (f *fakeRecorder) Record(ctx context.Context, results []Result) error {
 	return f.RecordFunc(ctx, results)
 }
 
+// RecordAsync answers on another goroutine, as the outbox does.
+func (f *fakeRecorder) RecordAsync(ctx context.Context, results []Result, done func(error)) {
+	if f.AsyncFunc != nil {
+		f.AsyncFunc(ctx, results, done)
+		return
+	}
+	err := f.RecordFunc(ctx, results)
+	go done(err)
+}
+
 type fakeFeedback struct {
 	ReportDeadFunc func(ctx context.Context, dead []DeadToken) error
 }
 
-func (f *fakeFeedback) ReportDead(ctx context.Context, dead []DeadToken) error {
-	return f.ReportDeadFunc(ctx, dead)
+// ReportDeadAsync answers on another goroutine, as the outbox does.
+func (f *fakeFeedback) ReportDeadAsync(ctx context.Context, dead []DeadToken, done func(error)) {
+	err := f.ReportDeadFunc(ctx, dead)
+	go done(err)
 }
 
 type fakeDedupe struct {

@@ -39,7 +39,8 @@ type Config struct {
 	// min(MaxInFlight, 1024). Workers live on between messages, so the deep
 	// stacks of HTTP/2 calls are grown once, not per message; a message
 	// that has to wait (a retry backoff, a rate limit) leaves its worker
-	// and waits on its own goroutine.
+	// and waits on its own goroutine, and no worker waits for an outcome's
+	// commit (see messageRun.finish).
 	Workers int
 	// ResolveAttempts bounds the calls to profilesvc for one profile
 	// target before the message fails with NETWORK; default 4.
@@ -141,6 +142,10 @@ type Session struct {
 
 	mu     sync.Mutex
 	closed bool
+
+	doneMu     sync.Mutex
+	doneQueue  []func() // completions waiting to run, in order
+	completing bool     // runCompletions is running
 }
 
 // Open starts a session in the tenant of ctx. Cancelling ctx cancels its
@@ -321,10 +326,15 @@ func (p *Pipeline) worker(t *task) {
 	}
 }
 
+// runTask sends t. Its in-flight weight and its place in the session are
+// given back when the message completes, which can be after runTask
+// returns: the worker goes on to the next task while the outcome is
+// committed (see messageRun.finish).
 func (p *Pipeline) runTask(t *task) {
-	defer t.s.wg.Done()
-	defer p.sem.Release(t.weight)
-	t.s.run(t)
+	t.s.run(t, func() {
+		p.sem.Release(t.weight)
+		t.s.wg.Done()
+	})
 }
 
 // detach lets the task's worker go back to work for others: the task is
@@ -391,7 +401,9 @@ func (s *Session) await(j *task) {
 			// The first message did not complete and nothing was
 			// remembered since (the claim would have been held).
 			j.flight, j.first = f, true
-			s.run(j)
+			done := make(chan struct{})
+			s.run(j, func() { close(done) })
+			<-done
 			return
 		}
 		j.flight = f
@@ -421,13 +433,12 @@ func messageID(m *Message) string {
 	return m.IdempotencyKey
 }
 
-// run sends a first-claimed message and releases its claim.
-func (s *Session) run(j *task) {
+// run sends a first-claimed message. Once its results are emitted it
+// remembers the outcome, releases the claim and calls completed; that may
+// happen on another goroutine after run returns.
+func (s *Session) run(j *task, completed func()) {
 	p := s.p
 	m := &j.msg
-	var remembered []Result
-	defer func() { p.release(s.tenant, m.IdempotencyKey, j.flight, remembered) }()
-
 	now := p.cfg.Now()
 	if err := ValidateMessage(m, "messages["+strconv.Itoa(j.index)+"]", now); err != nil {
 		s.emit(Result{
@@ -435,6 +446,8 @@ func (s *Session) run(j *task) {
 			Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE,
 			Detail: err.Error(), Time: now, MessageDone: true,
 		})
+		p.release(s.tenant, m.IdempotencyKey, j.flight, nil)
+		completed()
 		return
 	}
 	ctx, span := p.tracer.Start(s.ctx, "delivery.message", trace.WithAttributes(
@@ -442,7 +455,6 @@ func (s *Session) run(j *task) {
 		attribute.String("pushmesh.message_id", messageID(m)),
 		attribute.String("pushmesh.journey_id", m.JourneyID),
 	))
-	defer span.End()
 
 	mr := &messageRun{s: s, t: j, ctx: ctx, span: span, msg: m, now: now}
 	mr.ttl = m.TTL
@@ -452,23 +464,28 @@ func (s *Session) run(j *task) {
 	mr.deadline = now.Add(mr.ttl)
 	mr.tr = tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: traceParent(span.SpanContext())}
 
-	complete := mr.send()
-	if len(mr.all) > 1 || mr.failed > 0 {
-		// A single sent push needs no counts: its span says it all.
-		span.SetAttributes(
-			attribute.Int("pushmesh.results", len(mr.all)),
-			attribute.Int("pushmesh.sent", mr.sent),
-			attribute.Int("pushmesh.failed", mr.failed),
-		)
-	}
-	if complete {
-		if !s.opts.CallerCheckpoints {
-			p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
+	mr.send(func() {
+		if len(mr.all) > 1 || mr.failed > 0 {
+			// A single sent push needs no counts: its span says it all.
+			span.SetAttributes(
+				attribute.Int("pushmesh.results", len(mr.all)),
+				attribute.Int("pushmesh.sent", mr.sent),
+				attribute.Int("pushmesh.failed", mr.failed),
+			)
 		}
-		remembered = mr.all
-	} else {
-		span.SetStatus(codes.Error, "cancelled")
-	}
+		var remembered []Result
+		if !mr.cancelled {
+			if !s.opts.CallerCheckpoints {
+				p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
+			}
+			remembered = mr.all
+		} else {
+			span.SetStatus(codes.Error, "cancelled")
+		}
+		span.End()
+		p.release(s.tenant, m.IdempotencyKey, j.flight, remembered)
+		completed()
+	})
 }
 
 // traceParent formats the W3C traceparent of the message's send span. When
@@ -533,27 +550,43 @@ func (mr *messageRun) base(t Target) Result {
 	}
 }
 
-// send resolves the targets and sends to each app in turn. It reports
-// whether the message completed (false when cancelled).
-func (mr *messageRun) send() bool {
+// send resolves the targets and sends to each app in turn, then calls
+// completed once every result is emitted (mr.cancelled says whether the
+// message was cut short).
+func (mr *messageRun) send(completed func()) {
 	targets, explicit, res, ok := mr.resolve()
 	if !ok {
-		mr.finish([]Result{res}, true)
-		return !mr.cancelled
+		mr.finish([]Result{res}, true, completed)
+		return
 	}
 	groups := groupByApp(targets)
 	mr.groupsLeft = len(groups)
 	for _, g := range groups {
 		results := mr.sendGroup(g, explicit)
 		mr.groupsLeft--
-		mr.finish(results, mr.groupsLeft == 0)
+		if mr.groupsLeft > 0 {
+			// Apps after the first wait for this one's outcome to be
+			// committed and emitted: results stay in order, and a message
+			// to several apps is rare enough not to matter to workers.
+			done := make(chan struct{})
+			mr.finish(results, false, func() { close(done) })
+			<-done
+			continue
+		}
+		mr.finish(results, true, completed)
 	}
-	return !mr.cancelled
+	if len(groups) == 0 {
+		completed()
+	}
 }
 
-// finish records, reports and emits results, then adds them to the
-// message's outcome.
-func (mr *messageRun) finish(results []Result, last bool) {
+// finish records results, then (once the Recorder has committed them)
+// reports dead tokens, emits the results, adds them to the message's
+// outcome and calls then, on the Recorder's goroutine. The caller does not
+// wait for the commit: a worker blocked on it holds no CPU but can send
+// nothing, and with the outbox's group commit lingering every worker ends up
+// waiting for the same commit while the machine idles.
+func (mr *messageRun) finish(results []Result, last bool, then func()) {
 	p := mr.s.p
 	ctx := context.WithoutCancel(mr.ctx) // the pushes happened: record them even if the caller left
 	var record []Result
@@ -578,21 +611,72 @@ func (mr *messageRun) finish(results []Result, last bool) {
 			dead = append(dead, DeadToken{Target: r.Target, Reason: r.Reason, GatewayTime: r.GatewayTime})
 		}
 	}
-	if len(record) > 0 {
-		if err := p.deps.Recorder.Record(ctx, record); err != nil {
-			p.log.ErrorContext(ctx, "recording send outcomes failed", "message_id", mr.tr.messageID, "err", err)
+	report := func() {
+		for i := range results {
+			results[i].MessageDone = last && i == len(results)-1
+			mr.s.emit(results[i])
 		}
+		mr.all = append(mr.all, results...)
+		then()
 	}
-	if len(dead) > 0 {
-		if err := p.deps.Feedback.ReportDead(ctx, dead); err != nil {
+	// The callbacks below run on the outboxes' writers and must not block:
+	// they hand the report to the session's completion queue.
+	reported := func(err error) {
+		if err != nil {
 			p.log.ErrorContext(ctx, "reporting dead tokens failed", "message_id", mr.tr.messageID, "err", err)
 		}
+		mr.s.complete(report)
 	}
-	for i := range results {
-		results[i].MessageDone = last && i == len(results)-1
-		mr.s.emit(results[i])
+	recorded := func(err error) {
+		if err != nil {
+			p.log.ErrorContext(ctx, "recording send outcomes failed", "message_id", mr.tr.messageID, "err", err)
+		}
+		if len(dead) > 0 {
+			p.deps.Feedback.ReportDeadAsync(ctx, dead, reported)
+			return
+		}
+		mr.s.complete(report)
 	}
-	mr.all = append(mr.all, results...)
+	if len(record) == 0 {
+		recorded(nil)
+		return
+	}
+	p.deps.Recorder.RecordAsync(ctx, record, recorded)
+}
+
+// complete queues f to run after the session's earlier completions, on a
+// goroutine that lives while the queue is not empty. One goroutine per
+// session rather than one per message: emit can block on a slow reader,
+// which must hold up only its own session, and short-lived goroutines would
+// pull down the runtime's estimate of a new goroutine's stack size, so the
+// HTTP/2 and JSON goroutines of every push would grow and copy theirs.
+func (s *Session) complete(f func()) {
+	s.doneMu.Lock()
+	s.doneQueue = append(s.doneQueue, f)
+	start := !s.completing
+	s.completing = true
+	s.doneMu.Unlock()
+	if start {
+		go s.runCompletions()
+	}
+}
+
+func (s *Session) runCompletions() {
+	var batch []func()
+	for {
+		s.doneMu.Lock()
+		batch, s.doneQueue = s.doneQueue, batch[:0]
+		if len(batch) == 0 {
+			s.completing = false
+			s.doneMu.Unlock()
+			return
+		}
+		s.doneMu.Unlock()
+		for i, f := range batch {
+			f()
+			batch[i] = nil
+		}
+	}
 }
 
 // resolve returns the message's targets. When there is nothing to send it

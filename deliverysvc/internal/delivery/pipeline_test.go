@@ -387,6 +387,70 @@ func TestIdempotency(t *testing.T) {
 	}
 }
 
+// TestWorkersDoNotWaitForTheCommit: while the Recorder has not committed a
+// message's outcome, the worker goes on to send the next message, and
+// nothing of the first is reported, remembered or released (a copy of its
+// key waits for it) until the commit is done.
+func TestWorkersDoNotWaitForTheCommit(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Workers = 1
+	commits := make(chan func(error), 10)
+	h.recorder.AsyncFunc = func(_ context.Context, results []Result, done func(error)) {
+		commits <- done
+	}
+	p := h.pipeline()
+	var mu sync.Mutex
+	var results []Result
+	s := p.Open(context.Background(), func(r Result) {
+		mu.Lock()
+		results = append(results, r)
+		mu.Unlock()
+	})
+	if err := s.Submit([]Message{msg("a", apnsTarget(1)), msg("b", apnsTarget(2))}); err != nil {
+		t.Fatal(err)
+	}
+	var held []func(error)
+	for len(held) < 2 { // both sent by the one worker
+		select {
+		case done := <-commits:
+			held = append(held, done)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the worker waited for the first message's commit before sending the second")
+		}
+	}
+	// A copy of "a" submitted now must wait for a's outcome, not send again.
+	copyDone := make(chan error, 1)
+	go func() { copyDone <- s.Submit([]Message{msg("a", apnsTarget(1))}) }()
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	reported := len(results)
+	mu.Unlock()
+	h.mu.Lock()
+	remembered, pushes := len(h.remembered), len(h.pushes)
+	h.mu.Unlock()
+	if reported != 0 || remembered != 0 || pushes != 2 {
+		t.Fatalf("before the commits: %d results, %d remembered, %d pushes; want 0, 0, 2", reported, remembered, pushes)
+	}
+	for _, done := range held {
+		done(nil)
+	}
+	if err := <-copyDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dups := 0
+	for _, r := range results {
+		if r.Duplicate {
+			dups++
+		}
+	}
+	if len(results) != 3 || dups != 1 || len(h.remembered) != 2 || len(h.pushes) != 2 {
+		t.Errorf("after the commits: %d results (%d duplicates), %d remembered, %d pushes; want 3 (1), 2, 2", len(results), dups, len(h.remembered), len(h.pushes))
+	}
+}
+
 func TestCallerCheckpointsSkipTheIdempotencyStore(t *testing.T) {
 	h := newHarness(t)
 	lookups := 0

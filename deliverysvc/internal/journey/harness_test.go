@@ -76,6 +76,12 @@ func (f *fakeRecorder) Record(ctx context.Context, results []delivery.Result) er
 	return f.RecordFunc(ctx, results)
 }
 
+// RecordAsync answers on another goroutine, as the outbox does.
+func (f *fakeRecorder) RecordAsync(ctx context.Context, results []delivery.Result, done func(error)) {
+	err := f.RecordFunc(ctx, results)
+	go done(err)
+}
+
 type fakeResolver struct{}
 
 func (fakeResolver) ProfileTokens(context.Context, delivery.ProfileTarget) ([]delivery.Target, error) {
@@ -84,7 +90,9 @@ func (fakeResolver) ProfileTokens(context.Context, delivery.ProfileTarget) ([]de
 
 type fakeFeedback struct{}
 
-func (fakeFeedback) ReportDead(context.Context, []delivery.DeadToken) error { return nil }
+func (fakeFeedback) ReportDeadAsync(_ context.Context, _ []delivery.DeadToken, done func(error)) {
+	done(nil)
+}
 
 // Test apps: ShopApp on both platforms, WalletApp on APNs only.
 const (

@@ -89,7 +89,7 @@ type Outbox struct {
 type appendReq struct {
 	tenant  string
 	records [][]byte
-	done    chan error
+	done    func(error)
 }
 
 // New returns an outbox over bucket (which must exist) and starts its
@@ -132,20 +132,34 @@ func New(db *bolt.DB, bucket []byte, deliver Deliver, cfg Config) *Outbox {
 // Append stores records for the tenant of ctx and returns once they are
 // durable.
 func (o *Outbox) Append(ctx context.Context, records [][]byte) error {
+	done := make(chan error, 1)
+	o.AppendAsync(ctx, records, func(err error) { done <- err })
+	// Not abandoned on ctx's end: the caller's records are in the queue and
+	// will be written; waiting keeps "durable when Append returns" true.
+	return <-done
+}
+
+// AppendAsync stores records for the tenant of ctx and calls done once they
+// are durable, or failed to be: exactly once, on the outbox's writer
+// goroutine right after the commit (before AppendAsync returns when records
+// is empty or the outbox is closed). done must not block: it holds up the
+// next commit. The caller's goroutine does not wait for the group commit,
+// which lingers (see writer): a pipeline that blocked its workers on it
+// would leave the CPU idle while every worker waits for the same commit.
+func (o *Outbox) AppendAsync(ctx context.Context, records [][]byte, done func(error)) {
 	if len(records) == 0 {
-		return nil
+		done(nil)
+		return
 	}
-	req := &appendReq{tenant: tenant.FromContext(ctx), records: records, done: make(chan error, 1)}
+	req := &appendReq{tenant: tenant.FromContext(ctx), records: records, done: done}
 	o.mu.RLock()
 	if o.closed {
 		o.mu.RUnlock()
-		return ErrClosed
+		done(ErrClosed)
+		return
 	}
 	o.appends <- req
 	o.mu.RUnlock()
-	// Not abandoned on ctx's end: the caller's records are in the queue and
-	// will be written; waiting keeps "durable when Append returns" true.
-	return <-req.done
 }
 
 // maxGroup bounds the records of one group commit.
@@ -179,7 +193,7 @@ func (o *Outbox) writer() {
 		linger.Stop()
 		err := o.write(group)
 		for _, req := range group {
-			req.done <- err
+			req.done(err)
 		}
 		if err == nil {
 			o.poke()

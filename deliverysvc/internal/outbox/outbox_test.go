@@ -171,6 +171,74 @@ func TestAppendAfterClose(t *testing.T) {
 	}
 }
 
+// TestAppendAsync checks that done runs once the records are committed (and
+// not before), exactly once per append, and at once for nothing to write or
+// a closed outbox.
+func TestAppendAsync(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	cfg := fastConfig()
+	cfg.CommitLinger = 50 * time.Millisecond                       // so appends share a commit
+	o := New(db, buckets.TrackingOutbox, newRemote().deliver, cfg) // not started: records stay
+	ctx := tenant.With(context.Background(), "acme")
+
+	const appends = 20
+	type outcome struct {
+		err    error
+		stored int // records in the bucket when done ran
+	}
+	outcomes := make(chan outcome, appends)
+	for i := range appends {
+		o.AppendAsync(ctx, [][]byte{[]byte(fmt.Sprintf("r%02d", i))}, func(err error) {
+			n, lenErr := o.Len()
+			if lenErr != nil {
+				err = errors.Join(err, lenErr)
+			}
+			outcomes <- outcome{err: err, stored: n}
+		})
+	}
+	for range appends {
+		select {
+		case got := <-outcomes:
+			if got.err != nil {
+				t.Fatal(got.err)
+			}
+			// Every append of the first commit sees at least its own record.
+			if got.stored == 0 {
+				t.Error("done ran before the records were committed")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("done not called")
+		}
+	}
+	if n, _ := o.Len(); n != appends {
+		t.Errorf("stored %d records, want %d", n, appends)
+	}
+
+	called := 0
+	o.AppendAsync(ctx, nil, func(err error) {
+		called++
+		if err != nil {
+			t.Errorf("empty append: %v", err)
+		}
+	})
+	o.Close()
+	o.AppendAsync(ctx, [][]byte{[]byte("late")}, func(err error) {
+		called++
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("append after Close: got %v, want ErrClosed", err)
+		}
+	})
+	if called != 2 {
+		t.Errorf("done ran %d times before AppendAsync returned, want 2", called)
+	}
+	select {
+	case extra := <-outcomes:
+		t.Errorf("done called twice: %+v", extra)
+	default:
+	}
+}
+
 func TestSplitRecords(t *testing.T) {
 	recs, err := splitRecords([]byte{2, 'a', 'b', 0, 1, 'c'}, nil)
 	if err != nil || len(recs) != 3 || string(recs[0]) != "ab" || len(recs[1]) != 0 || string(recs[2]) != "c" {

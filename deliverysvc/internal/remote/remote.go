@@ -109,7 +109,16 @@ type Tracking struct {
 
 // Record implements delivery.Recorder.
 func (t *Tracking) Record(ctx context.Context, results []delivery.Result) error {
-	tenantID := tenantOf(ctx)
+	return t.Outbox.Append(ctx, trackingRecords(tenantOf(ctx), results))
+}
+
+// RecordAsync implements delivery.Recorder.
+func (t *Tracking) RecordAsync(ctx context.Context, results []delivery.Result, done func(error)) {
+	t.Outbox.AppendAsync(ctx, trackingRecords(tenantOf(ctx), results), done)
+}
+
+// trackingRecords encodes the events of results.
+func trackingRecords(tenantID string, results []delivery.Result) [][]byte {
 	// One buffer for the batch's events; records are slices of it.
 	buf := make([]byte, 0, 320*len(results))
 	records := make([][]byte, 0, len(results))
@@ -120,7 +129,7 @@ func (t *Tracking) Record(ctx context.Context, results []delivery.Result) error 
 			records = append(records, buf[start:len(buf):len(buf)])
 		}
 	}
-	return t.Outbox.Append(ctx, records)
+	return records
 }
 
 // EventID is the deterministic id of an outcome's event: the same outcome
@@ -405,8 +414,17 @@ type Feedback struct {
 	Outbox *outbox.Outbox
 }
 
-// ReportDead implements delivery.Feedback.
-func (f *Feedback) ReportDead(ctx context.Context, dead []delivery.DeadToken) error {
+// ReportDeadAsync implements delivery.Feedback.
+func (f *Feedback) ReportDeadAsync(ctx context.Context, dead []delivery.DeadToken, done func(error)) {
+	records, err := feedbackRecords(dead)
+	if err != nil {
+		done(err)
+		return
+	}
+	f.Outbox.AppendAsync(ctx, records, done)
+}
+
+func feedbackRecords(dead []delivery.DeadToken) ([][]byte, error) {
 	records := make([][]byte, 0, len(dead))
 	for _, d := range dead {
 		reason, ok := feedbackReason(d.Reason)
@@ -421,11 +439,11 @@ func (f *Feedback) ReportDead(ctx context.Context, dead []delivery.DeadToken) er
 			GatewayTime: timestamppb.New(d.GatewayTime),
 		})
 		if err != nil {
-			return fmt.Errorf("encode token feedback: %w", err)
+			return nil, fmt.Errorf("encode token feedback: %w", err)
 		}
 		records = append(records, b)
 	}
-	return f.Outbox.Append(ctx, records)
+	return records, nil
 }
 
 func feedbackReason(r commonv1.FailureReason) (profilev1.FeedbackReason, bool) {

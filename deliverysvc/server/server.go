@@ -127,7 +127,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.DevInsecureGenerateKey, "dev-insecure-generate-key", false, "development only: without a key, use (and create on first start) "+DevKeyFile+" in the data dir")
 	fs.IntVar(&c.APNsConnections, "apns-connections", 4, "HTTP/2 connections per APNs app")
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", 10_000, "tokens being sent at once, across all Send streams")
-	fs.IntVar(&c.JourneyWindow, "journey-window", 2000, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
+	fs.IntVar(&c.JourneyWindow, "journey-window", journey.DefaultMaxWindow, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
 }
 
 // credentialsKey finds the key: file, then value, then (development) the

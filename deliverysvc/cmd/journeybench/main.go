@@ -13,7 +13,9 @@
 // firebase clients.
 //
 // The ceilings are the raw clients straight at the same emulators, with the
-// same connections and concurrency, measured before and after the journey
+// same connections and -ceiling-concurrency pushes at once (2,000, as in
+// every run since the first; deliverysvc itself pushes with at most 1,024
+// workers), measured before and after the journey
 // (the machine may be shared) and averaged: apns2 → APNs emulator, firebase
 // SendEach → FCM emulator, and their mix in the journey's proportions.
 //
@@ -48,6 +50,7 @@ import (
 	"google.golang.org/api/option"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/journey"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
 	"github.com/pushmesh/pushmesh/emulator/fcm"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
@@ -88,7 +91,8 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.extraAttrs, "extra-attributes", 0, "attributes per profile besides the three the journey reads, as a CRM keeps them")
 	fs.IntVar(&o.ceilingN, "ceiling-n", 100_000, "pushes per ceiling measurement (longer runs average out a shared machine's noise)")
 	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
-	fs.IntVar(&o.window, "window", 2000, "deliverysvc --journey-window, and the ceiling's concurrent pushes")
+	fs.IntVar(&o.window, "window", journey.DefaultMaxWindow, "deliverysvc --journey-window")
+	fs.IntVar(&o.concurrency, "ceiling-concurrency", 2000, "the ceilings' concurrent pushes")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10_000, "deliverysvc --max-in-flight")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of its whole run) here")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write deliverysvc's heap profile (when it stops) here")
@@ -98,7 +102,6 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	o.concurrency = o.window
 	// This process hosts profilesvc: run it with profilesvc's runtime
 	// settings, as its binary does (GOGC 400). The emulators and the
 	// ceiling's clients share them, before and after the journey alike.
@@ -217,7 +220,7 @@ func run(ctx context.Context, args []string) error {
 	row := func(name, value string) { fmt.Printf("%-56s %16s\n", name, value) }
 	row("figure", "value")
 	row("journey notifications/s (end to end)", fmt.Sprintf("%.0f", rate))
-	row("raw apns2 → APNs emulator ceiling /s (before, after)", fmt.Sprintf("%.0f, %.0f", ceil.apns[0], ceil.apns[1]))
+	row(fmt.Sprintf("raw apns2 → APNs emulator ceiling /s (%d at once; before, after)", o.concurrency), fmt.Sprintf("%.0f, %.0f", ceil.apns[0], ceil.apns[1]))
 	row("raw firebase → FCM emulator ceiling /s (before, after)", fmt.Sprintf("%.0f, %.0f", ceil.fcm[0], ceil.fcm[1]))
 	row(fmt.Sprintf("ceiling of the journey's mix (%.0f%% FCM) /s", fcmShare*100), fmt.Sprintf("%.0f", mixC))
 	row("ratio to the apns2 ceiling", fmt.Sprintf("%.3f", rate/apnsC))

@@ -57,6 +57,15 @@ type Sessions interface {
 	OpenWith(ctx context.Context, emit func(delivery.Result), opts delivery.SessionOptions) *delivery.Session
 }
 
+// DefaultMaxWindow is Config.MaxWindow's default. The window must cover a
+// message's whole way (queued, pushed, committed to the tracking outbox,
+// checkpointed) at the journey's rate: at 2,000 it capped journeys near
+// 20,000 notifications/s over loopback and would cap them far lower against
+// Apple's and Google's WAN latency. Half the pipeline's default in-flight
+// bound leaves Send streams room beside a journey, and a crash re-sends at
+// most this many notifications, which the collapse id makes replacements.
+const DefaultMaxWindow = 5000
+
 // Config tunes the runners.
 type Config struct {
 	// CheckpointEvery is how often a runner saves progress; default 500 ms.
@@ -65,7 +74,7 @@ type Config struct {
 	// profile without messages counts 1): in flight, or done but not yet
 	// checkpointed. It is what a crash can make the journey send again,
 	// and bounds its memory. A runner checkpoints early once half of it
-	// is done. Default 2,000.
+	// is done. Default DefaultMaxWindow.
 	MaxWindow int
 	// SubmitBatch is how many messages a runner hands the pipeline at once;
 	// default 500 (smaller under a throughput cap).
@@ -101,7 +110,7 @@ func NewManager(cfg Config, store *Store, audience Audience, apps Apps, sessions
 		cfg.CheckpointEvery = 500 * time.Millisecond
 	}
 	if cfg.MaxWindow <= 0 {
-		cfg.MaxWindow = 2000
+		cfg.MaxWindow = DefaultMaxWindow
 	}
 	if cfg.SubmitBatch <= 0 {
 		cfg.SubmitBatch = 500

@@ -5,7 +5,10 @@
 // an APNs and an FCM app, and then, in one run:
 //
 //  1. measures the raw ceiling: the apns2 client straight at the APNs
-//     emulator, with the same connections and concurrency as deliverysvc;
+//     emulator, with the same connections as deliverysvc and as many pushes
+//     at once as deliverysvc may have in flight (-ceiling-concurrency sets
+//     another number: over loopback the raw client is fastest with a few
+//     hundred, see deliverysvc/README.md);
 //  2. drives Send streams over real gRPC to both emulators through the real
 //     apns2 and firebase clients, and counts the per-token results.
 //
@@ -58,6 +61,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/testenv"
 	"github.com/pushmesh/pushmesh/deliverysvc/server"
 	"github.com/pushmesh/pushmesh/emulator/apns"
@@ -116,6 +120,8 @@ type options struct {
 	batch        int
 	fcmShare     float64
 	concurrency  int
+	ceilingConc  int
+	bestConc     int
 	connections  int
 	ceilingN     int
 	cpuprofile   string
@@ -131,7 +137,9 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.streams, "streams", 4, "concurrent Send streams")
 	fs.IntVar(&o.batch, "batch", 1000, "messages per SendRequest (one token each)")
 	fs.Float64Var(&o.fcmShare, "fcm-share", 0.5, "fraction of notifications sent to FCM tokens (the rest to APNs)")
-	fs.IntVar(&o.concurrency, "concurrency", 2048, "deliverysvc --max-in-flight, and the ceiling's concurrent pushes")
+	fs.IntVar(&o.concurrency, "concurrency", 2048, "deliverysvc --max-in-flight, and the ceiling's concurrent pushes unless -ceiling-concurrency")
+	fs.IntVar(&o.ceilingConc, "ceiling-concurrency", 0, "the apns2 ceiling's concurrent pushes (default: -concurrency); over loopback the raw client is fastest with a few hundred")
+	fs.IntVar(&o.bestConc, "best-ceiling-concurrency", 256, "also measure the apns2 ceiling with this many pushes at once, about the raw client's best over loopback, and print the ratio to it (0: skip)")
 	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
 	fs.IntVar(&o.ceilingN, "ceiling-n", 100_000, "pushes for the apns2 ceiling")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of the whole child run) here")
@@ -140,6 +148,12 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.trackingWait, "tracking-wait", time.Minute, "how long to wait for every send event to reach the tracking fake")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.ceilingConc <= 0 {
+		o.ceilingConc = o.concurrency
+	}
+	if o.batch < 1 || o.batch > delivery.MaxBatchMessages {
+		return fmt.Errorf("-batch must be 1 to %d (a SendRequest's limit)", delivery.MaxBatchMessages)
 	}
 
 	// deliverysvc's GOGC for the emulators and the ceiling, but not its
@@ -229,7 +243,18 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("  apns2 → APNs emulator ceiling: %8.0f pushes/s  (%d pushes, %d goroutines, %d connections; %.2f CPU-s per 100k, client and emulator)\n",
-		ceilingBefore, o.ceilingN, o.concurrency, o.connections, ceilingCPU.Seconds()/float64(o.ceilingN)*100_000)
+		ceilingBefore, o.ceilingN, o.ceilingConc, o.connections, ceilingCPU.Seconds()/float64(o.ceilingN)*100_000)
+	// The raw client's best is at far fewer pushes at once over loopback
+	// (a few hundred hide its latency; more only cost goroutines).
+	best := o
+	best.ceilingConc = o.bestConc
+	var bestBefore float64
+	if o.bestConc > 0 {
+		if bestBefore, _, err = apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, best); err != nil {
+			return err
+		}
+		fmt.Printf("  apns2 → APNs emulator ceiling with %d goroutines: %8.0f pushes/s\n", o.bestConc, bestBefore)
+	}
 	var fcmRate float64
 	var fcmCPU time.Duration
 	if o.fcmShare > 0 {
@@ -300,6 +325,14 @@ func run(ctx context.Context, args []string) error {
 	ceiling := (ceilingBefore + ceilingAfter) / 2
 	fmt.Printf("  apns2 → APNs emulator ceiling again (after deliverysvc went idle, %s later): %8.0f pushes/s; mean %.0f\n", settled.Round(10*time.Millisecond), ceilingAfter, ceiling)
 	fmt.Printf("  ratio to the apns2 ceiling: %.3f\n", rate/ceiling)
+	if o.bestConc > 0 {
+		bestAfter, _, err := apnsCeiling(ctx, ca, apnsEmu.URL(), key, bundleID, best)
+		if err != nil {
+			return err
+		}
+		bestMean := (bestBefore + bestAfter) / 2
+		fmt.Printf("  ratio to the apns2 ceiling with %d goroutines (%.0f/s before, %.0f/s after, mean %.0f): %.3f\n", o.bestConc, bestBefore, bestAfter, bestMean, rate/bestMean)
+	}
 	apnsShare := float64(res.apns) / float64(max(1, res.sent))
 	apnsCeilingCPU := ceilingCPU.Seconds() / float64(o.ceilingN) * 1e6
 	mixedCeilingCPU := apnsCeilingCPU
@@ -436,7 +469,7 @@ func freeAddr() (string, error) {
 }
 
 // apnsCeiling pushes with apns2 straight at the emulator: o.connections
-// clients, o.concurrency goroutines, one provider token.
+// clients, o.ceilingConc goroutines, one provider token.
 func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleID string, o options) (float64, time.Duration, error) {
 	tok := &token.Token{KeyID: testenv.KeyID, TeamID: testenv.TeamID}
 	var err error
@@ -473,7 +506,7 @@ func apnsCeiling(ctx context.Context, ca *tlsca.CA, url string, key any, bundleI
 	var wg sync.WaitGroup
 	cpu0 := selfCPU()
 	start := time.Now()
-	for w := 0; w < o.concurrency; w++ {
+	for w := 0; w < o.ceilingConc; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -74,6 +74,7 @@ type options struct {
 	ceilingN    int
 	connections int
 	concurrency int
+	bestConc    int
 	window      int
 	maxInFlight int
 	cpuprofile  string
@@ -93,6 +94,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.connections, "connections", 4, "HTTP/2 connections per APNs app, in deliverysvc and in the ceiling")
 	fs.IntVar(&o.window, "window", journey.DefaultMaxWindow, "deliverysvc --journey-window")
 	fs.IntVar(&o.concurrency, "ceiling-concurrency", 2000, "the ceilings' concurrent pushes")
+	fs.IntVar(&o.bestConc, "best-ceiling-concurrency", 256, "also measure the apns2 ceiling with this many pushes at once, about the raw client's best over loopback, and print the ratio to it (0: skip)")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 10_000, "deliverysvc --max-in-flight")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write deliverysvc's CPU profile (of its whole run) here")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write deliverysvc's heap profile (when it stops) here")
@@ -221,9 +223,15 @@ func run(ctx context.Context, args []string) error {
 	row("figure", "value")
 	row("journey notifications/s (end to end)", fmt.Sprintf("%.0f", rate))
 	row(fmt.Sprintf("raw apns2 → APNs emulator ceiling /s (%d at once; before, after)", o.concurrency), fmt.Sprintf("%.0f, %.0f", ceil.apns[0], ceil.apns[1]))
+	if len(ceil.best) == 2 {
+		row(fmt.Sprintf("raw apns2 ceiling /s (%d at once; before, after)", o.bestConc), fmt.Sprintf("%.0f, %.0f", ceil.best[0], ceil.best[1]))
+	}
 	row("raw firebase → FCM emulator ceiling /s (before, after)", fmt.Sprintf("%.0f, %.0f", ceil.fcm[0], ceil.fcm[1]))
 	row(fmt.Sprintf("ceiling of the journey's mix (%.0f%% FCM) /s", fcmShare*100), fmt.Sprintf("%.0f", mixC))
 	row("ratio to the apns2 ceiling", fmt.Sprintf("%.3f", rate/apnsC))
+	if len(ceil.best) == 2 {
+		row(fmt.Sprintf("ratio to the apns2 ceiling with %d at once", o.bestConc), fmt.Sprintf("%.3f", rate/((ceil.best[0]+ceil.best[1])/2)))
+	}
 	row("ratio to the mix ceiling", fmt.Sprintf("%.3f", rate/mixC))
 	row("deliverysvc CPU-seconds per 100k notifications", fmt.Sprintf("%.1f", cpu.Seconds()/float64(p.GetSent())*100_000))
 	row("deliverysvc peak RSS (VmHWM)", hwm)
@@ -286,6 +294,7 @@ type ceilings struct {
 	apnsPush  func(i int) error
 	fcmClient *messaging.Client
 	apns, fcm []float64
+	best      []float64 // apns2 with o.bestConc goroutines
 }
 
 const ceilingBundle = "com.acme.ceiling"
@@ -379,6 +388,13 @@ func (c *ceilings) measure(ctx context.Context) error {
 	}
 	c.apns = append(c.apns, a)
 	c.fcm = append(c.fcm, f*500)
+	if c.o.bestConc > 0 {
+		b, err := parallel(c.o.ceilingN, c.o.bestConc, c.apnsPush)
+		if err != nil {
+			return fmt.Errorf("APNs ceiling: %w", err)
+		}
+		c.best = append(c.best, b)
+	}
 	return nil
 }
 

@@ -580,9 +580,10 @@ func (mr *messageRun) send(completed func()) {
 	}
 }
 
-// finish records results, then (once the Recorder has committed them)
-// reports dead tokens, emits the results, adds them to the message's
-// outcome and calls then, on the Recorder's goroutine. The caller does not
+// finish records results, then (once the Recorder has committed them, and
+// dead tokens are reported) emits the results, adds them to the message's
+// outcome and calls then, on the session's completion goroutine (see
+// Session.complete). The caller does not
 // wait for the commit: a worker blocked on it holds no CPU but can send
 // nothing, and with the outbox's group commit lingering every worker ends up
 // waiting for the same commit while the machine idles.

@@ -77,7 +77,7 @@ type Config struct {
 	// MaxInFlight bounds the tokens being sent at once across all streams.
 	MaxInFlight int
 	// JourneyWindow bounds each journey's messages after its last
-	// checkpoint: what a crash can make it send again (0: 2,000).
+	// checkpoint: what a crash can make it send again (0: journey.DefaultMaxWindow).
 	JourneyWindow int
 }
 

@@ -214,24 +214,44 @@ const maxValueRecords = 2000
 func (o *Outbox) write(group []*appendReq) error {
 	// One value per tenant (and per maxValueRecords records), in append
 	// order.
+	// A first pass sizes the values, so each is allocated once: a group
+	// holds up to maxGroup records, which a growing slice would copy about
+	// twice over.
 	type value struct {
 		tenant string
-		n      int
+		n      int // records
+		size   int // bytes
 		data   []byte
 	}
 	var values []*value
-	open := make(map[string]*value, 1)
+	byTenant := make(map[string][]*value, 1) // a tenant's values, in order
+	for _, req := range group {
+		vs := byTenant[req.tenant]
+		for _, rec := range req.records {
+			if len(vs) == 0 || vs[len(vs)-1].n == maxValueRecords {
+				v := &value{tenant: req.tenant}
+				vs = append(vs, v)
+				values = append(values, v)
+			}
+			v := vs[len(vs)-1]
+			v.n++
+			v.size += uvarintLen(len(rec)) + len(rec)
+		}
+		byTenant[req.tenant] = vs
+	}
+	filling := make(map[string]int, len(byTenant)) // index in byTenant of the value being filled
 	for _, req := range group {
 		for _, rec := range req.records {
-			v := open[req.tenant]
-			if v == nil || v.n == maxValueRecords {
-				v = &value{tenant: req.tenant}
-				open[req.tenant] = v
-				values = append(values, v)
+			i := filling[req.tenant]
+			v := byTenant[req.tenant][i]
+			if v.data == nil {
+				v.data = make([]byte, 0, v.size)
 			}
 			v.data = binary.AppendUvarint(v.data, uint64(len(rec)))
 			v.data = append(v.data, rec...)
-			v.n++
+			if len(v.data) == v.size {
+				filling[req.tenant] = i + 1
+			}
 		}
 	}
 	_, span := o.tracer.Start(context.Background(), "outbox.commit", trace.WithAttributes(
@@ -253,6 +273,15 @@ func (o *Outbox) write(group []*appendReq) error {
 		}
 		return nil
 	})
+}
+
+// uvarintLen is the length of n as binary.AppendUvarint writes it.
+func uvarintLen(n int) int {
+	l := 1
+	for ; n >= 0x80; n >>= 7 {
+		l++
+	}
+	return l
 }
 
 // splitRecords reads the length-prefixed records of a stored value.

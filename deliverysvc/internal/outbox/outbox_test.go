@@ -1,11 +1,14 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -236,6 +239,61 @@ func TestAppendAsync(t *testing.T) {
 	case extra := <-outcomes:
 		t.Errorf("done called twice: %+v", extra)
 	default:
+	}
+}
+
+// TestWriteSplitsValues: one commit stores each tenant's records in order,
+// at most maxValueRecords per value, whatever the interleaving of tenants.
+func TestWriteSplitsValues(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	o := New(db, buckets.TrackingOutbox, newRemote().deliver, fastConfig())
+	defer o.Close()
+	want := map[string][]string{}
+	var group []*appendReq
+	for i := range 4510 {
+		tenantID := "acme"
+		if i%451 == 0 {
+			tenantID = "beta"
+		}
+		rec := fmt.Sprintf("%s-%04d%s", tenantID, i, strings.Repeat("x", i%300)) // lengths over one varint byte too
+		want[tenantID] = append(want[tenantID], rec)
+		group = append(group, &appendReq{tenant: tenantID, records: [][]byte{[]byte(rec)}})
+	}
+	if err := o.write(group); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	var sizes []int
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(buckets.TrackingOutbox).ForEach(func(k, v []byte) error {
+			recs, err := splitRecords(v, nil)
+			if err != nil {
+				return err
+			}
+			tenantID := "beta"
+			if bytes.HasPrefix(k, boltdb.TenantPrefix("acme")) {
+				tenantID = "acme"
+			}
+			for _, r := range recs {
+				got[tenantID] = append(got[tenantID], string(r))
+			}
+			sizes = append(sizes, len(recs))
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tenantID, recs := range want {
+		if !slices.Equal(got[tenantID], recs) {
+			t.Errorf("%s: got %d records, want %d in order", tenantID, len(got[tenantID]), len(recs))
+		}
+	}
+	for _, n := range sizes {
+		if n > maxValueRecords {
+			t.Errorf("a value holds %d records, more than %d", n, maxValueRecords)
+		}
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
@@ -147,6 +146,47 @@ func TestIngestErrors(t *testing.T) {
 	}
 }
 
+// TestFrameEvents: requests of at most perRequest events, each an
+// IngestRequest of the readable records in order, none sharing spare
+// capacity with the next; the traceparent is the first readable record's.
+func TestFrameEvents(t *testing.T) {
+	var records [][]byte
+	for i := range 5 {
+		r := sentResult(i)
+		r.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e473" + strconv.Itoa(i) + "-00f067aa0ba902b7-01"
+		rec, _ := appendEvent(nil, "acme", &r)
+		records = append(records, rec)
+	}
+	records = append([][]byte{{0xff}}, records...) // unreadable, first
+	requests, traceparent, dropped := frameEvents(records, 2)
+	if dropped != 1 || len(requests) != 3 {
+		t.Fatalf("got %d requests, %d dropped; want 3 and 1", len(requests), dropped)
+	}
+	if want := "00-4bf92f3577b34da6a3ce929d0e0e4730-00f067aa0ba902b7-01"; traceparent != want {
+		t.Errorf("traceparent %q, want %q", traceparent, want)
+	}
+	next := 1
+	for i, r := range requests {
+		if cap(r) != len(r) && i < len(requests)-1 {
+			t.Errorf("request %d has spare capacity shared with the next", i)
+		}
+		var req trackingv1.IngestRequest
+		if err := proto.Unmarshal(r, &req); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if want := min(2, 5-2*i); len(req.GetEvents()) != want {
+			t.Errorf("request %d: %d events, want %d", i, len(req.GetEvents()), want)
+		}
+		for _, ev := range req.GetEvents() {
+			b, err := proto.Marshal(ev)
+			if err != nil || string(b) != string(records[next]) {
+				t.Errorf("request %d: event %d is not record %d as recorded", i, next-1, next)
+			}
+			next++
+		}
+	}
+}
+
 func BenchmarkIngestEncoding(b *testing.B) {
 	records := make([][]byte, 5000)
 	for i := range records {
@@ -155,14 +195,9 @@ func BenchmarkIngestEncoding(b *testing.B) {
 		records[i], _ = appendEvent(nil, "acme", &r)
 	}
 	b.Run("checked and framed", func(b *testing.B) {
+		b.ReportAllocs()
 		for b.Loop() {
-			var req []byte
-			for _, rec := range records {
-				if _, ok := checkEvent(rec); ok {
-					req = protowire.AppendTag(req, ingestEventsField, protowire.BytesType)
-					req = protowire.AppendBytes(req, rec)
-				}
-			}
+			frameEvents(records, maxEventsPerRequest)
 		}
 	})
 	b.Run("decoded and encoded again", func(b *testing.B) {

@@ -244,6 +244,45 @@ func appendEnum(dst []byte, num protowire.Number, v int32) []byte {
 	return protowire.AppendVarint(dst, uint64(int64(v)))
 }
 
+// maxEventsPerRequest bounds the events of one IngestRequest.
+const maxEventsPerRequest = 10_000
+
+// frameEvents checks records (checkEvent) and frames the readable ones as
+// IngestRequest messages of at most perRequest events. Every request is a
+// slice of one buffer allocated at its final size: a batch of thousands of
+// events appended to a growing slice would be copied about twice over. It
+// returns the traceparent of the first readable record and how many were
+// dropped.
+func frameEvents(records [][]byte, perRequest int) (requests []preEncoded, traceparent string, dropped int) {
+	size := 0
+	for _, rec := range records {
+		size += protowire.SizeTag(ingestEventsField) + protowire.SizeBytes(len(rec))
+	}
+	buf := make([]byte, 0, size)
+	start, inReq := 0, 0
+	for _, rec := range records {
+		tp, ok := checkEvent(rec)
+		if !ok {
+			dropped++
+			continue
+		}
+		if inReq == 0 && len(requests) == 0 {
+			traceparent = string(tp)
+		}
+		if inReq == perRequest {
+			requests = append(requests, buf[start:len(buf):len(buf)])
+			start, inReq = len(buf), 0
+		}
+		buf = protowire.AppendTag(buf, ingestEventsField, protowire.BytesType)
+		buf = protowire.AppendBytes(buf, rec)
+		inReq++
+	}
+	if inReq > 0 {
+		requests = append(requests, buf[start:])
+	}
+	return requests, traceparent, dropped
+}
+
 // Ingest returns the tracking outbox's Deliver: one Ingest stream per batch.
 // The records are Event encodings (appendEvent) and travel as they are,
 // framed as IngestRequest messages, instead of being decoded and encoded
@@ -251,36 +290,15 @@ func appendEnum(dst []byte, num protowire.Number, v int32) []byte {
 // with a log line rather than fail its whole batch forever.
 func Ingest(client trackingv1.TrackingServiceClient, log *slog.Logger) outbox.Deliver {
 	return func(ctx context.Context, tenantID string, records [][]byte) error {
-		const maxPerRequest = 10_000
-		var (
-			requests    []preEncoded
-			req         []byte
-			inReq       int
-			traceparent string
-			first       = true
-		)
-		for _, rec := range records {
-			tp, ok := checkEvent(rec)
-			if !ok {
-				// A record this binary cannot read will never become
-				// readable: drop it rather than block the queue.
-				log.ErrorContext(ctx, "dropping an unreadable tracking record", "bytes", len(rec))
-				continue
-			}
-			if first {
-				traceparent, first = string(tp), false
-			}
-			if inReq == maxPerRequest {
-				requests, req, inReq = append(requests, req), nil, 0
-			}
-			req = protowire.AppendTag(req, ingestEventsField, protowire.BytesType)
-			req = protowire.AppendBytes(req, rec)
-			inReq++
+		requests, traceparent, dropped := frameEvents(records, maxEventsPerRequest)
+		if dropped > 0 {
+			// A record this binary cannot read will never become readable:
+			// drop it rather than block the queue.
+			log.ErrorContext(ctx, "dropping unreadable tracking records", "tenant", tenantID, "records", dropped)
 		}
-		if inReq == 0 {
+		if len(requests) == 0 {
 			return nil
 		}
-		requests = append(requests, req)
 		stream, err := client.Ingest(sendTraceContext(ctx, traceparent), grpc.ForceCodecV2(ingestCodec))
 		if err != nil {
 			return fmt.Errorf("trackingsvc Ingest: %w", err)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Static checks: generated code fresh, buf lint, gofmt, go vet, and every
+# Static checks: generated code fresh, buf lint, no breaking API change
+# (buf breaking against api/baseline.binpb), gofmt, go vet, and every
 # module building on its own (GOWORK=off, siblings through replace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ if [ -n "$(git status --porcelain -- gen proto)" ]; then
 	echo "generated code differs from proto/: run scripts/gen.sh and commit" >&2
 	exit 1
 fi
+
+echo "== buf breaking against the published API (api/README.md)"
+PATH="$(go env GOPATH)/bin:$PATH" buf breaking --against api/baseline.binpb
 
 echo "== gofmt"
 unformatted=$(git ls-files '*.go' | grep -v '^gen/' | xargs -r gofmt -l)

@@ -213,10 +213,9 @@ const maxValueRecords = 2000
 
 func (o *Outbox) write(group []*appendReq) error {
 	// One value per tenant (and per maxValueRecords records), in append
-	// order.
-	// A first pass sizes the values, so each is allocated once: a group
-	// holds up to maxGroup records, which a growing slice would copy about
-	// twice over.
+	// order. A first pass sizes the values, so each is allocated once: a
+	// group holds up to maxGroup records, which a growing slice would copy
+	// about twice over.
 	type value struct {
 		tenant string
 		n      int // records
@@ -224,34 +223,31 @@ func (o *Outbox) write(group []*appendReq) error {
 		data   []byte
 	}
 	var values []*value
-	byTenant := make(map[string][]*value, 1) // a tenant's values, in order
+	var dest []*value // each record's value, in group order
+	open := make(map[string]*value, 1)
 	for _, req := range group {
-		vs := byTenant[req.tenant]
 		for _, rec := range req.records {
-			if len(vs) == 0 || vs[len(vs)-1].n == maxValueRecords {
-				v := &value{tenant: req.tenant}
-				vs = append(vs, v)
+			v := open[req.tenant]
+			if v == nil || v.n == maxValueRecords {
+				v = &value{tenant: req.tenant}
+				open[req.tenant] = v
 				values = append(values, v)
 			}
-			v := vs[len(vs)-1]
 			v.n++
 			v.size += uvarintLen(len(rec)) + len(rec)
+			dest = append(dest, v)
 		}
-		byTenant[req.tenant] = vs
 	}
-	filling := make(map[string]int, len(byTenant)) // index in byTenant of the value being filled
+	i := 0
 	for _, req := range group {
 		for _, rec := range req.records {
-			i := filling[req.tenant]
-			v := byTenant[req.tenant][i]
+			v := dest[i]
+			i++
 			if v.data == nil {
 				v.data = make([]byte, 0, v.size)
 			}
 			v.data = binary.AppendUvarint(v.data, uint64(len(rec)))
 			v.data = append(v.data, rec...)
-			if len(v.data) == v.size {
-				filling[req.tenant] = i + 1
-			}
 		}
 	}
 	_, span := o.tracer.Start(context.Background(), "outbox.commit", trace.WithAttributes(

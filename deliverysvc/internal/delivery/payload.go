@@ -353,9 +353,15 @@ func buildFCM(m *Message, tr tracking, ttl time.Duration) (*messaging.Message, e
 	}
 	an := &messaging.AndroidNotification{
 		Sound:       n.Sound,
-		Tag:         n.ThreadID,
 		ClickAction: n.Category,
 		ChannelID:   m.FCM.ChannelID,
+	}
+	if msg.Notification != nil {
+		// collapse_key only merges messages still queued for an offline
+		// device; the tag replaces a notification already shown, as
+		// apns-collapse-id does on iOS. So a resend after a crash (same
+		// message id) replaces rather than duplicates on Android too.
+		an.Tag = android.CollapseKey
 	}
 	if n.Badge != nil {
 		count := int(*n.Badge)

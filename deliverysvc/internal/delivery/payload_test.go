@@ -152,11 +152,47 @@ func TestFCMMessage(t *testing.T) {
 	}
 	a := msg.Android
 	if a.Priority != "high" || *a.TTL != time.Minute || a.CollapseKey != "m" || a.Notification.ChannelID != "news" ||
-		a.Notification.Sound != "ding" || *a.Notification.NotificationCount != 2 || a.Notification.ClickAction != "OPEN" || a.Notification.Tag != "t" {
+		a.Notification.Sound != "ding" || *a.Notification.NotificationCount != 2 || a.Notification.ClickAction != "OPEN" || a.Notification.Tag != "m" {
 		t.Errorf("android: got %+v / %+v", a, a.Notification)
 	}
 	if _, err := json.Marshal(msg); err != nil {
 		t.Errorf("marshal: %v", err)
+	}
+}
+
+// TestFCMTagIsTheCollapseKey: a resend (same message id) must replace the
+// notification an Android device already shows, which only the tag does;
+// a data-only message gets no android.notification at all (it would show
+// an empty notification).
+func TestFCMTagIsTheCollapseKey(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		n        Notification
+		collapse string
+		wantTag  string
+	}{
+		{"message id", Notification{Title: "Hi", ThreadID: "thread"}, "", "msg-1"},
+		{"explicit collapse key", Notification{Body: "b"}, "score", "score"},
+		{"image only", Notification{ImageURL: "https://img/x.png"}, "", "msg-1"},
+		{"data only", Notification{Data: map[string]string{"k": "v"}}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := Message{IdempotencyKey: "k", Notification: tc.n, FCM: FCMOptions{CollapseKey: tc.collapse}}
+			msg, err := buildFCM(&m, tracking{messageID: "msg-1"}, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var tag string
+			if an := msg.Android.Notification; an != nil {
+				tag = an.Tag
+			}
+			if tag != tc.wantTag {
+				t.Errorf("tag: got %q, want %q", tag, tc.wantTag)
+			}
+			if tc.wantTag == "" && msg.Android.Notification != nil {
+				t.Errorf("data-only message has android.notification %+v", msg.Android.Notification)
+			}
+		})
 	}
 }
 

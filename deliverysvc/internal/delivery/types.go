@@ -87,7 +87,7 @@ type Notification struct {
 	Badge    *int32
 	Data     map[string]string
 	Category string // APNs category, FCM click_action
-	ThreadID string // APNs thread-id, FCM tag
+	ThreadID string // APNs thread-id (FCM has no grouping field)
 	DeepLink string // delivered as the data key "deep_link"
 }
 

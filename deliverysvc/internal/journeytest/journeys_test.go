@@ -156,8 +156,8 @@ func TestProfileWithThreeDevicesIsReachedOnAll(t *testing.T) {
 	if len(got) != 1 {
 		t.Fatalf("Android device: got %d messages, want 1", len(got))
 	}
-	if FCMCollapseKey(got[0]) != j.GetMessageId() || !strings.Contains(string(got[0].Message), `"title":"Hi Ada"`) {
-		t.Errorf("FCM message: %s, want the title and collapse key %q", got[0].Message, j.GetMessageId())
+	if key, tag := FCMCollapse(got[0]); key != j.GetMessageId() || tag != j.GetMessageId() || !strings.Contains(string(got[0].Message), `"title":"Hi Ada"`) {
+		t.Errorf("FCM message: %s, want the title, and the collapse key and tag %q", got[0].Message, j.GetMessageId())
 	}
 }
 

@@ -83,8 +83,10 @@ func TestKill9MidJourney(t *testing.T) {
 		}
 		resent += len(got) - 1
 		for _, d := range got {
-			if FCMCollapseKey(d) != pub.GetMessageId() {
-				t.Fatalf("FCM token %s: collapse key %q, want %q on every copy", tok[:24], FCMCollapseKey(d), pub.GetMessageId())
+			// Both: the key merges copies still queued, the tag replaces
+			// one the device already shows.
+			if key, tag := FCMCollapse(d); key != pub.GetMessageId() || tag != pub.GetMessageId() {
+				t.Fatalf("FCM token %s: collapse key %q and tag %q, want %q on every copy", tok[:24], key, tag, pub.GetMessageId())
 			}
 		}
 	}

@@ -436,16 +436,20 @@ func APNsToken(i int) string { return fmt.Sprintf("%064x", 0xe0000000+i) }
 // FCMToken is the i-th test FCM registration token.
 func FCMToken(i int) string { return fmt.Sprintf("fcm-journeytest-%07d:%0100d", i, i) }
 
-// FCMCollapseKey is android.collapse_key of a message the FCM emulator
-// received.
-func FCMCollapseKey(d fcm.Delivery) string {
+// FCMCollapse is android.collapse_key and android.notification.tag of a
+// message the FCM emulator received: the key merges queued copies, the tag
+// replaces a notification already shown.
+func FCMCollapse(d fcm.Delivery) (collapseKey, tag string) {
 	var msg struct {
 		Android struct {
-			CollapseKey string `json:"collapse_key"`
+			CollapseKey  string `json:"collapse_key"`
+			Notification struct {
+				Tag string `json:"tag"`
+			} `json:"notification"`
 		} `json:"android"`
 	}
 	_ = json.Unmarshal(d.Message, &msg)
-	return msg.Android.CollapseKey
+	return msg.Android.CollapseKey, msg.Android.Notification.Tag
 }
 
 // Child processes.

@@ -213,7 +213,9 @@ type Notification struct {
 	Data map[string]string `protobuf:"bytes,6,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// APNs category / FCM click_action: selects the action buttons.
 	Category string `protobuf:"bytes,7,opt,name=category,proto3" json:"category,omitempty"`
-	// APNs thread-id / FCM tag: groups notifications.
+	// APNs thread-id: groups notifications in Notification Center. FCM's
+	// HTTP v1 API has no grouping field, so it is not sent to FCM; an FCM
+	// notification's tag is its collapse key instead (see FcmOptions).
 	ThreadId string `protobuf:"bytes,8,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
 	// Subtitle (APNs only).
 	Subtitle string `protobuf:"bytes,9,opt,name=subtitle,proto3" json:"subtitle,omitempty"`
@@ -424,7 +426,9 @@ type FcmOptions struct {
 	Priority FcmPriority `protobuf:"varint,1,opt,name=priority,proto3,enum=pushmesh.delivery.v1.FcmPriority" json:"priority,omitempty"`
 	// android.ttl; unset uses the message's TTL.
 	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	// android.collapse_key; defaults to the message id.
+	// android.collapse_key, and android.notification.tag when the message
+	// shows a notification (a resend then replaces it on the device);
+	// defaults to the message id.
 	CollapseKey string `protobuf:"bytes,3,opt,name=collapse_key,json=collapseKey,proto3" json:"collapse_key,omitempty"`
 	// android.notification.channel_id.
 	ChannelId     string `protobuf:"bytes,4,opt,name=channel_id,json=channelId,proto3" json:"channel_id,omitempty"`

@@ -208,9 +208,7 @@ func Compile(j *deliveryv1.Journey) (*Content, error) {
 		v.Add("journey.template", "required")
 		c.def = compileMessage(v, "journey.template", &deliveryv1.MessageTemplate{})
 	} else {
-		if j.GetTemplate().GetTitle() == "" && j.GetTemplate().GetBody() == "" && j.GetDelivery().GetApnsPushType() != deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND {
-			v.Add("journey.template", "needs a title or a body (or apns_push_type BACKGROUND for a silent push)")
-		}
+		checkVisible(v, "journey.template", j.GetTemplate(), j.GetDelivery())
 		c.def = compileMessage(v, "journey.template", j.GetTemplate())
 	}
 	seen := map[variant]int{}
@@ -234,10 +232,22 @@ func Compile(j *deliveryv1.Journey) (*Content, error) {
 			v.Add(field, "same locale and platform as journey.variants[%d]", first)
 		}
 		seen[key] = i
+		// A variant replaces the default template for its profiles, so it
+		// must show something as well.
+		checkVisible(v, field+".template", tv.GetTemplate(), j.GetDelivery())
 		key.msg = compileMessage(v, field+".template", tv.GetTemplate())
 		c.variants = append(c.variants, key)
 	}
 	return c, v.Err()
+}
+
+// checkVisible requires a title or a body, unless the journey sends silent
+// (background) pushes: otherwise the profiles would get an empty push,
+// counted as sent.
+func checkVisible(v *fault.ValidationError, field string, m *deliveryv1.MessageTemplate, d *deliveryv1.DeliveryOptions) {
+	if m.GetTitle() == "" && m.GetBody() == "" && d.GetApnsPushType() != deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND {
+		v.Add(field, "needs a title or a body (or apns_push_type BACKGROUND for a silent push)")
+	}
 }
 
 // normalizeLocale lower-cases a locale and uses "-" as its separator, so

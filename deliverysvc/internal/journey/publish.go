@@ -212,12 +212,19 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 	return stored, nil, nil
 }
 
+// sampleStandIn renders in place of a `required` value the sample profile
+// lacks. It is an absolute https URL, so it cannot make an image_url that
+// takes the whole URL, or a part of it, from the value invalid; and it is
+// shorter than any `{{x | required}}` hole, so it adds no length.
+const sampleStandIn = "https://x"
+
 // checkSample renders every template of the journey (the default and each
 // variant, for each platform it can serve) for a sample profile, the first
 // audience member or, without one, a synthetic profile, and checks the
 // result as the pipeline will: reserved data keys, image URL, lengths. A
-// missing required value is not an error here: it excludes that profile
-// only.
+// missing required value is not an error here (it excludes that profile
+// only): the template is checked with sampleStandIn in its place, as the
+// profiles that have the value will render it.
 func checkSample(j *deliveryv1.Journey, content *Content, sample *profilev1.AudienceMember, now time.Time) error {
 	values := &Values{ProfileID: syntheticProfile}
 	if sample != nil {
@@ -227,8 +234,13 @@ func checkSample(j *deliveryv1.Journey, content *Content, sample *profilev1.Audi
 	opts := j.GetDelivery()
 	for _, cm := range content.messages() {
 		n, err := cm.render(values)
+		profile := "for profile " + values.ProfileID
 		if errors.Is(err, ErrMissingValue) {
-			continue
+			missing := strings.TrimPrefix(err.Error(), ErrMissingValue.Error()+": ")
+			profile = fmt.Sprintf("for profile %s, with %q standing in for its missing %s", values.ProfileID, sampleStandIn, missing)
+			withStandIn := *values
+			withStandIn.StandIn = sampleStandIn
+			n, err = cm.render(&withStandIn)
 		}
 		if err != nil {
 			v.Add(cm.field, "does not render: %v", err)
@@ -245,7 +257,7 @@ func checkSample(j *deliveryv1.Journey, content *Content, sample *profilev1.Audi
 		var ve *fault.ValidationError
 		if err := delivery.ValidateMessage(&msg, "", now); errors.As(err, &ve) {
 			for _, fv := range ve.Violations {
-				v.Add(journeyField(cm.field, fv.Field), "for profile %s: %s", values.ProfileID, fv.Description)
+				v.Add(journeyField(cm.field, fv.Field), "%s: %s", profile, fv.Description)
 			}
 		}
 	}

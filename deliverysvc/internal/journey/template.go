@@ -74,6 +74,11 @@ type Values struct {
 	// Identities are the profile's identities; identity.<namespace> reads
 	// the first of that namespace.
 	Identities []*profilev1.Identity
+	// StandIn, when set, renders in place of a missing `required` value
+	// instead of failing with ErrMissingValue, so publish can check what
+	// the rest of a template renders to for a sample profile that lacks
+	// the value. Journeys render with it empty.
+	StandIn string
 }
 
 // ParseTemplate parses src; an error names the byte offset of the problem.
@@ -239,7 +244,10 @@ func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
 				}
 			case filterRequired:
 				if len(b) == valStart {
-					return b[:start], fmt.Errorf("%w: %s", ErrMissingValue, p.name)
+					if v.StandIn == "" {
+						return b[:start], fmt.Errorf("%w: %s", ErrMissingValue, p.name)
+					}
+					b = append(b, v.StandIn...)
 				}
 			case filterUpper:
 				b = mapTail(b, valStart, strings.ToUpper)

@@ -299,3 +299,21 @@ func BenchmarkRender(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "renders/s")
 }
+
+// With a stand-in (publish's check of a sample profile), a missing
+// required value renders as the stand-in, through the filters after it;
+// without one it is ErrMissingValue.
+func TestRenderStandIn(t *testing.T) {
+	tpl, err := ParseTemplate(`{{a | required | upper}}/{{b | required}}/{{c | default "-"}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := values(t, map[string]any{"b": "bee"})
+	if _, err := tpl.Render(v); !errors.Is(err, ErrMissingValue) {
+		t.Errorf("without a stand-in: got %v, want ErrMissingValue", err)
+	}
+	v.StandIn = "https://x"
+	if got, err := tpl.Render(v); err != nil || got != "HTTPS://X/bee/-" {
+		t.Errorf("with a stand-in: got %q, %v; want %q", got, err, "HTTPS://X/bee/-")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -130,7 +131,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	db, err := boltdb.Open(t.TempDir(), "deliverysvc.db")
+	return newHarnessOn(t, t.TempDir())
+}
+
+// newHarnessOn is newHarness over the bbolt file in dir.
+func newHarnessOn(t *testing.T, dir string) *harness {
+	t.Helper()
+	db, err := boltdb.Open(dir, "deliverysvc.db")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +204,25 @@ func (h *harness) start() *Manager {
 		h.t.Fatalf("Resume: %v", err)
 	}
 	return h.m
+}
+
+// crashCopy is a new harness, with the same audience, over a copy of h's
+// bbolt file as it is now: what the service finds when it restarts after
+// a kill -9 (every committed transaction, nothing of what only the
+// running manager knows).
+func (h *harness) crashCopy() *harness {
+	h.t.Helper()
+	dir := h.t.TempDir()
+	if err := h.db.View(func(tx *bolt.Tx) error {
+		return tx.CopyFile(filepath.Join(dir, "deliverysvc.db"), 0o600)
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	c := newHarnessOn(h.t, dir)
+	h.mu.Lock()
+	c.members = h.members
+	h.mu.Unlock()
+	return c
 }
 
 // stop stops the manager as a service shutdown does.

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -148,7 +147,8 @@ func (m *Manager) Resume() error {
 			m.cfg.Logger.Error("journey cannot resume", "journey_id", ref.ID, "tenant", ref.Tenant, "err", err)
 			j.State, j.Error = deliveryv1.JourneyState_JOURNEY_STATE_FAILED, "cannot resume: "+err.Error()
 			j.UpdateTime = timestamppb.New(m.cfg.Now())
-			if err := m.store.Checkpoint(ref.Tenant, j, ""); err != nil {
+			if err := m.store.Checkpoint(ref.Tenant, j, ""); err != nil && !errors.Is(err, ErrFinished) {
+				// ErrFinished: it was cancelled since Unfinished listed it.
 				return fmt.Errorf("journey %s: %w", ref.ID, err)
 			}
 			continue
@@ -237,30 +237,28 @@ func (m *Manager) List(ctx context.Context, size int, token string, states []del
 }
 
 // Cancel stops a journey: its runner stops submitting at once and pending
-// sends are cancelled, so sending stops within a second.
+// sends are cancelled, so sending stops within a second. CANCELLED is
+// stored before Cancel answers, and a stored final state is never replaced
+// (Store.Checkpoint), so a cancelled journey does not resume after a crash
+// and a runner that has not yet seen the cancel stops at its next
+// checkpoint.
 func (m *Manager) Cancel(ctx context.Context, id string) (*deliveryv1.Journey, error) {
 	if id == "" {
 		return nil, fault.Invalid("journey_id", "required")
 	}
 	ref := Ref{Tenant: tenant.FromContext(ctx), ID: id}
 	if r := m.runner(ref); r != nil {
-		r.mu.Lock()
-		again := r.cancelAsked
-		r.mu.Unlock()
-		if again {
-			return nil, fault.OnField(ErrFinished, "journey_id", "journey %s is already being cancelled", id)
+		if err := r.cancelDurably(ctx); err != nil {
+			return nil, err
 		}
-		r.requestCancel()
 		select {
 		case <-r.done():
 			return m.store.Get(ref.Tenant, id)
 		case <-time.After(cancelWait):
-			// Sending has stopped (the runner's context is cancelled); it is
-			// still draining in-flight results and stores the final state
-			// when done. Report the cancellation now.
-			j := r.snapshot()
-			j.State = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
-			return j, nil
+			// Sending has stopped (the runner's context is cancelled) and
+			// CANCELLED is stored; the runner is still draining in-flight
+			// results and stores its final counts when done.
+			return r.snapshot(), nil
 		}
 	}
 	j, err := m.store.Get(ref.Tenant, id)
@@ -268,11 +266,27 @@ func (m *Manager) Cancel(ctx context.Context, id string) (*deliveryv1.Journey, e
 		return nil, err
 	}
 	if isFinal(j.GetState()) {
-		return nil, fault.OnField(ErrFinished, "journey_id", "journey %s already ended %s", id, strings.TrimPrefix(j.GetState().String(), "JOURNEY_STATE_"))
+		return nil, endedError(id, j.GetState())
 	}
 	j.State = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
 	j.UpdateTime = timestamppb.New(m.cfg.Now())
-	return j, m.store.Checkpoint(ref.Tenant, j, "")
+	if j.Progress == nil {
+		j.Progress = &deliveryv1.JourneyProgress{}
+	}
+	if j.Progress.EndTime == nil {
+		j.Progress.EndTime = timestamppb.New(m.cfg.Now())
+	}
+	if err := m.store.Checkpoint(ref.Tenant, j, ""); err != nil {
+		return nil, err // ErrFinished: it ended since the Get
+	}
+	// A runner started since the lookup above (a publish between its
+	// Create and its start, or a resume) finds CANCELLED at its first
+	// checkpoint, before it sends; stop one that got past it now rather
+	// than at its next checkpoint.
+	if r := m.runner(ref); r != nil {
+		r.requestCancel()
+	}
+	return j, nil
 }
 
 // Watch calls send with the journey's state at most every interval, and

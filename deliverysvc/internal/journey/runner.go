@@ -154,8 +154,16 @@ type runner struct {
 	space         chan struct{}
 	checkpointNow chan struct{}
 
-	mu           sync.Mutex
-	journey      *deliveryv1.Journey // the runner's own copy: definition, state, times
+	// writeMu orders the journey's writes to the store (checkpoints, the
+	// final state, a cancel): each stores the progress as it is when it
+	// writes, and a cancel and the runner's own final state cannot
+	// interleave. It is taken before mu.
+	writeMu sync.Mutex
+
+	mu sync.Mutex
+	// journey is the runner's own copy: definition, times and the state
+	// last stored.
+	journey      *deliveryv1.Journey
 	committed    counts
 	cursor       string
 	window       window
@@ -185,11 +193,33 @@ func newRunner(m *Manager, ref Ref, j *deliveryv1.Journey, content *Content, can
 
 func (r *runner) done() <-chan struct{} { return r.finished }
 
+// requestCancel stops the runner; it ends CANCELLED. Whoever calls it
+// stores CANCELLED, or has found it stored already.
 func (r *runner) requestCancel() {
 	r.mu.Lock()
 	r.cancelAsked = true
 	r.mu.Unlock()
 	r.cancel()
+}
+
+// cancelDurably stops the runner and stores CANCELLED, with the progress so
+// far, before it returns: the cancel holds even if the service dies before
+// the runner has drained and stored its final counts. A journey that ended
+// or is already being cancelled is ErrFinished.
+func (r *runner) cancelDurably(ctx context.Context) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	r.mu.Lock()
+	state, again := r.journey.GetState(), r.cancelAsked
+	r.mu.Unlock()
+	switch {
+	case isFinal(state):
+		return endedError(r.ref.ID, state)
+	case again:
+		return fault.OnField(ErrFinished, "journey_id", "journey %s is already being cancelled", r.ref.ID)
+	}
+	r.requestCancel()
+	return r.checkpointLocked(ctx, deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED, "", true)
 }
 
 // live is committed plus what the profiles in the window reported so far.
@@ -203,13 +233,18 @@ func (r *runner) live() counts {
 	return c
 }
 
-// snapshot is the journey with its live progress.
+// snapshot is the journey with its live progress. Once a cancel was asked
+// it is CANCELLED, as stored, while the runner drains.
 func (r *runner) snapshot() *deliveryv1.Journey {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	j := proto.Clone(r.journey).(*deliveryv1.Journey)
 	c := r.live()
 	r.fillProgress(j.Progress, &c)
+	if r.cancelAsked && !isFinal(j.GetState()) {
+		j.State = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED
+		j.Progress.RatePerSecond, j.Progress.Eta = 0, nil
+	}
 	return j
 }
 
@@ -295,21 +330,35 @@ func (r *runner) sample(now time.Time) {
 
 // checkpoint saves the journey's state, its committed progress and the
 // cursor in one transaction. With liveCounts (a final state that will not
-// resume) the progress includes the profiles still in the window.
+// resume) the progress includes the profiles still in the window. The
+// store refuses to replace a final state (ErrFinished): the journey was
+// cancelled before this runner knew.
 func (r *runner) checkpoint(ctx context.Context, state deliveryv1.JourneyState, errText string, liveCounts bool) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	return r.checkpointLocked(ctx, state, errText, liveCounts)
+}
+
+// checkpointLocked is checkpoint with r.writeMu held. The runner's copy
+// takes the new state unless the store refused it.
+func (r *runner) checkpointLocked(ctx context.Context, state deliveryv1.JourneyState, errText string, liveCounts bool) error {
 	_, span := tracer.Start(ctx, "journey.checkpoint", trace.WithAttributes(attribute.String("pushmesh.journey_id", r.ref.ID)))
 	defer span.End()
 	r.mu.Lock()
+	if state == deliveryv1.JourneyState_JOURNEY_STATE_RUNNING && r.cancelAsked {
+		// CANCELLED is stored (or about to be, by the runner's last
+		// checkpoint); a cancelled journey never resumes from a cursor.
+		r.mu.Unlock()
+		return nil
+	}
 	now := r.m.cfg.Now()
 	r.sample(now)
 	saved := r.undurable
-	r.journey.State = state
-	r.journey.Error = errText
-	r.journey.UpdateTime = timestamppb.New(now)
-	if isFinal(state) && r.journey.GetProgress().GetEndTime() == nil {
-		r.journey.Progress.EndTime = timestamppb.New(now)
-	}
 	j := proto.Clone(r.journey).(*deliveryv1.Journey)
+	j.State, j.Error, j.UpdateTime = state, errText, timestamppb.New(now)
+	if isFinal(state) && j.Progress.GetEndTime() == nil {
+		j.Progress.EndTime = timestamppb.New(now)
+	}
 	c := r.committed
 	if liveCounts {
 		c = r.live()
@@ -320,13 +369,21 @@ func (r *runner) checkpoint(ctx context.Context, state deliveryv1.JourneyState, 
 	r.mu.Unlock()
 	span.SetAttributes(attribute.Int64("pushmesh.profiles_done", j.GetProgress().GetProfilesDone()))
 	err := r.m.store.Checkpoint(r.ref.Tenant, j, cursor)
-	if err != nil {
+	if errors.Is(err, ErrFinished) {
 		span.RecordError(err)
 		return err
 	}
 	r.mu.Lock()
-	r.undurable -= saved
+	r.journey.State, r.journey.Error = state, errText
+	r.journey.UpdateTime, r.journey.Progress.EndTime = proto.CloneOf(j.UpdateTime), proto.CloneOf(j.Progress.EndTime)
+	if err == nil {
+		r.undurable -= saved
+	}
 	r.mu.Unlock()
+	if err != nil {
+		span.RecordError(err)
+		return err
+	}
 	r.signalSpace()
 	return nil
 }
@@ -365,8 +422,15 @@ func (r *runner) run(ctx context.Context) {
 		r.journey.Progress.StartTime = timestamppb.New(r.m.cfg.Now())
 	}
 	r.mu.Unlock()
+	// This checkpoint comes before anything is sent: a cancel stored
+	// before the runner started (between publish's Create and start, or
+	// before a resume) stops it here.
 	if err := r.checkpoint(ctx, deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, "", false); err != nil {
-		log.Error("journey checkpoint", "err", err)
+		r.checkpointFailed(log, err)
+	}
+	if ctx.Err() != nil {
+		r.finish(ctx, log, nil)
+		return
 	}
 
 	// Checkpoints every CheckpointEvery, or sooner once half the window's
@@ -386,7 +450,7 @@ func (r *runner) run(ctx context.Context) {
 			case <-r.checkpointNow:
 			}
 			if err := r.checkpoint(ctx, deliveryv1.JourneyState_JOURNEY_STATE_RUNNING, "", false); err != nil {
-				log.Warn("journey checkpoint", "err", err)
+				r.checkpointFailed(log, err)
 			}
 		}
 	}()
@@ -409,6 +473,21 @@ func (r *runner) run(ctx context.Context) {
 	close(stop)
 	wg.Wait()
 	r.finish(ctx, log, err)
+}
+
+// checkpointFailed handles a failed RUNNING checkpoint: the store refuses
+// it once the journey is cancelled (ErrFinished), and the runner stops;
+// any other failure only delays durability until the next one.
+func (r *runner) checkpointFailed(log interface {
+	Info(string, ...any)
+	Warn(string, ...any)
+}, err error) {
+	if errors.Is(err, ErrFinished) {
+		log.Info("journey cancelled in the store; stopping", "err", err)
+		r.requestCancel()
+		return
+	}
+	log.Warn("journey checkpoint", "err", err)
 }
 
 // countAudience counts the whole audience once, for the ETA, beside the
@@ -436,11 +515,15 @@ func (r *runner) countAudience(ctx context.Context, log interface{ Debug(string,
 	r.mu.Unlock()
 }
 
-// finish records the final (or, on shutdown, the resumable) state.
+// finish records the final (or, on shutdown, the resumable) state. It
+// decides under r.writeMu, so a cancel either comes first and the journey
+// ends CANCELLED, or comes after the stored final state and is refused.
 func (r *runner) finish(ctx context.Context, log interface {
 	Info(string, ...any)
 	Error(string, ...any)
 }, err error) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	cancelled := r.cancelAsked
 	state := r.journey.GetState()
@@ -460,7 +543,11 @@ func (r *runner) finish(ctx context.Context, log interface {
 		state, errText = deliveryv1.JourneyState_JOURNEY_STATE_FAILED, err.Error()
 	}
 	// The final write must happen even though ctx is done.
-	if cerr := r.checkpoint(context.WithoutCancel(ctx), state, errText, liveCounts); cerr != nil {
+	if cerr := r.checkpointLocked(context.WithoutCancel(ctx), state, errText, liveCounts); errors.Is(cerr, ErrFinished) {
+		// Cancelled in the store before this runner knew; that stands.
+		log.Info("journey already ended", "err", cerr)
+		return
+	} else if cerr != nil {
 		log.Error("journey checkpoint", "err", cerr)
 	}
 	log.Info("journey stopped", "state", strings.TrimPrefix(state.String(), "JOURNEY_STATE_"), "err", errText)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -123,9 +124,24 @@ func (s *Store) Cursor(tenant, id string) (cursor string, err error) {
 
 // Checkpoint saves a journey's state and progress and its cursor in one
 // transaction, so a restart resumes from a consistent point.
+//
+// A stored final state (COMPLETED, CANCELLED, FAILED) is never replaced by
+// another state: the check and the write share the transaction, so a
+// cancel stored by CancelJourney cannot be overwritten by a runner's
+// RUNNING checkpoint that raced it, nor a completed journey turned into a
+// cancelled one. The same final state may be written again (a cancelled
+// runner stores its final counts). A refusal is ErrFinished.
 func (s *Store) Checkpoint(tenant string, j *deliveryv1.Journey, cursor string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(buckets.Journeys)
+		prev, err := get(b, tenant, j.GetJourneyId())
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return err
+		case isFinal(prev.GetState()) && prev.GetState() != j.GetState():
+			return endedError(j.GetJourneyId(), prev.GetState())
+		}
 		if cursor != "" {
 			if err := b.Put(boltdb.Key(tenant, kindCursor, j.GetJourneyId()), []byte(cursor)); err != nil {
 				return err
@@ -133,6 +149,11 @@ func (s *Store) Checkpoint(tenant string, j *deliveryv1.Journey, cursor string) 
 		}
 		return put(b, tenant, j)
 	})
+}
+
+// endedError is ErrFinished for a journey that ended in state.
+func endedError(id string, state deliveryv1.JourneyState) error {
+	return fault.OnField(ErrFinished, "journey_id", "journey %s already ended %s", id, strings.TrimPrefix(state.String(), "JOURNEY_STATE_"))
 }
 
 // List returns journeys newest first, after pageToken (a journey id).

@@ -399,18 +399,26 @@ func fcmMessage(token string, ttl time.Duration) *messaging.Message {
 func TestFCMRequestTimeout(t *testing.T) {
 	e := start(t)
 	s := e.openWithTimeout(t, fcmKey, 0, e.fcmCreds(t), 100*time.Millisecond)
+	// The access token first, so the timed-out step is the send and not
+	// the token exchange (which the same timeout bounds).
+	if _, err := s.(*fcmSender).client.tokens.Token(); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.fcm.SetFaults(fcm.Faults{Latency: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	defer e.fcm.SetFaults(fcm.Faults{})
 	// No TTL deadline: only the request timeout can end each attempt
-	// (firebase retries a network error four times, 7 s of backoff).
+	// (firebase retries a network error four times, 7 s of backoff; that,
+	// not the 5 × 100 ms of timeouts, is the test's wall time, and a TTL
+	// short enough to cut it would end the message as TTL_EXPIRED).
 	done := make(chan delivery.Attempt, 1)
 	go func() { done <- s.Send(context.Background(), []delivery.Push{fcmPush("device-slow")})[0] }()
 	select {
 	case a := <-done:
-		if a.Reason == commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
-			t.Fatalf("a push the gateway never answered succeeded: %+v", a)
+		if a.Reason != commonv1.FailureReason_FAILURE_REASON_NETWORK || !strings.HasPrefix(a.Detail, "FCM request failed") ||
+			!strings.Contains(a.Detail, context.DeadlineExceeded.Error()) {
+			t.Fatalf("a push the gateway never answered: got %v %q, want NETWORK, the send timed out", a.Reason, a.Detail)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the send waited for a gateway that does not answer")

@@ -311,14 +311,13 @@ func (s *fcmSender) sendChunk(items []*fcmItem) {
 	// its cancellation.
 	ctx := context.WithoutCancel(items[0].ctx)
 	// firebase retries 503s and network errors itself (up to four times,
-	// honouring Retry-After): bound that by the latest TTL in the chunk.
+	// honouring Retry-After): bound that by the earliest deadline in the
+	// chunk, so no message is retried past its own TTL. A message with a
+	// later deadline that this cuts short fails as a network error, and
+	// the pipeline retries it within its own TTL.
 	var deadline time.Time
 	for _, it := range items {
-		if it.deadline.IsZero() {
-			deadline = time.Time{}
-			break
-		}
-		if it.deadline.After(deadline) {
+		if !it.deadline.IsZero() && (deadline.IsZero() || it.deadline.Before(deadline)) {
 			deadline = it.deadline
 		}
 	}

@@ -385,6 +385,35 @@ func TestFCMChunksOfAtMost500(t *testing.T) {
 	}
 }
 
+// Messages of several callers share a SendEach chunk, inside which firebase
+// retries a 503 itself after its Retry-After: that must never take a
+// message past its own deadline because a longer-lived one shares the
+// chunk.
+func TestFCMChunkKeepsEachDeadline(t *testing.T) {
+	e := start(t)
+	s := openSender(t, e.gw, fcmKey, 0, e.fcmCreds(t))
+	short, long := fcmPush("device-short-ttl"), fcmPush("device-long-ttl")
+	short.Deadline = time.Now().Add(300 * time.Millisecond)
+	long.Deadline = time.Now().Add(time.Hour)
+	// UNAVAILABLE with Retry-After: 1 s, so firebase's retry would come
+	// after the short deadline.
+	if err := e.fcm.SetTokenOutcome(short.Target.Token, fcm.ErrUnavailable); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Send(context.Background(), []delivery.Push{short, long})
+	if got[0].Reason == commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+		t.Errorf("short-lived message: sent, want a failure")
+	}
+	if got[1].Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+		t.Errorf("long-lived message: %v %s, want sent", got[1].Reason, got[1].Detail)
+	}
+	for _, d := range e.fcm.ReceivedFor(short.Target.Token) {
+		if d.Time.After(short.Deadline) {
+			t.Errorf("the short-lived message was sent again at %s, after its deadline %s", d.Time.Format(time.StampMilli), short.Deadline.Format(time.StampMilli))
+		}
+	}
+}
+
 func fcmMessage(token string, ttl time.Duration) *messaging.Message {
 	return &messaging.Message{
 		Token:        token,

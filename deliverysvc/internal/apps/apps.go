@@ -2,7 +2,9 @@
 // credentials live against the gateway, stores them encrypted, and keeps one
 // live gateway sender per app for the delivery pipeline. Credential errors
 // seen while sending suspend an app; updating and validating its credentials
-// resumes it.
+// resumes it. A credential error of credentials that a rotation replaces
+// (or is replacing) does not suspend the app: the push is retried with the
+// new ones.
 package apps
 
 import (
@@ -103,6 +105,10 @@ type Service struct {
 
 	mu   sync.RWMutex
 	live map[string]*liveApp // tenant \x00 platform \x00 app id
+	// rotating counts the UpdateCredentials calls checking new credentials
+	// for an app (by live key), so a credential error of the credentials
+	// about to be replaced is retried instead of failing the push.
+	rotating map[string]int
 
 	locks keyedMutex
 }
@@ -119,7 +125,7 @@ func NewService(store *Store, gateways Gateways, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{store: store, gateways: gateways, log: log, now: time.Now, live: make(map[string]*liveApp)}
+	return &Service{store: store, gateways: gateways, log: log, now: time.Now, live: make(map[string]*liveApp), rotating: make(map[string]int)}
 }
 
 func liveKey(tenantID string, key delivery.AppKey) string {
@@ -257,7 +263,7 @@ func (s *Service) Register(ctx context.Context, in RegisterInput) (App, error) {
 		}
 		return App{}, err
 	}
-	s.install(tenantID, app, sender)
+	s.install(tenantID, app, sender, false)
 	s.log.InfoContext(ctx, "app registered", "tenant", tenantID, "platform", platformSlug(in.Key.Platform), "app_id", in.Key.AppID, "fingerprint", app.Credentials.Fingerprint)
 	return app, nil
 }
@@ -375,6 +381,10 @@ func (s *Service) UpdateCredentials(ctx context.Context, key delivery.AppKey, ra
 	} else if err != nil {
 		return App{}, err
 	}
+	// Usually the old key is revoked first, so the sends of the live check
+	// (which can take seconds) are refused: they are retried, not failed.
+	endRotation := s.startRotation(liveKey(tenantID, key))
+	defer endRotation()
 	if err := s.gateways.Check(ctx, key, current.APNsEnvironment, c); err != nil {
 		return App{}, checkError(err)
 	}
@@ -398,7 +408,7 @@ func (s *Service) UpdateCredentials(ctx context.Context, key delivery.AppKey, ra
 		}
 		return App{}, err
 	}
-	s.install(tenantID, app, sender)
+	s.install(tenantID, app, sender, true)
 	s.log.InfoContext(ctx, "app credentials updated", "tenant", tenantID, "platform", platformSlug(key.Platform), "app_id", key.AppID, "fingerprint", app.Credentials.Fingerprint)
 	return app, nil
 }
@@ -422,7 +432,7 @@ func (s *Service) Delete(ctx context.Context, key delivery.AppKey) error {
 	delete(s.live, liveKey(tenantID, key))
 	s.mu.Unlock()
 	if old != nil {
-		old.sender.retire()
+		old.sender.retire(false)
 	}
 	s.log.InfoContext(ctx, "app deleted", "tenant", tenantID, "platform", platformSlug(key.Platform), "app_id", key.AppID)
 	return nil
@@ -521,7 +531,7 @@ func (s *Service) load(tenantID string, key delivery.AppKey) (*liveApp, error) {
 		sender.Close()
 		return la, nil
 	}
-	la := &liveApp{app: app, sender: &leasedSender{inner: sender}, limiter: newLimiter(app.RateLimit)}
+	la := &liveApp{app: app, sender: s.lease(lk, sender), limiter: newLimiter(app.RateLimit)}
 	s.live[lk] = la
 	return la, nil
 }
@@ -537,12 +547,13 @@ func newLimiter(perSecond int32) *rate.Limiter {
 }
 
 // install makes a new sender current for an app and retires the old one
-// once its in-flight sends end.
-func (s *Service) install(tenantID string, app App, sender Sender) {
+// once its in-flight sends end; rotation says the new sender has new
+// credentials, so the old one's credential errors are stale.
+func (s *Service) install(tenantID string, app App, sender Sender, rotation bool) {
 	lk := liveKey(tenantID, app.Key)
 	s.mu.Lock()
 	old := s.live[lk]
-	la := &liveApp{app: app, sender: &leasedSender{inner: sender}}
+	la := &liveApp{app: app, sender: s.lease(lk, sender)}
 	if old != nil && old.app.RateLimit == app.RateLimit {
 		la.limiter = old.limiter // keep the rate's history across a rotation
 	} else {
@@ -551,7 +562,31 @@ func (s *Service) install(tenantID string, app App, sender Sender) {
 	s.live[lk] = la
 	s.mu.Unlock()
 	if old != nil {
-		old.sender.retire()
+		old.sender.retire(rotation)
+	}
+}
+
+// lease wraps an app's new sender; lk is the app's live key.
+func (s *Service) lease(lk string, sender Sender) *leasedSender {
+	return &leasedSender{inner: sender, rotating: func() bool {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return s.rotating[lk] > 0
+	}}
+}
+
+// startRotation marks new credentials of an app as being checked until the
+// returned func is called.
+func (s *Service) startRotation(lk string) (end func()) {
+	s.mu.Lock()
+	s.rotating[lk]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.rotating[lk]--; s.rotating[lk] == 0 {
+			delete(s.rotating, lk)
+		}
+		s.mu.Unlock()
 	}
 }
 
@@ -566,17 +601,30 @@ func (s *Service) setLiveApp(tenantID string, app App) {
 }
 
 // Suspend implements delivery.Apps: it marks the app suspended, durably,
-// unless it already is.
+// unless it already is. The pipeline calls it after its Send returned a
+// credential error, and it suspends only when the app's current sender
+// returned one: an error of credentials that a rotation has replaced since
+// (e.g. while Suspend waited for the rotation's lock) must not suspend the
+// new ones.
 func (s *Service) Suspend(ctx context.Context, key delivery.AppKey, reason commonv1.FailureReason, detail string) error {
 	tenantID := tenant.FromContext(ctx)
+	lk := liveKey(tenantID, key)
 	s.mu.RLock()
-	la := s.live[liveKey(tenantID, key)]
+	la := s.live[lk]
 	s.mu.RUnlock()
 	if la != nil && la.app.State == StateSuspended {
 		return nil
 	}
-	unlock := s.locks.lock(liveKey(tenantID, key))
+	unlock := s.locks.lock(lk)
 	defer unlock()
+	s.mu.RLock()
+	la = s.live[lk]
+	s.mu.RUnlock()
+	if la == nil || !la.sender.refusedCredentials() {
+		s.log.InfoContext(ctx, "credential error ignored: not from the app's current credentials", "tenant", tenantID,
+			"platform", platformSlug(key.Platform), "app_id", key.AppID, "reason", reason.String())
+		return nil
+	}
 	_, err := s.suspend(ctx, tenantID, key, reason, detail)
 	if errors.Is(err, ErrNotFound) {
 		return nil // deleted meanwhile: nothing to suspend
@@ -619,14 +667,25 @@ func platformName(p commonv1.Platform) string {
 }
 
 // leasedSender counts the sends using a sender, so a retired sender closes
-// only after they end.
+// only after they end. It also tells stale credential errors from current
+// ones: a credential error of a sender whose credentials were replaced while
+// the push was in flight, or are being replaced, becomes a retryable
+// attempt, so the pipeline sends the push again with the app's current
+// sender instead of failing it and suspending the app.
 type leasedSender struct {
 	inner Sender
+	// rotating reports whether new credentials for the app are being
+	// checked (UpdateCredentials).
+	rotating func() bool
 
 	mu      sync.Mutex
 	active  int
 	retired bool
+	rotated bool // retired because new credentials replaced this sender's
 	closed  bool
+	// refused records that a credential error was returned as such, for
+	// Suspend.
+	refused bool
 }
 
 func (l *leasedSender) Send(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
@@ -634,7 +693,60 @@ func (l *leasedSender) Send(ctx context.Context, pushes []delivery.Push) []deliv
 	l.active++
 	l.mu.Unlock()
 	defer l.end()
-	return l.inner.Send(ctx, pushes)
+	attempts := l.inner.Send(ctx, pushes)
+	l.screenCredentialErrors(attempts)
+	return attempts
+}
+
+// staleRetryDetail follows the gateway's words in a credential error made
+// retryable.
+const staleRetryDetail = "; the credentials it was sent with are being replaced: retrying with the app's current credentials"
+
+// screenCredentialErrors turns the credential errors of attempts into
+// retryable ones when this sender's credentials are replaced or being
+// replaced, and records them otherwise.
+func (l *leasedSender) screenCredentialErrors(attempts []delivery.Attempt) {
+	first := -1
+	for i := range attempts {
+		if delivery.ClassOf(attempts[i].Reason) == delivery.ClassCredentials {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		return
+	}
+	l.mu.Lock()
+	stale := l.rotated
+	l.mu.Unlock()
+	if !stale && l.rotating != nil {
+		stale = l.rotating()
+	}
+	if !stale {
+		l.mu.Lock()
+		l.refused = true
+		l.mu.Unlock()
+		return
+	}
+	for i := first; i < len(attempts); i++ {
+		a := &attempts[i]
+		if delivery.ClassOf(a.Reason) == delivery.ClassCredentials {
+			// GATEWAY_UNAVAILABLE: the gateway did not take the push for a
+			// reason that the next attempt does not have. It is what the
+			// message reports should its TTL end before a retry.
+			a.Reason = commonv1.FailureReason_FAILURE_REASON_GATEWAY_UNAVAILABLE
+			a.Detail += staleRetryDetail
+			a.RetryAfter = 0
+		}
+	}
+}
+
+// refusedCredentials reports whether this sender has returned a credential
+// error.
+func (l *leasedSender) refusedCredentials() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refused
 }
 
 func (l *leasedSender) end() {
@@ -650,9 +762,12 @@ func (l *leasedSender) end() {
 	}
 }
 
-func (l *leasedSender) retire() {
+// retire closes the sender once its sends end; rotated says new credentials
+// replace it.
+func (l *leasedSender) retire(rotated bool) {
 	l.mu.Lock()
 	l.retired = true
+	l.rotated = l.rotated || rotated
 	closeNow := l.active == 0 && !l.closed
 	if closeNow {
 		l.closed = true
@@ -670,7 +785,7 @@ func (s *Service) Close() {
 	s.live = make(map[string]*liveApp)
 	s.mu.Unlock()
 	for _, la := range live {
-		la.sender.retire()
+		la.sender.retire(false)
 	}
 }
 

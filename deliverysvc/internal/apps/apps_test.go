@@ -277,17 +277,14 @@ func TestRotationAndSuspension(t *testing.T) {
 		t.Fatalf("App: got %+v, %v; want active with the default limit", live, err)
 	}
 
-	// A send in flight on the old sender while the credentials rotate.
+	// The gateway refuses the credentials; the pipeline then suspends.
 	old := e.senders[0]
-	inSend, release := make(chan struct{}), make(chan struct{})
 	old.SendFunc = func(context.Context, []delivery.Push) []delivery.Attempt {
-		close(inSend)
-		<-release
-		return nil
+		return []delivery.Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs 403 InvalidProviderToken"}}
 	}
-	go live.Sender.Send(ctx, nil)
-	<-inSend
-
+	if a := live.Sender.Send(ctx, make([]delivery.Push, 1)); a[0].Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Errorf("a refusal of the current credentials: got %v, want it as the gateway said", a[0].Reason)
+	}
 	if err := e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken"); err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +294,16 @@ func TestRotationAndSuspension(t *testing.T) {
 	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateSuspended || got.SuspendedReason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
 		t.Errorf("stored: got %v %v, want suspended INVALID_CREDENTIALS", got.State, got.SuspendedReason)
 	}
+
+	// A send in flight on the old sender while the credentials rotate.
+	inSend, release := make(chan struct{}), make(chan struct{})
+	old.SendFunc = func(context.Context, []delivery.Push) []delivery.Attempt {
+		close(inSend)
+		<-release
+		return nil
+	}
+	go live.Sender.Send(ctx, nil)
+	<-inSend
 
 	newPEM := p8(t)
 	updated, err := e.svc.UpdateCredentials(ctx, apnsKey, RawCredentials{APNs: &RawAPNs{KeyPEM: newPEM, KeyID: "KEY7654321", TeamID: "TEAM123456"}})
@@ -408,5 +415,143 @@ func TestCustomRateLimit(t *testing.T) {
 	a, err := e.svc.App(ctx, apnsKey)
 	if err != nil || a.Limiter.Limit() != 50 || a.Limiter.Burst() != 50 {
 		t.Errorf("got limit %v burst %d (%v), want 50/s burst 50", a.Limiter.Limit(), a.Limiter.Burst(), err)
+	}
+}
+
+// invalidCredentials answers a send of one push as APNs does a revoked key.
+func invalidCredentials(context.Context, []delivery.Push) []delivery.Attempt {
+	return []delivery.Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs 403 InvalidProviderToken"}}
+}
+
+func rotate(t *testing.T, e *env, keyID string) App {
+	t.Helper()
+	app, err := e.svc.UpdateCredentials(context.Background(), apnsKey, RawCredentials{APNs: &RawAPNs{KeyPEM: p8(t), KeyID: keyID, TeamID: "TEAM123456"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+// The old key is revoked and the new one installed while a push is in
+// flight with the old one: its refusal is retried, and does not suspend.
+func TestRefusalOfReplacedCredentialsIsRetried(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.svc.Register(ctx, apnsInput(p8(t))); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := e.svc.App(ctx, apnsKey)
+	inSend, release := make(chan struct{}), make(chan struct{})
+	e.senders[0].SendFunc = func(context.Context, []delivery.Push) []delivery.Attempt {
+		close(inSend)
+		<-release
+		return invalidCredentials(context.Background(), nil)
+	}
+	attempts := make(chan []delivery.Attempt, 1)
+	go func() { attempts <- live.Sender.Send(ctx, make([]delivery.Push, 1)) }()
+	<-inSend
+	rotate(t, e, "KEY7654321")
+	close(release)
+	a := (<-attempts)[0]
+	if delivery.ClassOf(a.Reason) != delivery.ClassRetryable || !strings.HasPrefix(a.Detail, "APNs 403 InvalidProviderToken; ") {
+		t.Errorf("refusal of the replaced credentials: got %v %q, want retryable, quoting the gateway", a.Reason, a.Detail)
+	}
+	// Were the pipeline to call Suspend for it anyway, the new credentials
+	// stay active.
+	if err := e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateActive {
+		t.Errorf("after a refusal of the replaced credentials: got %v, want active", got.State)
+	}
+
+	// The new credentials refused: that suspends.
+	current, _ := e.svc.App(ctx, apnsKey)
+	e.senders[1].SendFunc = invalidCredentials
+	if a := current.Sender.Send(ctx, make([]delivery.Push, 1)); a[0].Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Errorf("refusal of the current credentials: got %v, want INVALID_CREDENTIALS", a[0].Reason)
+	}
+	if err := e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateSuspended {
+		t.Errorf("after a refusal of the current credentials: got %v, want suspended", got.State)
+	}
+}
+
+// A refusal that lands while new credentials are being checked is retried;
+// a Suspend waiting for the check does not suspend the new credentials.
+func TestRefusalDuringTheLiveCheck(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.svc.Register(ctx, apnsInput(p8(t))); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := e.svc.App(ctx, apnsKey)
+	e.senders[0].SendFunc = invalidCredentials
+	// Refused just before the rotation starts: the pipeline's Suspend for
+	// it will wait for the rotation's lock.
+	if a := live.Sender.Send(ctx, make([]delivery.Push, 1)); a[0].Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Fatalf("before the rotation: got %v, want INVALID_CREDENTIALS", a[0].Reason)
+	}
+
+	inCheck, passCheck := make(chan struct{}), make(chan error)
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		close(inCheck)
+		return <-passCheck
+	}
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := e.svc.UpdateCredentials(ctx, apnsKey, RawCredentials{APNs: &RawAPNs{KeyPEM: p8(t), KeyID: "KEY7654321", TeamID: "TEAM123456"}})
+		rotated <- err
+	}()
+	<-inCheck
+	if a := live.Sender.Send(ctx, make([]delivery.Push, 1)); delivery.ClassOf(a[0].Reason) != delivery.ClassRetryable {
+		t.Errorf("during the live check: got %v, want retryable", a[0].Reason)
+	}
+	suspended := make(chan error, 1)
+	go func() {
+		suspended <- e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken")
+	}()
+	time.Sleep(20 * time.Millisecond) // let Suspend reach the lock
+	passCheck <- nil
+	if err := <-rotated; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-suspended; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateActive || got.Credentials.KeyID != "KEY7654321" {
+		t.Errorf("after the rotation: got %v %s, want active with the new key", got.State, got.Credentials.KeyID)
+	}
+	if a, _ := e.svc.App(ctx, apnsKey); a.Suspended {
+		t.Error("the live app is suspended after the rotation")
+	}
+
+	// A rotation whose new credentials are refused leaves the old ones in
+	// place: their refusal suspends again.
+	inCheck = make(chan struct{})
+	go func() {
+		_, err := e.svc.UpdateCredentials(ctx, apnsKey, RawCredentials{APNs: &RawAPNs{KeyPEM: p8(t), KeyID: "KEY1111111", TeamID: "TEAM123456"}})
+		rotated <- err
+	}()
+	<-inCheck
+	current, _ := e.svc.App(ctx, apnsKey)
+	e.senders[1].SendFunc = invalidCredentials
+	if a := current.Sender.Send(ctx, make([]delivery.Push, 1)); delivery.ClassOf(a[0].Reason) != delivery.ClassRetryable {
+		t.Errorf("during the second live check: got %v, want retryable", a[0].Reason)
+	}
+	passCheck <- &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "APNs answered 403 InvalidProviderToken"}
+	if err := <-rotated; !errors.Is(err, creds.ErrRejected) {
+		t.Fatalf("rotation to refused credentials: got %v, want rejected", err)
+	}
+	if a := current.Sender.Send(ctx, make([]delivery.Push, 1)); a[0].Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS {
+		t.Errorf("after the failed rotation: got %v, want INVALID_CREDENTIALS", a[0].Reason)
+	}
+	if err := e.svc.Suspend(ctx, apnsKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "APNs 403 InvalidProviderToken"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.svc.Get(ctx, apnsKey); got.State != StateSuspended || got.Credentials.KeyID != "KEY7654321" {
+		t.Errorf("after the failed rotation: got %v %s, want suspended with the key in place", got.State, got.Credentials.KeyID)
 	}
 }

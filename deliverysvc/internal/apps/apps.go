@@ -439,51 +439,49 @@ func (s *Service) Delete(ctx context.Context, key delivery.AppKey) error {
 }
 
 // Validate re-checks an app's stored credentials against the gateway. A
-// suspended app that passes is resumed; an app whose credentials are
-// rejected is suspended. It returns the app and, when not valid, why.
-func (s *Service) Validate(ctx context.Context, key delivery.AppKey) (app App, valid bool, detail string, err error) {
+// suspended app that passes is resumed. Credentials the gateway refuses
+// suspend the app (durably) and return the gateway's *creds.RejectedError,
+// as Register does; an unreachable gateway returns an error wrapping
+// creds.ErrUnavailable and changes nothing.
+func (s *Service) Validate(ctx context.Context, key delivery.AppKey) (App, error) {
 	if err := ValidateKey(key, "key"); err != nil {
-		return App{}, false, "", err
+		return App{}, err
 	}
 	tenantID := tenant.FromContext(ctx)
 	unlock := s.locks.lock(liveKey(tenantID, key))
 	defer unlock()
 	current, c, err := s.store.Get(tenantID, key)
 	if errors.Is(err, ErrNotFound) {
-		return App{}, false, "", notFound(key)
+		return App{}, notFound(key)
 	} else if err != nil {
-		return App{}, false, "", err
+		return App{}, err
 	}
-	checkErr := s.gateways.Check(ctx, key, current.APNsEnvironment, c)
-	var rej *creds.RejectedError
-	switch {
-	case checkErr == nil:
-		now := s.now()
-		app, err = s.store.Update(tenantID, key, func(a *App, _ *creds.Credentials) error {
-			if a.State != StateActive {
-				a.State, a.SuspendedReason, a.SuspendedDetail = StateActive, commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, ""
-				a.UpdateTime = now
+	if err := s.gateways.Check(ctx, key, current.APNsEnvironment, c); err != nil {
+		var rej *creds.RejectedError
+		if errors.As(err, &rej) {
+			if _, err := s.suspend(ctx, tenantID, key, rej.Reason, rej.Detail); err != nil {
+				return App{}, err
 			}
-			a.ValidateTime = now
-			return nil
-		})
-		if err != nil {
-			return App{}, false, "", err
 		}
-		if current.State != StateActive {
-			s.log.InfoContext(ctx, "app resumed", "tenant", tenantID, "platform", platformSlug(key.Platform), "app_id", key.AppID)
-		}
-		s.setLiveApp(tenantID, app)
-		return app, true, "", nil
-	case errors.As(checkErr, &rej):
-		app, err = s.suspend(ctx, tenantID, key, rej.Reason, rej.Detail)
-		if err != nil {
-			return App{}, false, "", err
-		}
-		return app, false, rej.Detail, nil
-	default:
-		return App{}, false, "", checkError(checkErr)
+		return App{}, checkError(err)
 	}
+	now := s.now()
+	app, err := s.store.Update(tenantID, key, func(a *App, _ *creds.Credentials) error {
+		if a.State != StateActive {
+			a.State, a.SuspendedReason, a.SuspendedDetail = StateActive, commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED, ""
+			a.UpdateTime = now
+		}
+		a.ValidateTime = now
+		return nil
+	})
+	if err != nil {
+		return App{}, err
+	}
+	if current.State != StateActive {
+		s.log.InfoContext(ctx, "app resumed", "tenant", tenantID, "platform", platformSlug(key.Platform), "app_id", key.AppID)
+	}
+	s.setLiveApp(tenantID, app)
+	return app, nil
 }
 
 // App implements delivery.Apps: the app's live sender, loaded on first use.

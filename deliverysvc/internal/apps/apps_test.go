@@ -323,18 +323,34 @@ func TestRotationAndSuspension(t *testing.T) {
 	close(release)
 	waitUntil(t, "the old sender to close", old.closed.Load)
 
-	// Validate suspends on rejection and resumes on success.
+	// Validate suspends on rejection, answering the gateway's refusal as
+	// Register does; it resumes on success.
 	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
-		return &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH, Detail: "APNs answered 400 TopicDisallowed"}
+		return &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH, Detail: "APNs answered 400 TopicDisallowed: team TEAM123456 may not push to topic \"com.example.app\""}
 	}
-	app, valid, detail, err := e.svc.Validate(ctx, apnsKey)
-	if err != nil || valid || app.State != StateSuspended || !strings.Contains(detail, "TopicDisallowed") {
-		t.Errorf("Validate rejected: got %v %v %q %v, want not valid, suspended, naming TopicDisallowed", app.State, valid, detail, err)
+	_, err = e.svc.Validate(ctx, apnsKey)
+	var rej *creds.RejectedError
+	if !errors.As(err, &rej) || !errors.Is(err, creds.ErrRejected) || rej.Reason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH || !strings.Contains(rej.Detail, "TopicDisallowed") {
+		t.Errorf("Validate rejected: got %v, want a RejectedError naming TopicDisallowed", err)
+	}
+	got, _ := e.svc.Get(ctx, apnsKey)
+	if got.State != StateSuspended || got.SuspendedReason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH {
+		t.Errorf("after a rejected Validate: got %v %v, want suspended SENDER_MISMATCH", got.State, got.SuspendedReason)
+	}
+	if a, _ := e.svc.App(ctx, apnsKey); !a.Suspended {
+		t.Errorf("live app after a rejected Validate: got %+v, want suspended", a)
+	}
+	// An unreachable gateway changes nothing.
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		return errors.New("dial tcp: connection refused")
+	}
+	if _, err := e.svc.Validate(ctx, apnsKey); !errors.Is(err, creds.ErrUnavailable) {
+		t.Errorf("Validate, gateway unreachable: got %v, want ErrUnavailable", err)
 	}
 	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error { return nil }
-	app, valid, _, err = e.svc.Validate(ctx, apnsKey)
-	if err != nil || !valid || app.State != StateActive {
-		t.Errorf("Validate passed: got %v %v %v, want valid and active", app.State, valid, err)
+	app, err := e.svc.Validate(ctx, apnsKey)
+	if err != nil || app.State != StateActive || app.SuspendedDetail != "" {
+		t.Errorf("Validate passed: got %v %q %v, want active", app.State, app.SuspendedDetail, err)
 	}
 	if a, _ := e.svc.App(ctx, apnsKey); a.Suspended {
 		t.Error("live app still suspended after a passing Validate")

@@ -123,11 +123,14 @@ func (s *AppServer) DeleteApp(ctx context.Context, req *deliveryv1.DeleteAppRequ
 	return &deliveryv1.DeleteAppResponse{}, nil
 }
 
-// ValidateApp implements deliveryv1.AppServiceServer.
+// ValidateApp implements deliveryv1.AppServiceServer. Credentials the
+// gateway refuses answer FailedPrecondition with the gateway's reason, as in
+// RegisterApp (the app is suspended meanwhile), so a response always has
+// valid set.
 func (s *AppServer) ValidateApp(ctx context.Context, req *deliveryv1.ValidateAppRequest) (*deliveryv1.ValidateAppResponse, error) {
-	app, valid, detail, err := s.Apps.Validate(ctx, appKey(req.GetKey()))
+	app, err := s.Apps.Validate(ctx, appKey(req.GetKey()))
 	if err != nil {
 		return nil, Status(ctx, s.Log, err)
 	}
-	return &deliveryv1.ValidateAppResponse{App: appProto(app), Valid: valid, Detail: detail}, nil
+	return &deliveryv1.ValidateAppResponse{App: appProto(app), Valid: true}, nil
 }

@@ -33,6 +33,22 @@ func badFields(err error) (codes.Code, []string) {
 	return st.Code(), fields
 }
 
+// refusal returns the code of an error and the credentials violation of
+// its PreconditionFailure (nil when it has none).
+func refusal(err error) (codes.Code, *errdetails.PreconditionFailure_Violation) {
+	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if pf, ok := d.(*errdetails.PreconditionFailure); ok {
+			for _, v := range pf.GetViolations() {
+				if v.GetSubject() == "credentials" {
+					return st.Code(), v
+				}
+			}
+		}
+	}
+	return st.Code(), nil
+}
+
 func apnsKey(app string) *deliveryv1.AppKey {
 	return &deliveryv1.AppKey{Platform: commonv1.Platform_PLATFORM_APNS, AppId: app}
 }
@@ -157,13 +173,7 @@ func TestRejectedCredentials(t *testing.T) {
 	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "TopicDisallowed") {
 		t.Fatalf("got %v, want FailedPrecondition naming TopicDisallowed", err)
 	}
-	var pf *errdetails.PreconditionFailure
-	for _, d := range st.Details() {
-		if v, ok := d.(*errdetails.PreconditionFailure); ok {
-			pf = v
-		}
-	}
-	if pf == nil || pf.GetViolations()[0].GetType() != "FAILURE_REASON_SENDER_MISMATCH" || !strings.Contains(pf.GetViolations()[0].GetDescription(), "TopicDisallowed") {
+	if _, v := refusal(err); v.GetType() != "FAILURE_REASON_SENDER_MISMATCH" || !strings.Contains(v.GetDescription(), "TopicDisallowed") {
 		t.Errorf("got details %v, want a PreconditionFailure with the reason", st.Details())
 	}
 	// An unknown service account fails the token exchange.

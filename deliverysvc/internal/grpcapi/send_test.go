@@ -287,14 +287,17 @@ func TestCredentialErrorsSuspendUntilFixed(t *testing.T) {
 		t.Errorf("APNs got %d requests while the app was suspended, want none", after-before)
 	}
 
-	// Validating without a fix keeps it suspended.
-	v, err := env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey(bundleID)})
-	if err != nil || v.GetValid() || !strings.Contains(v.GetDetail(), "InvalidProviderToken") {
-		t.Errorf("ValidateApp before the fix: got %v %v, want not valid", v, err)
+	// Validating without a fix answers the refusal and keeps it suspended.
+	_, err = env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey(bundleID)})
+	if code, v := refusal(err); code != codes.FailedPrecondition || v.GetType() != "FAILURE_REASON_INVALID_CREDENTIALS" || !strings.Contains(v.GetDescription(), "InvalidProviderToken") {
+		t.Errorf("ValidateApp before the fix: got %v, want FailedPrecondition naming InvalidProviderToken", err)
+	}
+	if app, err := env.Apps.GetApp(ctx, &deliveryv1.GetAppRequest{Key: apnsKey(bundleID)}); err != nil || app.GetApp().GetState() != deliveryv1.AppState_APP_STATE_SUSPENDED {
+		t.Errorf("GetApp after ValidateApp before the fix: got %v %v, want SUSPENDED", app.GetApp(), err)
 	}
 	// The key is restored at Apple: ValidateApp resumes the app.
 	env.APNs.RegisterKey(a.TeamID, a.KeyID, &a.Key.PublicKey)
-	v, err = env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey(bundleID)})
+	v, err := env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey(bundleID)})
 	if err != nil || !v.GetValid() || v.GetApp().GetState() != deliveryv1.AppState_APP_STATE_ACTIVE {
 		t.Fatalf("ValidateApp after the fix: got %v %v, want valid and ACTIVE", v, err)
 	}

@@ -4,9 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
@@ -326,6 +331,9 @@ func appValidateCommand() *Command {
 			return err
 		}
 		resp, err := unary(ctx, e, deliverySvc, apps.ValidateApp, &deliveryv1.ValidateAppRequest{Key: k})
+		if reason, refused := credentialsRefusal(err); refused {
+			return &exitError{code: ExitFailed, msg: fmt.Sprintf("credentials of %s app %s are not valid: %s", enums.Label(k.Platform), k.AppId, render.Text(reason))}
+		}
 		if err != nil {
 			return err
 		}
@@ -338,11 +346,37 @@ func appValidateCommand() *Command {
 			e.print(appDetails(resp.GetApp()))
 		}
 		if !resp.GetValid() {
+			// A deliverysvc from before refusals answered FailedPrecondition.
 			return &exitError{code: ExitFailed, msg: fmt.Sprintf("credentials of %s app %s are not valid: %s", enums.Label(k.Platform), k.AppId, render.Text(resp.GetDetail()))}
 		}
 		return nil
 	}
 	return cmd
+}
+
+// credentialsRefusal returns the gateway's reason when err is deliverysvc
+// refusing an app's credentials: FailedPrecondition with a
+// PreconditionFailure on "credentials". ValidateApp answers so; it is the
+// command's "not valid" (exit 1), not a conflict.
+func credentialsRefusal(err error) (string, bool) {
+	var re *rpcError
+	if !errors.As(err, &re) {
+		return "", false
+	}
+	st, ok := status.FromError(re.err)
+	if !ok || st.Code() != codes.FailedPrecondition {
+		return "", false
+	}
+	for _, d := range st.Details() {
+		if pf, ok := d.(*errdetails.PreconditionFailure); ok {
+			for _, v := range pf.GetViolations() {
+				if v.GetSubject() == "credentials" {
+					return v.GetDescription(), true
+				}
+			}
+		}
+	}
+	return "", false
 }
 
 func appUpdateCredentialsCommand() *Command {

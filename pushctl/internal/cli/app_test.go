@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -242,19 +245,34 @@ func TestAppGetShowsSuspension(t *testing.T) {
 }
 
 func TestAppValidate(t *testing.T) {
+	refused := func() error {
+		st, _ := status.New(codes.FailedPrecondition, "credentials rejected by the gateway: APNs answered 403 InvalidProviderToken").WithDetails(
+			&errdetails.PreconditionFailure{Violations: []*errdetails.PreconditionFailure_Violation{
+				{Type: "FAILURE_REASON_INVALID_CREDENTIALS", Subject: "credentials", Description: "APNs answered 403 InvalidProviderToken"},
+			}},
+		)
+		return st.Err()
+	}
 	tests := []struct {
 		name     string
 		valid    bool
+		err      error
 		wantCode int
 		wantErr  string
 	}{
-		{"valid", true, ExitOK, ""},
-		{"invalid", false, ExitFailed, "credentials of apns app com.acme.shop are not valid: 403 InvalidProviderToken"},
+		{"valid", true, nil, ExitOK, ""},
+		{"refused", false, refused(), ExitFailed, "credentials of apns app com.acme.shop are not valid: APNs answered 403 InvalidProviderToken"},
+		// deliverysvc before refusals answered FailedPrecondition.
+		{"invalid, older deliverysvc", false, nil, ExitFailed, "credentials of apns app com.acme.shop are not valid: 403 InvalidProviderToken"},
+		{"other precondition", false, status.Error(codes.FailedPrecondition, "something else"), ExitConflict, "failed precondition: something else"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t)
 			h.apps.validate = func(_ context.Context, r *deliveryv1.ValidateAppRequest) (*deliveryv1.ValidateAppResponse, error) {
+				if tt.err != nil {
+					return nil, tt.err
+				}
 				resp := &deliveryv1.ValidateAppResponse{App: sampleApps()[0], Valid: tt.valid}
 				if !tt.valid {
 					resp.Detail = "403 InvalidProviderToken"

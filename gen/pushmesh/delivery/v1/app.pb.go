@@ -1126,14 +1126,17 @@ func (x *ValidateAppRequest) GetKey() *AppKey {
 	return nil
 }
 
-// ValidateAppResponse reports the validation.
+// ValidateAppResponse reports a validation the credentials passed (a
+// refusal is an error, FailedPrecondition).
 type ValidateAppResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The app after validation.
 	App *App `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
-	// True when the credentials passed every check.
+	// Always true: the credentials passed every check.
 	Valid bool `protobuf:"varint,2,opt,name=valid,proto3" json:"valid,omitempty"`
-	// The failing check and the gateway's reason when not valid.
+	// Empty: a refusal's reason is in the FailedPrecondition. Older
+	// deliverysvc versions answered a refusal with valid = false and the
+	// gateway's reason here.
 	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

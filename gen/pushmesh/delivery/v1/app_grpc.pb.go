@@ -54,7 +54,10 @@ type AppServiceClient interface {
 	// DeleteApp removes an app and its credentials.
 	DeleteApp(ctx context.Context, in *DeleteAppRequest, opts ...grpc.CallOption) (*DeleteAppResponse, error)
 	// ValidateApp re-checks an app's credentials against the gateway. A
-	// suspended app whose credentials pass is resumed.
+	// suspended app whose credentials pass is resumed. Credentials the gateway
+	// refuses → FailedPrecondition with the gateway's reason, as in
+	// RegisterApp, and the app is suspended; a gateway that cannot be reached
+	// → Unavailable, and nothing changes.
 	ValidateApp(ctx context.Context, in *ValidateAppRequest, opts ...grpc.CallOption) (*ValidateAppResponse, error)
 }
 
@@ -147,7 +150,10 @@ type AppServiceServer interface {
 	// DeleteApp removes an app and its credentials.
 	DeleteApp(context.Context, *DeleteAppRequest) (*DeleteAppResponse, error)
 	// ValidateApp re-checks an app's credentials against the gateway. A
-	// suspended app whose credentials pass is resumed.
+	// suspended app whose credentials pass is resumed. Credentials the gateway
+	// refuses → FailedPrecondition with the gateway's reason, as in
+	// RegisterApp, and the app is suspended; a gateway that cannot be reached
+	// → Unavailable, and nothing changes.
 	ValidateApp(context.Context, *ValidateAppRequest) (*ValidateAppResponse, error)
 	mustEmbedUnimplementedAppServiceServer()
 }

@@ -648,8 +648,9 @@ func (s *Service) suspend(ctx context.Context, tenantID string, key delivery.App
 	}
 	s.setLiveApp(tenantID, app)
 	if changed {
+		// The stored detail: the store redacts credential identifiers.
 		s.log.WarnContext(ctx, "app suspended: the gateway rejected its credentials", "tenant", tenantID,
-			"platform", platformSlug(key.Platform), "app_id", key.AppID, "reason", reason.String(), "detail", detail)
+			"platform", platformSlug(key.Platform), "app_id", key.AppID, "reason", reason.String(), "detail", app.SuspendedDetail)
 	}
 	return app, nil
 }

@@ -139,6 +139,31 @@ func TestCredentialsAreEncryptedAtRest(t *testing.T) {
 	if _, err := e.svc.Register(ctx, RegisterInput{Key: fcmKey, Credentials: RawCredentials{FCM: &RawFCM{JSON: sa}}}); err != nil {
 		t.Fatal(err)
 	}
+	// Both suspended, by gateways whose words name the credentials: the
+	// APNs check names the team (and here the key), the FCM token endpoint
+	// the service account.
+	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {
+		return &creds.RejectedError{Reason: commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH, Detail: `APNs answered 400 TopicDisallowed: team TEAM123456 (key KEY1234567) may not push to topic "com.example.app"`}
+	}
+	if _, err := e.svc.Validate(ctx, apnsKey); !errors.Is(err, creds.ErrRejected) {
+		t.Fatalf("Validate: got %v, want the rejection", err)
+	}
+	fcmApp, err := e.svc.App(ctx, fcmKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.senders[len(e.senders)-1].SendFunc = func(context.Context, []delivery.Push) []delivery.Attempt {
+		return []delivery.Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, Detail: "OAuth2 token exchange refused (400): invalid_grant: account " + email + " of project proj-1 not found"}}
+	}
+	fcmApp.Sender.Send(ctx, make([]delivery.Push, 1))
+	if err := e.svc.Suspend(ctx, fcmKey, commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS, "OAuth2 token exchange refused (400): invalid_grant: account "+email+" of project proj-1 not found"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []delivery.AppKey{apnsKey, fcmKey} {
+		if a, _ := e.svc.Get(ctx, k); a.State != StateSuspended || !strings.Contains(a.SuspendedDetail, "[") {
+			t.Errorf("%s: got %v %q, want suspended with a redacted detail", k.AppID, a.State, a.SuspendedDetail)
+		}
+	}
 	e.close()
 
 	raw, err := os.ReadFile(filepath.Join(e.dir, "deliverysvc.db"))
@@ -149,7 +174,7 @@ func TestCredentialsAreEncryptedAtRest(t *testing.T) {
 		PrivateKey string `json:"private_key"`
 	}
 	json.Unmarshal([]byte(sa), &saFields)
-	secrets := map[string]string{"client email": email, "team id": "TEAM123456", "key id": "KEY1234567"}
+	secrets := map[string]string{"client email": email, "team id": "TEAM123456", "key id": "KEY1234567", "project id": "proj-1"}
 	for name, p := range map[string]string{"APNs key": keyPEM, "FCM key": saFields.PrivateKey} {
 		block, _ := pem.Decode([]byte(p))
 		secrets[name+" DER"] = string(block.Bytes[len(block.Bytes)-40:])
@@ -167,6 +192,9 @@ func TestCredentialsAreEncryptedAtRest(t *testing.T) {
 	}
 	if !bytes.Contains(raw, []byte("com.example.app")) {
 		t.Fatal("the data file does not even hold the app id: is this the right file?")
+	}
+	if !bytes.Contains(raw, []byte("TopicDisallowed: team [team id] (key [key id])")) || !bytes.Contains(raw, []byte("account [client email] of project [project id]")) {
+		t.Error("the data file does not hold the suspended details, redacted")
 	}
 
 	// The right key reads them back; another key cannot start.
@@ -337,8 +365,11 @@ func TestRotationAndSuspension(t *testing.T) {
 	if got.State != StateSuspended || got.SuspendedReason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH {
 		t.Errorf("after a rejected Validate: got %v %v, want suspended SENDER_MISMATCH", got.State, got.SuspendedReason)
 	}
-	if a, _ := e.svc.App(ctx, apnsKey); !a.Suspended {
-		t.Errorf("live app after a rejected Validate: got %+v, want suspended", a)
+	if want := `APNs answered 400 TopicDisallowed: team [team id] may not push to topic "com.example.app"`; got.SuspendedDetail != want {
+		t.Errorf("suspended detail: got %q, want %q (the team id redacted)", got.SuspendedDetail, want)
+	}
+	if a, _ := e.svc.App(ctx, apnsKey); !a.Suspended || strings.Contains(a.SuspendedDetail, "TEAM123456") {
+		t.Errorf("live app after a rejected Validate: got %+v, want suspended without the team id", a)
 	}
 	// An unreachable gateway changes nothing.
 	e.gw.CheckFunc = func(context.Context, delivery.AppKey, commonv1.ApnsEnvironment, creds.Credentials) error {

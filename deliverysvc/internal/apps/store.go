@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -27,6 +28,8 @@ var (
 // Store keeps apps in bbolt. Non-secret fields are plain JSON; the
 // credentials and everything that identifies them (key id, team id, client
 // email, project id) are sealed with AES-256-GCM, bound to the app's key.
+// The one plain field that quotes a gateway, the suspension detail, has
+// those identifiers redacted.
 type Store struct {
 	db  *bolt.DB
 	box *secret.Box
@@ -38,7 +41,7 @@ type record struct {
 	APNsEnvironment int32     `json:"apns_environment,omitempty"`
 	State           State     `json:"state"`
 	SuspendedReason int32     `json:"suspended_reason,omitempty"`
-	SuspendedDetail string    `json:"suspended_detail,omitempty"`
+	SuspendedDetail string    `json:"suspended_detail,omitempty"` // redacted: redactCredentials
 	RateLimit       int32     `json:"rate_limit,omitempty"`
 	CreateTime      time.Time `json:"create_time"`
 	UpdateTime      time.Time `json:"update_time"`
@@ -113,8 +116,10 @@ func platformFromSlug(s string) commonv1.Platform {
 	return commonv1.Platform_PLATFORM_UNSPECIFIED
 }
 
-// encode turns an app and its credentials into a stored record.
+// encode turns an app and its credentials into a stored record. It redacts
+// app.SuspendedDetail in place, so the caller holds what is stored.
 func (s *Store) encode(tenant string, app *App, c creds.Credentials) ([]byte, error) {
+	app.SuspendedDetail = redactCredentials(app.SuspendedDetail, app.Credentials)
 	sc := sealedCredentials{Info: app.Credentials}
 	switch {
 	case c.APNs != nil:
@@ -164,7 +169,8 @@ func (s *Store) decode(tenant string, key delivery.AppKey, value []byte, withCre
 		APNsEnvironment: commonv1.ApnsEnvironment(rec.APNsEnvironment),
 		State:           rec.State,
 		SuspendedReason: commonv1.FailureReason(rec.SuspendedReason),
-		SuspendedDetail: rec.SuspendedDetail,
+		// Redacted again for records written before redaction existed.
+		SuspendedDetail: redactCredentials(rec.SuspendedDetail, sc.Info),
 		RateLimit:       rec.RateLimit,
 		Credentials:     sc.Info,
 		CredentialsTime: rec.CredentialsTime,
@@ -187,6 +193,29 @@ func (s *Store) decode(tenant string, key delivery.AppKey, value []byte, withCre
 		}
 	}
 	return app, c, nil
+}
+
+// redactCredentials replaces the identifiers of credentials in a gateway's
+// words (APNs's check names the team of a sender/topic mismatch) with what
+// they are, so that the suspension detail, stored in clear and copied into
+// the results of the messages an app's suspension fails, does not give away
+// what is sealed. The longer identifiers go first: a client email contains
+// the project id.
+func redactCredentials(detail string, info creds.Info) string {
+	if detail == "" {
+		return detail
+	}
+	for _, id := range []struct{ value, name string }{
+		{info.ClientEmail, "[client email]"},
+		{info.ProjectID, "[project id]"},
+		{info.TeamID, "[team id]"},
+		{info.KeyID, "[key id]"},
+	} {
+		if id.value != "" {
+			detail = strings.ReplaceAll(detail, id.value, id.name)
+		}
+	}
+	return detail
 }
 
 // Get returns an app and its credentials, or ErrNotFound.

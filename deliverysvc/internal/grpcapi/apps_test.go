@@ -1,7 +1,10 @@
 package grpcapi_test
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -192,5 +195,84 @@ func TestRejectedCredentials(t *testing.T) {
 	_, err = env.Apps.RegisterApp(ctx, &deliveryv1.RegisterAppRequest{Key: apnsKey("com.example.app"), Credentials: testenv.APNsCredentials(p8, testenv.KeyID, testenv.TeamID)})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("gateway down: got %v, want Unavailable", err)
+	}
+}
+
+// ValidateApp answers a refusal as RegisterApp does, suspends the app, and
+// stores the gateway's words without the team id they name.
+func TestValidateAppRefusal(t *testing.T) {
+	// The app is registered at one APNs; deliverysvc then restarts on the
+	// same data against another APNs that knows the key but not that the
+	// team owns the bundle id, so its check names the team.
+	first := testenv.Start(t, testenv.Options{DataDir: t.TempDir()})
+	ctx := context.Background()
+	a, err := first.RegisterAPNsApp(ctx, "com.example.app", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.StopService(); err != nil {
+		t.Fatal(err)
+	}
+	env := testenv.Start(t, testenv.Options{DataDir: t.TempDir()})
+	if err := env.StopService(); err != nil {
+		t.Fatal(err)
+	}
+	env.DataDir, env.Config.CredentialsKey = first.DataDir, first.Config.CredentialsKey
+	if err := env.StartService(); err != nil {
+		t.Fatal(err)
+	}
+	env.APNs.RegisterKey(a.TeamID, a.KeyID, &a.Key.PublicKey)
+
+	_, err = env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey("com.example.app")})
+	code, v := refusal(err)
+	if code != codes.FailedPrecondition || v.GetType() != "FAILURE_REASON_SENDER_MISMATCH" || !strings.Contains(v.GetDescription(), "TopicDisallowed") || !strings.Contains(v.GetDescription(), a.TeamID) {
+		t.Fatalf("ValidateApp: got %v, want FailedPrecondition with the gateway's reason", err)
+	}
+	got, err := env.Apps.GetApp(ctx, &deliveryv1.GetAppRequest{Key: apnsKey("com.example.app")})
+	app := got.GetApp()
+	if err != nil || app.GetState() != deliveryv1.AppState_APP_STATE_SUSPENDED || app.GetSuspendedReason() != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH ||
+		!strings.Contains(app.GetSuspendedDetail(), "TopicDisallowed: team [team id] may not push") {
+		t.Fatalf("GetApp after the refusal: got %v %v, want SUSPENDED for SENDER_MISMATCH, the team id redacted from the detail", app, err)
+	}
+	out, err := env.Send(ctx, []*deliveryv1.Message{testenv.TokensMessage("k", &deliveryv1.Notification{Title: "Hi"}, testenv.APNsTarget(testenv.APNsToken(1), "com.example.app"))})
+	if err != nil || len(out.Results) != 1 {
+		t.Fatalf("Send: got %v %v", out, err)
+	}
+	if r := out.Results[0]; r.GetReason() != commonv1.FailureReason_FAILURE_REASON_APP_SUSPENDED || strings.Contains(r.GetDetail(), a.TeamID) {
+		t.Errorf("a message to the suspended app: got %v %q, want APP_SUSPENDED without the team id", r.GetReason(), r.GetDetail())
+	}
+
+	// The suspended state, and the outcome of that message, are on disk;
+	// neither names the team.
+	if err := env.StopService(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(env.DataDir, "deliverysvc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(a.TeamID)) || bytes.Contains(raw, []byte(a.KeyID)) {
+		t.Errorf("deliverysvc.db holds the team id or key id in clear")
+	}
+	if !bytes.Contains(raw, []byte("team [team id] may not push")) {
+		t.Error("deliverysvc.db does not hold the suspended detail: wrong file?")
+	}
+	if err := env.StartService(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A gateway that cannot be asked changes nothing.
+	env.APNs.RegisterTopic(a.TeamID, "com.example.app")
+	env.APNs.SetAvailable(false)
+	if _, err := env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey("com.example.app")}); status.Code(err) != codes.Unavailable {
+		t.Errorf("ValidateApp, gateway down: got %v, want Unavailable", err)
+	}
+	if got, _ := env.Apps.GetApp(ctx, &deliveryv1.GetAppRequest{Key: apnsKey("com.example.app")}); got.GetApp().GetState() != deliveryv1.AppState_APP_STATE_SUSPENDED {
+		t.Errorf("after ValidateApp with the gateway down: got %v, want still SUSPENDED", got.GetApp().GetState())
+	}
+	env.APNs.SetAvailable(true)
+	ok, err := env.Apps.ValidateApp(ctx, &deliveryv1.ValidateAppRequest{Key: apnsKey("com.example.app")})
+	if err != nil || !ok.GetValid() || ok.GetApp().GetState() != deliveryv1.AppState_APP_STATE_ACTIVE || ok.GetApp().GetSuspendedDetail() != "" {
+		t.Errorf("ValidateApp once the team owns the topic: got %v %v, want valid and ACTIVE", ok, err)
 	}
 }

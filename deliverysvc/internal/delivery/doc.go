@@ -57,8 +57,13 @@
 //
 // A message's IdempotencyKey is remembered per tenant for Config.DedupeWindow
 // (7 days). A message whose key was completed before is not sent again: its
-// stored results are emitted with Duplicate set. A key submitted while the
-// first message with it is still in flight waits for that first outcome.
+// stored results are emitted with Duplicate set. Copies of a key submitted
+// while a message with it is in flight are admitted like any message (they
+// take their in-flight weight, so resending a batch is held back by
+// backpressure too) and wait for that message's outcome. Whichever copy is
+// admitted first sends: a key is claimed at Submit but a message is sent
+// only once admitted, and a later copy admitted before it sends instead of
+// waiting behind it.
 // Invalid and cancelled messages are not remembered, so they can be sent
 // again once fixed. The message id (default: the idempotency key) is also
 // the APNs apns-collapse-id and the FCM collapse key, so a resend after a

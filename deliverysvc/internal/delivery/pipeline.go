@@ -108,14 +108,25 @@ type Pipeline struct {
 	inflight map[string]*flight // tenant \x00 idempotency key → first message
 }
 
-// flight is a message being sent; later messages with its key wait for it.
+// flight is an idempotency key in flight: the first message with it claims
+// it, and whichever message with the key is admitted first (holds in-flight
+// weight) takes it and sends; the others wait for its outcome, holding their
+// own weight. A message waiting with weight thus always waits for one that
+// holds weight too, and so makes progress: were the sender always the
+// claimer, copies could fill the pipeline while the claimer's Submit waits
+// for room behind them.
 type flight struct {
-	done chan struct{}
+	done  chan struct{}
+	taken atomic.Bool // a message is sending (or answering) for the key
 	// results is set before done closes when the outcome was remembered;
 	// nil means the message did not complete (invalid or cancelled), so a
 	// waiter sends its own copy.
 	results []Result
 }
+
+// take makes the caller the one message that sends for the key; it reports
+// false when another message has it.
+func (f *flight) take() bool { return f.taken.CompareAndSwap(false, true) }
 
 // New returns a pipeline.
 func New(cfg Config, deps Deps) *Pipeline {
@@ -192,24 +203,29 @@ func (s *Session) Submit(msgs []Message) error {
 	defer s.wg.Done()
 
 	p := s.p
-	// Claim every key first, then look the first claims up in one go: a
-	// message that completes between the lookup and the claim is then
-	// impossible, as completion is remembered before its claim is released.
+	// Claim every key first, then look them up in one go: a message that
+	// completes between the lookup and the claim is then impossible, as
+	// completion is remembered before its claim is released. Copies of a key
+	// in flight are looked up too, as they may end up sending (see flight).
 	tasks := make([]task, len(msgs))
 	var lookup []string
+	if !s.opts.CallerCheckpoints {
+		lookup = make([]string, 0, len(msgs))
+	}
 	for i := range msgs {
 		t := &tasks[i]
 		t.s, t.index, t.msg = s, i, msgs[i]
 		t.flight, t.first = p.claim(s.tenant, t.msg.IdempotencyKey)
-		if t.first {
+		if !s.opts.CallerCheckpoints {
 			lookup = append(lookup, t.msg.IdempotencyKey)
 		}
 	}
-	// abandon gives back the claims of tasks[from:] that were not started.
+	// abandon gives back the claims of tasks[from:] that were not started,
+	// unless a copy in another batch took them over.
 	abandon := func(from int) {
 		for k := from; k < len(tasks); k++ {
-			if tasks[k].first && !tasks[k].started {
-				p.release(s.tenant, tasks[k].msg.IdempotencyKey, tasks[k].flight, nil)
+			if t := &tasks[k]; t.first && !t.started && t.flight.take() {
+				p.release(s.tenant, t.msg.IdempotencyKey, t.flight, nil)
 			}
 		}
 	}
@@ -223,25 +239,20 @@ func (s *Session) Submit(msgs []Message) error {
 	}
 	for i := range tasks {
 		t := &tasks[i]
-		if !t.first {
-			// A duplicate of a message in flight waits on its own
-			// goroutine, never on a worker, so waiters cannot hold up the
-			// message they wait for.
-			t.started, t.detached = true, true
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.await(t)
-			}()
-			continue
-		}
 		if prev, ok := stored[t.msg.IdempotencyKey]; ok {
-			// Completed before: answer from the store, send nothing.
+			// Completed before: answer from the store, send nothing. Copies
+			// waiting on the claim get the stored outcome too.
 			t.started = true
-			p.release(s.tenant, t.msg.IdempotencyKey, t.flight, prev)
+			if t.first && t.flight.take() {
+				p.release(s.tenant, t.msg.IdempotencyKey, t.flight, prev)
+			}
 			s.emitDuplicates(prev)
 			continue
 		}
+		// Copies of a key in flight take their weight like any message:
+		// a client resending a batch while the first copy waits out a
+		// retry backoff is held back by Submit, not given a goroutine per
+		// copy.
 		t.weight = min(int64(max(1, len(t.msg.Tokens))), p.cfg.MaxInFlight)
 		if err := p.sem.Acquire(s.ctx, t.weight); err != nil {
 			abandon(i)
@@ -249,11 +260,18 @@ func (s *Session) Submit(msgs []Message) error {
 		}
 		t.started = true
 		s.wg.Add(1)
+		if !t.flight.take() {
+			// Another message with the key is being sent: wait for its
+			// outcome on a goroutine of its own, never on a worker, so
+			// waiters cannot hold up the message they wait for.
+			t.detached = true
+			go s.await(t)
+			continue
+		}
 		if err := p.dispatch(s.ctx, t); err != nil {
-			p.sem.Release(t.weight)
-			s.wg.Done()
-			t.started = false
-			abandon(i)
+			p.release(s.tenant, t.msg.IdempotencyKey, t.flight, nil)
+			t.free()
+			abandon(i + 1)
 			return err
 		}
 	}
@@ -262,15 +280,24 @@ func (s *Session) Submit(msgs []Message) error {
 
 // task is one admitted message.
 type task struct {
-	s       *Session
-	index   int // in its batch, for field paths
-	msg     Message
-	flight  *flight
+	s      *Session
+	index  int // in its batch, for field paths
+	msg    Message
+	flight *flight
+	// first: this task claimed the key, and gives the claim back if its
+	// batch is abandoned before anyone took it.
 	first   bool
 	started bool
 	weight  int64
 	// detached is set once the task left its worker to wait.
 	detached bool
+}
+
+// free gives back the task's in-flight weight and its place in the session,
+// once the message is answered.
+func (t *task) free() {
+	t.s.p.sem.Release(t.weight)
+	t.s.wg.Done()
 }
 
 // dispatch hands t to an idle worker, starts a worker if fewer than
@@ -331,10 +358,7 @@ func (p *Pipeline) worker(t *task) {
 // returns: the worker goes on to the next task while the outcome is
 // committed (see messageRun.finish).
 func (p *Pipeline) runTask(t *task) {
-	t.s.run(t, func() {
-		p.sem.Release(t.weight)
-		t.s.wg.Done()
-	})
+	t.s.run(t, t.free)
 }
 
 // detach lets the task's worker go back to work for others: the task is
@@ -359,8 +383,8 @@ func (s *Session) Close() error {
 
 func flightKey(tenantID, key string) string { return tenantID + "\x00" + key }
 
-// claim registers the first message with a key, or returns the one in
-// flight.
+// claim registers the first message with a key, or returns the key's flight
+// if there is one.
 func (p *Pipeline) claim(tenantID, key string) (*flight, bool) {
 	k := flightKey(tenantID, key)
 	p.mu.Lock()
@@ -373,7 +397,8 @@ func (p *Pipeline) claim(tenantID, key string) (*flight, bool) {
 	return f, true
 }
 
-// release ends a claim; results are the remembered outcome, or nil.
+// release ends a claim; results are the remembered outcome, or nil. Only
+// the message that took the flight releases it.
 func (p *Pipeline) release(tenantID, key string, f *flight, results []Result) {
 	p.mu.Lock()
 	delete(p.inflight, flightKey(tenantID, key))
@@ -382,31 +407,32 @@ func (p *Pipeline) release(tenantID, key string, f *flight, results []Result) {
 	close(f.done)
 }
 
-// await handles a message whose key is in flight: it returns the first
-// message's outcome, or sends this one if the first did not complete.
+// await handles an admitted message whose key another message is sending:
+// it answers with that message's outcome, or sends this one if that message
+// did not complete. The task holds its in-flight weight throughout, and
+// gives it back (free) once answered.
 func (s *Session) await(j *task) {
 	for {
 		select {
 		case <-j.flight.done:
 		case <-s.ctx.Done():
 			s.emitCancelled(&j.msg)
+			j.free()
 			return
 		}
 		if j.flight.results != nil {
 			s.emitDuplicates(j.flight.results)
+			j.free()
 			return
 		}
-		f, first := s.p.claim(s.tenant, j.msg.IdempotencyKey)
-		if first {
-			// The first message did not complete and nothing was
-			// remembered since (the claim would have been held).
-			j.flight, j.first = f, true
-			done := make(chan struct{})
-			s.run(j, func() { close(done) })
-			<-done
+		// The other message did not complete and nothing was remembered
+		// since (the key's flight would have been held): send this one,
+		// unless yet another message has the key by now.
+		j.flight, _ = s.p.claim(s.tenant, j.msg.IdempotencyKey)
+		if j.flight.take() {
+			s.run(j, j.free)
 			return
 		}
-		j.flight = f
 	}
 }
 
@@ -433,9 +459,9 @@ func messageID(m *Message) string {
 	return m.IdempotencyKey
 }
 
-// run sends a first-claimed message. Once its results are emitted it
-// remembers the outcome, releases the claim and calls completed; that may
-// happen on another goroutine after run returns.
+// run sends a message that took its key's flight. Once its results are
+// emitted it remembers the outcome, releases the flight and calls completed;
+// that may happen on another goroutine after run returns.
 func (s *Session) run(j *task, completed func()) {
 	p := s.p
 	m := &j.msg

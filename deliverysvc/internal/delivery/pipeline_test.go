@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
 func TestSendToExplicitTokens(t *testing.T) {
@@ -385,6 +387,179 @@ func TestIdempotency(t *testing.T) {
 	if len(h2.pushes) != 1 || len(results) != 2 || dups != 1 {
 		t.Errorf("concurrent copies: got %d pushes, %d results, %d duplicates; want 1, 2, 1", len(h2.pushes), len(results), dups)
 	}
+}
+
+// TestCopiesTakeInFlightWeight: copies of a key in flight count against
+// MaxInFlight like any message, so a client resending a batch while the
+// first copy is held (a retry backoff can last up to the TTL) is held back
+// by Submit instead of being given a goroutine per copy.
+func TestCopiesTakeInFlightWeight(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 4
+	sending := make(chan struct{}, 1)
+	release := make(chan struct{})
+	send := h.sender.SendFunc
+	h.sender.SendFunc = func(ctx context.Context, pushes []Push) []Attempt {
+		sending <- struct{}{}
+		<-release
+		return send(ctx, pushes)
+	}
+	p := h.pipeline()
+	first := p.Open(context.Background(), func(Result) {})
+	if err := first.Submit([]Message{msg("k", apnsTarget(1))}); err != nil {
+		t.Fatal(err)
+	}
+	<-sending // the first copy is held in the gateway, weighing 1 of 4
+	before := runtime.NumGoroutine()
+	copies := func(n int) []Message {
+		b := make([]Message, n)
+		for i := range b {
+			b[i] = msg("k", apnsTarget(1))
+		}
+		return b
+	}
+
+	// Three copies fit; Submit waits for room for the fourth until its
+	// session's deadline. The three admitted ones are then cancelled, and
+	// give their weight back.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	var mu sync.Mutex
+	var cancelled []Result
+	timed := p.Open(ctx, func(r Result) {
+		mu.Lock()
+		cancelled = append(cancelled, r)
+		mu.Unlock()
+	})
+	if err := timed.Submit(copies(100)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit of 100 copies with 3 slots free: got %v, want it to block until the deadline", err)
+	}
+	timed.Close()
+	if len(cancelled) != 3 {
+		t.Errorf("got %d results for the timed-out session, want 3 (the admitted copies, cancelled)", len(cancelled))
+	}
+	for _, r := range cancelled {
+		if r.Reason != commonv1.FailureReason_FAILURE_REASON_CANCELLED {
+			t.Errorf("admitted copy of the timed-out session: got %v %v, want CANCELLED", r.Status, r.Reason)
+		}
+	}
+
+	// Without a deadline Submit blocks, with at most three copies waiting
+	// (one goroutine each), until the first copy completes.
+	var dups atomic.Int32
+	s := p.Open(context.Background(), func(r Result) {
+		if r.Duplicate && r.Status == StatusSent {
+			dups.Add(1)
+		}
+	})
+	submitted := make(chan error, 1)
+	go func() { submitted <- s.Submit(copies(200)) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-submitted:
+		t.Fatalf("Submit of 200 copies returned (%v) while the first copy was held, want it blocked", err)
+	default:
+	}
+	if extra := runtime.NumGoroutine() - before; extra > 10 {
+		t.Errorf("got %d more goroutines with the copies submitted, want a few (3 waiting copies and the submitter)", extra)
+	}
+	close(release)
+	select {
+	case err := <-submitted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Submit still blocked after the first copy was released")
+	}
+	s.Close()
+	first.Close()
+	if got := dups.Load(); got != 200 {
+		t.Errorf("got %d duplicate results, want 200 (the first copy's outcome)", got)
+	}
+	if len(h.pushes) != 1 {
+		t.Errorf("got %d pushes, want 1", len(h.pushes))
+	}
+}
+
+// TestCopyAdmittedBeforeItsClaimSends: a message claims its key before it
+// is admitted, so copies submitted meanwhile may get the room it waits for.
+// A copy that is admitted first sends, and the claimer waits for it:
+// copies waiting for a claimer stuck behind them would deadlock the
+// pipeline.
+func TestCopyAdmittedBeforeItsClaimSends(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 2
+	p := h.pipeline()
+	// Fill the pipeline so that A claims "k" and then waits for room.
+	if err := p.sem.Acquire(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	type session struct {
+		results []Result
+		err     chan error
+	}
+	submit := func(batch []Message) *session {
+		out := &session{err: make(chan error, 1)}
+		var mu sync.Mutex
+		s := p.Open(context.Background(), func(r Result) {
+			mu.Lock()
+			out.results = append(out.results, r)
+			mu.Unlock()
+		})
+		go func() {
+			err := s.Submit(batch)
+			if cerr := s.Close(); err == nil {
+				err = cerr
+			}
+			out.err <- err
+		}()
+		return out
+	}
+	a := submit([]Message{msg("blocker", apnsTarget(1), apnsTarget(2)), msg("k", apnsTarget(3), apnsTarget(4))})
+	for !claimed(p, tenant.Default, "k") {
+		time.Sleep(time.Millisecond)
+	}
+	// B's copy weighs the whole pipeline: once admitted, nothing else is
+	// until it is answered.
+	b := submit([]Message{msg("k", apnsTarget(3), apnsTarget(4))})
+	time.Sleep(20 * time.Millisecond) // let B queue for room, ahead of A's "k"
+	p.sem.Release(2)
+	for _, s := range []*session{a, b} {
+		select {
+		case err := <-s.err:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("deadlock: sessions still open 5s after room was made")
+		}
+	}
+	sent, dups := 0, 0
+	for _, r := range append(a.results, b.results...) {
+		if r.IdempotencyKey != "k" {
+			continue
+		}
+		if r.Duplicate {
+			dups++
+		} else if r.Status == StatusSent {
+			sent++
+		}
+	}
+	if sent != 2 || dups != 2 {
+		t.Errorf("key k: got %d sent and %d duplicate results, want 2 and 2 (one send, one copy answered)", sent, dups)
+	}
+	if len(h.pushes) != 4 {
+		t.Errorf("got %d pushes, want 4 (blocker's 2, k's 2 once)", len(h.pushes))
+	}
+}
+
+// claimed says whether the key is in flight.
+func claimed(p *Pipeline, tenantID, key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.inflight[flightKey(tenantID, key)]
+	return ok
 }
 
 // TestWorkersDoNotWaitForTheCommit: while the Recorder has not committed a

@@ -8,6 +8,7 @@ import (
 	"firebase.google.com/go/v4/messaging"
 	"golang.org/x/time/rate"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/outbox"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
 
@@ -19,6 +20,10 @@ var (
 	ErrProfileNotFound = errors.New("profile not found")
 	// ErrSessionClosed: Submit after Close.
 	ErrSessionClosed = errors.New("delivery session closed")
+	// ErrRecorderClosed: a Recorder or Feedback is shut down for good. It
+	// is the outboxes' ErrClosed, which the outbox-backed implementations
+	// pass on as it is.
+	ErrRecorderClosed = outbox.ErrClosed
 )
 
 // AppKey names an app within the tenant of the context it travels with.
@@ -120,7 +125,10 @@ type Recorder interface {
 	// RecordAsync makes results durable, then calls done: exactly once,
 	// possibly on another goroutine, and done must not block. The pipeline
 	// reports results only after done, so its workers go on sending while
-	// the outbox commits.
+	// the outbox commits. On an error the pipeline calls RecordAsync again
+	// with the same results after a backoff, so a failed call must have
+	// stored nothing (or its records must be deduplicated downstream);
+	// ErrRecorderClosed (possibly wrapped) stops the retries.
 	RecordAsync(ctx context.Context, results []Result, done func(error))
 }
 
@@ -136,7 +144,8 @@ type DeadToken struct {
 // Feedback reports dead tokens to profilesvc durably, like Recorder.
 type Feedback interface {
 	// ReportDeadAsync makes the report durable, then calls done: exactly
-	// once, possibly on another goroutine, and done must not block.
+	// once, possibly on another goroutine, and done must not block. Errors
+	// are retried as for Recorder.RecordAsync.
 	ReportDeadAsync(ctx context.Context, dead []DeadToken, done func(error))
 }
 

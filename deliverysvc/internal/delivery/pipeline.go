@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
@@ -104,6 +105,12 @@ type Pipeline struct {
 	jobs    chan *task   // admitted messages, taken by idle workers
 	workers atomic.Int64 // running workers
 
+	// Failed writes of outcomes are retried per message; these keep a
+	// failing disk from logging a line per message and retry.
+	writesRetrying  atomic.Int64   // messages waiting to write their records again
+	logWriteRetry   rate.Sometimes // at most one line per writeLogInterval
+	logWriteGivenUp rate.Sometimes
+
 	mu       sync.Mutex
 	inflight map[string]*flight // tenant \x00 idempotency key → first message
 }
@@ -139,8 +146,15 @@ func New(cfg Config, deps Deps) *Pipeline {
 		sem:      semaphore.NewWeighted(cfg.MaxInFlight),
 		jobs:     make(chan *task),
 		inflight: make(map[string]*flight),
+
+		logWriteRetry:   rate.Sometimes{Interval: writeLogInterval},
+		logWriteGivenUp: rate.Sometimes{Interval: writeLogInterval},
 	}
 }
+
+// writeLogInterval is the least time between two log lines about failed
+// writes of outcomes.
+const writeLogInterval = 10 * time.Second
 
 // Session is one caller's stream of messages; see the package documentation.
 type Session struct {
@@ -500,13 +514,19 @@ func (s *Session) run(j *task, completed func()) {
 			)
 		}
 		var remembered []Result
-		if !mr.cancelled {
+		switch {
+		case mr.cancelled:
+			span.SetStatus(codes.Error, "cancelled")
+		case mr.unrecorded:
+			// Without its tracking record the outcome is not remembered:
+			// a resend is sent (and recorded) again rather than answered
+			// as a duplicate of an event trackingsvc never got.
+			span.SetStatus(codes.Error, "outcome not recorded")
+		default:
 			if !s.opts.CallerCheckpoints {
 				p.deps.Dedupe.Remember(context.WithoutCancel(ctx), m.IdempotencyKey, mr.all)
 			}
 			remembered = mr.all
-		} else {
-			span.SetStatus(codes.Error, "cancelled")
 		}
 		span.End()
 		p.release(s.tenant, m.IdempotencyKey, j.flight, remembered)
@@ -561,6 +581,12 @@ type messageRun struct {
 	cancelled    bool
 	groupsLeft   int
 
+	// writeFailures counts the failed writes of the records being written
+	// (reset when they are durable); unrecorded is set when the outbox
+	// closed before they were.
+	writeFailures int
+	unrecorded    bool
+
 	// Payloads are built once per message: APNs per app (the topic differs),
 	// FCM once.
 	apns           *APNsPush
@@ -613,6 +639,11 @@ func (mr *messageRun) send(completed func()) {
 // wait for the commit: a worker blocked on it holds no CPU but can send
 // nothing, and with the outbox's group commit lingering every worker ends up
 // waiting for the same commit while the machine idles.
+//
+// A failed write is written again after a backoff (see retryWrite) until it
+// succeeds, and nothing is reported meanwhile: the message keeps its
+// in-flight weight, so a failing disk stops intake instead of losing events
+// that the caller and the idempotency store would take as recorded.
 func (mr *messageRun) finish(results []Result, last bool, then func()) {
 	p := mr.s.p
 	ctx := context.WithoutCancel(mr.ctx) // the pushes happened: record them even if the caller left
@@ -638,37 +669,102 @@ func (mr *messageRun) finish(results []Result, last bool, then func()) {
 			dead = append(dead, DeadToken{Target: r.Target, Reason: r.Reason, GatewayTime: r.GatewayTime})
 		}
 	}
-	report := func() {
-		for i := range results {
-			results[i].MessageDone = last && i == len(results)-1
-			mr.s.emit(results[i])
-		}
-		mr.all = append(mr.all, results...)
-		then()
-	}
-	// The callbacks below run on the outboxes' writers and must not block:
-	// they hand the report to the session's completion queue.
-	reported := func(err error) {
-		if err != nil {
-			p.log.ErrorContext(ctx, "reporting dead tokens failed", "message_id", mr.tr.messageID, "err", err)
-		}
-		mr.s.complete(report)
-	}
-	recorded := func(err error) {
-		if err != nil {
-			p.log.ErrorContext(ctx, "recording send outcomes failed", "message_id", mr.tr.messageID, "err", err)
-		}
-		if len(dead) > 0 {
-			p.deps.Feedback.ReportDeadAsync(ctx, dead, reported)
-			return
-		}
-		mr.s.complete(report)
-	}
+	o := &outcome{mr: mr, ctx: ctx, results: results, last: last, then: then, record: record, dead: dead}
 	if len(record) == 0 {
-		recorded(nil)
+		o.recorded(nil)
 		return
 	}
-	p.deps.Recorder.RecordAsync(ctx, record, recorded)
+	p.deps.Recorder.RecordAsync(ctx, record, o.recorded)
+}
+
+// outcome is the results of one finish on their way through the outboxes.
+// Its methods are the outboxes' callbacks: they run on the outboxes' writers
+// and must not block, so they hand the report to the session's completion
+// queue, or a retry to a timer. (Methods of one struct rather than closures
+// calling each other, which would each cost an allocation per message.)
+type outcome struct {
+	mr      *messageRun
+	ctx     context.Context
+	results []Result
+	last    bool
+	then    func()
+	record  []Result    // for the Recorder
+	dead    []DeadToken // for Feedback
+}
+
+func (o *outcome) recorded(err error) {
+	if err != nil && o.mr.retryWrite(o.ctx, "recording send outcomes", err, o.recordAgain) {
+		return
+	}
+	o.mr.written()
+	if len(o.dead) > 0 {
+		o.mr.s.p.deps.Feedback.ReportDeadAsync(o.ctx, o.dead, o.reported)
+		return
+	}
+	o.mr.s.complete(o.report)
+}
+
+func (o *outcome) recordAgain() { o.mr.s.p.deps.Recorder.RecordAsync(o.ctx, o.record, o.recorded) }
+
+func (o *outcome) reported(err error) {
+	if err != nil && o.mr.retryWrite(o.ctx, "reporting dead tokens", err, o.reportAgain) {
+		return
+	}
+	o.mr.written()
+	o.mr.s.complete(o.report)
+}
+
+func (o *outcome) reportAgain() { o.mr.s.p.deps.Feedback.ReportDeadAsync(o.ctx, o.dead, o.reported) }
+
+// report emits the results, adds them to the message's outcome and calls
+// then, on the session's completion goroutine.
+func (o *outcome) report() {
+	mr := o.mr
+	for i := range o.results {
+		o.results[i].MessageDone = o.last && i == len(o.results)-1
+		mr.s.emit(o.results[i])
+	}
+	mr.all = append(mr.all, o.results...)
+	o.then()
+}
+
+// retryWrite handles a failed write of the message's records (what names it
+// in the log). It arranges for again to run after a backoff, on a timer's
+// goroutine (never the outbox writer's that reported the failure), and
+// returns true; or, when the outbox is closed for good (shutdown), it marks
+// the outcome unrecorded and returns false, so that the message is reported
+// anyway and Session.Close does not wait for a write that cannot happen.
+// Logs are rate-limited across the pipeline: a failing disk fails every
+// message, and every retry.
+func (mr *messageRun) retryWrite(ctx context.Context, what string, err error, again func()) bool {
+	p := mr.s.p
+	if errors.Is(err, ErrRecorderClosed) {
+		mr.written()
+		mr.unrecorded = true
+		p.logWriteGivenUp.Do(func() {
+			p.log.ErrorContext(ctx, what+" failed, and the outbox is closed: the message is reported without a durable record, and not remembered",
+				"message_id", mr.tr.messageID, "err", err)
+		})
+		return false
+	}
+	mr.writeFailures++
+	if mr.writeFailures == 1 {
+		p.writesRetrying.Add(1)
+	}
+	p.logWriteRetry.Do(func() {
+		p.log.ErrorContext(ctx, what+" failed; holding the message, with its in-flight weight, until a retry succeeds",
+			"message_id", mr.tr.messageID, "messages_waiting", p.writesRetrying.Load(), "err", err)
+	})
+	time.AfterFunc(p.backoff(mr.writeFailures, 0), again)
+	return true
+}
+
+// written ends the retries of a write.
+func (mr *messageRun) written() {
+	if mr.writeFailures > 0 {
+		mr.s.p.writesRetrying.Add(-1)
+		mr.writeFailures = 0
+	}
 }
 
 // complete queues f to run after the session's earlier completions, on a

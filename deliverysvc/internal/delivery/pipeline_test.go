@@ -1,9 +1,11 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -624,6 +626,165 @@ func TestWorkersDoNotWaitForTheCommit(t *testing.T) {
 	if len(results) != 3 || dups != 1 || len(h.remembered) != 2 || len(h.pushes) != 2 {
 		t.Errorf("after the commits: %d results (%d duplicates), %d remembered, %d pushes; want 3 (1), 2, 2", len(results), dups, len(h.remembered), len(h.pushes))
 	}
+}
+
+// TestFailedRecordIsWrittenAgain: a message whose tracking records failed
+// to commit (a disk error) is reported only once a retry commits them; it
+// keeps its in-flight weight meanwhile, and the failure is logged once, not
+// per retry.
+func TestFailedRecordIsWrittenAgain(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 1
+	var logs syncBuffer
+	h.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	failing := make(chan struct{})
+	var calls atomic.Int32
+	record := h.recorder.RecordFunc
+	h.recorder.RecordFunc = func(ctx context.Context, results []Result) error {
+		calls.Add(1)
+		select {
+		case <-failing:
+			return record(ctx, results)
+		default:
+			return errors.New("write /data/deliverysvc.db: no space left on device")
+		}
+	}
+	p := h.pipeline()
+	var mu sync.Mutex
+	var results []Result
+	var recordedAtEmit int
+	s := p.Open(context.Background(), func(r Result) {
+		h.mu.Lock()
+		n := len(h.recorded)
+		h.mu.Unlock()
+		mu.Lock()
+		results = append(results, r)
+		recordedAtEmit = n
+		mu.Unlock()
+	})
+	if err := s.Submit([]Message{msg("k", apnsTarget(1))}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() < 5; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d record calls in 5s, want the failed write retried", calls.Load())
+		}
+	}
+	// The message holds the pipeline's one slot while its records fail.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.Open(ctx, func(Result) {}).Submit([]Message{msg("other", apnsTarget(2))}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Submit while the only message's records fail: got %v, want it to wait for room until the deadline", err)
+	}
+	mu.Lock()
+	early := len(results)
+	mu.Unlock()
+	h.mu.Lock()
+	remembered := len(h.remembered)
+	h.mu.Unlock()
+	if early != 0 || remembered != 0 {
+		t.Fatalf("while the records fail: %d results emitted, %d remembered; want none", early, remembered)
+	}
+	close(failing)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 1 || results[0].Status != StatusSent || recordedAtEmit != 1 {
+		t.Errorf("got %d results (%v), %d records committed when emitted; want one sent result, emitted after its record", len(results), results, recordedAtEmit)
+	}
+	if len(h.recorded) != 1 || len(h.remembered) != 1 || len(h.pushes) != 1 {
+		t.Errorf("got %d records, %d remembered, %d pushes; want 1, 1, 1", len(h.recorded), len(h.remembered), len(h.pushes))
+	}
+	out := logs.String()
+	if n := strings.Count(out, "recording send outcomes failed"); n != 1 {
+		t.Errorf("got %d log lines for %d failed writes, want 1:\n%s", n, calls.Load()-1, out)
+	}
+	if strings.Contains(out, apnsToken(1)) {
+		t.Errorf("the log names the device token:\n%s", out)
+	}
+	if p.writesRetrying.Load() != 0 {
+		t.Errorf("got %d messages counted as retrying after the commit, want 0", p.writesRetrying.Load())
+	}
+}
+
+// TestFailedDeadTokenReportIsWrittenAgain: the same for dead-token reports.
+func TestFailedDeadTokenReportIsWrittenAgain(t *testing.T) {
+	h := newHarness(t)
+	h.sender.SendFunc = func(context.Context, []Push) []Attempt {
+		return []Attempt{{Reason: commonv1.FailureReason_FAILURE_REASON_UNREGISTERED}}
+	}
+	var calls atomic.Int32
+	report := h.feedback.ReportDeadFunc
+	h.feedback.ReportDeadFunc = func(ctx context.Context, dead []DeadToken) error {
+		if calls.Add(1) <= 3 {
+			return errors.New("disk I/O error")
+		}
+		return report(ctx, dead)
+	}
+	var deadAtEmit int
+	s := h.pipeline().Open(context.Background(), func(r Result) {
+		h.mu.Lock()
+		deadAtEmit = len(h.dead)
+		h.mu.Unlock()
+	})
+	if err := s.Submit([]Message{msg("k", apnsTarget(1))}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if calls.Load() != 4 || len(h.dead) != 1 || deadAtEmit != 1 || len(h.recorded) != 1 {
+		t.Errorf("got %d report calls, %d dead tokens reported (%d when emitted), %d records; want 4, 1 (1), 1", calls.Load(), len(h.dead), deadAtEmit, len(h.recorded))
+	}
+}
+
+// TestRecordAfterTheOutboxClosed: once the outbox is closed (shutdown) a
+// write is not retried, and the message is reported so that Close returns,
+// but not remembered, as trackingsvc will not hear of it.
+func TestRecordAfterTheOutboxClosed(t *testing.T) {
+	h := newHarness(t)
+	var logs syncBuffer
+	h.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	var calls atomic.Int32
+	h.recorder.RecordFunc = func(context.Context, []Result) error {
+		calls.Add(1)
+		return ErrRecorderClosed
+	}
+	closed := make(chan []Result)
+	go func() {
+		closed <- h.send(context.Background(), []Message{msg("k1", apnsTarget(1)), msg("k2", apnsTarget(2))})
+	}()
+	var results []Result
+	select {
+	case results = <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close still waiting 5s after the outbox closed")
+	}
+	if len(results) != 2 || results[0].Status != StatusSent || results[1].Status != StatusSent {
+		t.Errorf("got %v, want two sent results", results)
+	}
+	if calls.Load() != 2 || len(h.remembered) != 0 {
+		t.Errorf("got %d record calls and %d remembered keys, want 2 (no retry) and none", calls.Load(), len(h.remembered))
+	}
+	if n := strings.Count(logs.String(), "outbox is closed"); n != 1 {
+		t.Errorf("got %d log lines for two unrecorded messages, want 1:\n%s", n, logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestCallerCheckpointsSkipTheIdempotencyStore(t *testing.T) {

@@ -22,11 +22,15 @@
 //
 // The pipeline bounds the work in flight across all sessions (Config.MaxInFlight,
 // counted in tokens: an explicit-token message weighs its token count, a
-// profile message weighs 1). Submit returns only when every message of the
-// batch has been admitted, so a caller that submits faster than the gateways
-// accept simply waits; nothing is buffered without bound. emit may block
-// too: a slow reader of results slows the pipeline down instead of growing a
-// queue.
+// profile message weighs 1; copies of a key in flight weigh the same as
+// other messages). Submit returns only when every message of the batch has
+// been admitted, so a caller that submits faster than the gateways accept
+// simply waits; nothing is buffered without bound. A message keeps its
+// weight until its results are emitted, and emit may block: a slow reader
+// of results slows the pipeline down instead of growing a queue. As the
+// limit is shared, a session whose emit blocks for good ends up holding all
+// of it and blocks every session's Submit: callers must keep reading, or
+// cancel the session.
 //
 // # Results
 //
@@ -91,5 +95,15 @@
 // Recorder has committed the message's results. Workers do not wait for that
 // commit: they go on sending, and the session reports the message (emits its
 // results, remembers its outcome, frees its in-flight weight) once the commit
-// is done, in commit order, on a goroutine of the session's own.
+// is done, in commit order, on a goroutine of the session's own. Dead tokens
+// are reported to Feedback the same way, before the message is.
+//
+// A write that fails (a disk error) is written again after a backoff until
+// it succeeds, and the message is reported only then: it keeps its
+// in-flight weight meanwhile, so a failing disk stops intake (Submit
+// blocks, and Close waits) rather than losing events a resend would be
+// told were recorded. Only when the outbox is closed (ErrRecorderClosed, at
+// shutdown) is the message reported without a durable record; it is then
+// not remembered, so a resend is sent and recorded again. Failures are
+// logged at most once per 10 seconds across the pipeline.
 package delivery

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -400,6 +401,9 @@ func TestCopiesTakeInFlightWeight(t *testing.T) {
 	h.cfg.MaxInFlight = 4
 	sending := make(chan struct{}, 1)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unhold := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unhold() // even when the test fails early
 	send := h.sender.SendFunc
 	h.sender.SendFunc = func(ctx context.Context, pushes []Push) []Attempt {
 		sending <- struct{}{}
@@ -465,7 +469,7 @@ func TestCopiesTakeInFlightWeight(t *testing.T) {
 	if extra := runtime.NumGoroutine() - before; extra > 10 {
 		t.Errorf("got %d more goroutines with the copies submitted, want a few (3 waiting copies and the submitter)", extra)
 	}
-	close(release)
+	unhold()
 	select {
 	case err := <-submitted:
 		if err != nil {
@@ -519,8 +523,10 @@ func TestCopyAdmittedBeforeItsClaimSends(t *testing.T) {
 		return out
 	}
 	a := submit([]Message{msg("blocker", apnsTarget(1), apnsTarget(2)), msg("k", apnsTarget(3), apnsTarget(4))})
-	for !claimed(p, tenant.Default, "k") {
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); !claimed(p, tenant.Default, "k"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(`A's "k" was not claimed within 5s`)
+		}
 	}
 	// B's copy weighs the whole pipeline: once admitted, nothing else is
 	// until it is answered.
@@ -905,6 +911,88 @@ func TestBackpressure(t *testing.T) {
 	// six have completed.
 	if atReturn < 6 {
 		t.Errorf("Submit returned after %d completions, want at least 6", atReturn)
+	}
+}
+
+// TestInFlightWeightBoundsWork: MaxInFlight bounds the tokens between
+// admission and their results, whatever the number of workers (here 16, for
+// room for 4 tokens: TestBackpressure alone would pass on the worker cap).
+func TestInFlightWeightBoundsWork(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight, h.cfg.Workers = 4, 16
+	var unfinished, most atomic.Int32 // tokens sent and not yet reported
+	send := h.sender.SendFunc
+	h.sender.SendFunc = func(ctx context.Context, pushes []Push) []Attempt {
+		n := unfinished.Add(int32(len(pushes)))
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // long enough for unbounded workers to pile up
+		return send(ctx, pushes)
+	}
+	s := h.pipeline().Open(context.Background(), func(r Result) { unfinished.Add(-1) })
+	batch := make([]Message, 20)
+	for i := range batch {
+		// Two tokens each: at most two messages in flight.
+		batch[i] = msg("k"+strconv.Itoa(i), apnsTarget(2*i), apnsTarget(2*i+1))
+	}
+	if err := s.Submit(batch); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if got := most.Load(); got > 4 {
+		t.Errorf("got %d tokens in flight at once, want at most MaxInFlight (4)", got)
+	}
+	if len(h.pushes) != 40 {
+		t.Errorf("got %d pushes, want 40", len(h.pushes))
+	}
+}
+
+// TestBlockedEmitHoldsWeight: a message keeps its in-flight weight until
+// its results are emitted, so a session whose reader stops holds up intake
+// (every session's, as the limit is shared) instead of queueing results.
+func TestBlockedEmitHoldsWeight(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 2
+	p := h.pipeline()
+	reading := make(chan struct{}, 1)
+	unblock := make(chan struct{})
+	slow := p.Open(context.Background(), func(Result) {
+		select {
+		case reading <- struct{}{}:
+		default:
+		}
+		<-unblock
+	})
+	if err := slow.Submit([]Message{msg("a", apnsTarget(1)), msg("b", apnsTarget(2))}); err != nil {
+		t.Fatal(err)
+	}
+	<-reading // the first result is being emitted, and its reader is stuck
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.Open(ctx, func(Result) {}).Submit([]Message{msg("c", apnsTarget(3))}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Submit while a stuck reader holds the pipeline: got %v, want it to wait for room until the deadline", err)
+	}
+	close(unblock)
+	slow.Close()
+	// The weight is given back once the reader resumed.
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var sent atomic.Int32
+	s := p.Open(ctx, func(r Result) {
+		if r.Status == StatusSent {
+			sent.Add(1)
+		}
+	})
+	if err := s.Submit([]Message{msg("c", apnsTarget(3))}); err != nil {
+		t.Fatalf("Submit after the reader resumed: %v", err)
+	}
+	s.Close()
+	if sent.Load() != 1 {
+		t.Errorf("after the reader resumed: got %d sent results, want 1", sent.Load())
 	}
 }
 

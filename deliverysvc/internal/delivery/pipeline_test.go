@@ -1066,3 +1066,35 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestBackoffJitter: waits for the same attempt are spread over [d/2, d]
+// ("equal jitter"), so messages that failed together do not retry together.
+// Draws only, no timing: with 200 draws per attempt, the chance that all
+// fall in one half of the range is 2^-199.
+func TestBackoffJitter(t *testing.T) {
+	p := New(Config{RetryInitial: 100 * time.Millisecond, RetryMax: time.Second}, Deps{})
+	for _, tc := range []struct {
+		attempt int
+		d       time.Duration // the exponential step before jitter
+	}{
+		{1, 100 * time.Millisecond},
+		{3, 400 * time.Millisecond},
+		{10, time.Second},
+	} {
+		low, high := 0, 0
+		for i := 0; i < 200; i++ {
+			got := p.backoff(tc.attempt, 0)
+			switch {
+			case got < tc.d/2 || got > tc.d:
+				t.Fatalf("backoff(%d): got %v, want in [%v, %v]", tc.attempt, got, tc.d/2, tc.d)
+			case got < tc.d*3/4:
+				low++
+			default:
+				high++
+			}
+		}
+		if low == 0 || high == 0 {
+			t.Errorf("backoff(%d): %d draws in [d/2, 3d/4) and %d in [3d/4, d], want the range covered", tc.attempt, low, high)
+		}
+	}
+}

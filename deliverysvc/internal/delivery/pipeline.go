@@ -33,7 +33,8 @@ type Config struct {
 	MaxInFlight int64
 	// RetryInitial and RetryMax bound the exponential backoff between
 	// retries of a retryable failure; default 500 ms and 1 minute. A
-	// gateway's Retry-After wins when it is longer.
+	// gateway's Retry-After wins when it is longer. The same backoff spaces
+	// the retries of a failed write of outcomes (see messageRun.finish).
 	RetryInitial time.Duration
 	RetryMax     time.Duration
 	// Workers bounds the goroutines sending messages; default
@@ -112,7 +113,7 @@ type Pipeline struct {
 	logWriteGivenUp rate.Sometimes
 
 	mu       sync.Mutex
-	inflight map[string]*flight // tenant \x00 idempotency key → first message
+	inflight map[string]*flight // tenant \x00 idempotency key → its flight
 }
 
 // flight is an idempotency key in flight: the first message with it claims
@@ -254,8 +255,8 @@ func (s *Session) Submit(msgs []Message) error {
 	for i := range tasks {
 		t := &tasks[i]
 		if prev, ok := stored[t.msg.IdempotencyKey]; ok {
-			// Completed before: answer from the store, send nothing. Copies
-			// waiting on the claim get the stored outcome too.
+			// Completed before: answer from the store, send nothing. A copy
+			// that came for the claim meanwhile gets the stored outcome too.
 			t.started = true
 			if t.first && t.flight.take() {
 				p.release(s.tenant, t.msg.IdempotencyKey, t.flight, prev)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
@@ -76,6 +77,13 @@ type Config struct {
 	APNsConnections int
 	// MaxInFlight bounds the tokens being sent at once across all streams.
 	MaxInFlight int
+	// MaxInFlightPerStream bounds what one Send stream holds of it (0:
+	// half of MaxInFlight), so a client that stops reading its results
+	// cannot hold the whole pipeline.
+	MaxInFlightPerStream int
+	// SendStallTimeout ends a Send stream whose client has not taken a
+	// response for this long (0: grpcapi.DefaultStallTimeout).
+	SendStallTimeout time.Duration
 	// JourneyWindow bounds each journey's messages after its last
 	// checkpoint: what a crash can make it send again (0: journey.DefaultMaxWindow).
 	JourneyWindow int
@@ -126,7 +134,9 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.CredentialsKeyFile, "credentials-key-file", "", "file holding the base64 AES-256 key that encrypts app credentials at rest (or set "+CredentialsKeyEnv+")")
 	fs.BoolVar(&c.DevInsecureGenerateKey, "dev-insecure-generate-key", false, "development only: without a key, use (and create on first start) "+DevKeyFile+" in the data dir")
 	fs.IntVar(&c.APNsConnections, "apns-connections", 4, "HTTP/2 connections per APNs app")
-	fs.IntVar(&c.MaxInFlight, "max-in-flight", 10_000, "tokens being sent at once, across all Send streams")
+	fs.IntVar(&c.MaxInFlight, "max-in-flight", delivery.DefaultMaxInFlight, "tokens being sent at once, across all Send streams")
+	fs.IntVar(&c.MaxInFlightPerStream, "max-in-flight-per-stream", 0, "tokens one Send stream may have in flight, its unread results included (0: half of --max-in-flight)")
+	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", grpcapi.DefaultStallTimeout, "end a Send stream whose client has not read a response for this long, giving back what its results hold")
 	fs.IntVar(&c.JourneyWindow, "journey-window", journey.DefaultMaxWindow, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
 }
 
@@ -234,7 +244,17 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 
 	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
 	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
-	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{Pipeline: pipeline, Log: log})
+	perStream := cfg.MaxInFlightPerStream
+	if perStream <= 0 {
+		total := cfg.MaxInFlight
+		if total <= 0 {
+			total = delivery.DefaultMaxInFlight
+		}
+		perStream = max(1, total/2)
+	}
+	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{
+		Pipeline: pipeline, Log: log, MaxInFlightPerStream: int64(perStream), StallTimeout: cfg.SendStallTimeout,
+	})
 	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
 		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
 	closers = append(closers, func() error { journeys.Close(); return nil })

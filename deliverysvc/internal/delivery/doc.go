@@ -28,9 +28,11 @@
 // simply waits; nothing is buffered without bound. A message keeps its
 // weight until its results are emitted, and emit may block: a slow reader
 // of results slows the pipeline down instead of growing a queue. As the
-// limit is shared, a session whose emit blocks for good ends up holding all
-// of it and blocks every session's Submit: callers must keep reading, or
-// cancel the session.
+// limit is shared, a session whose emit blocks for good would end up holding
+// all of it and block every session's Submit; SessionOptions.MaxInFlight
+// bounds what one session may hold (the Send RPC gives each stream half,
+// and ends a stream whose client stopped reading), and callers must keep
+// reading, or cancel the session.
 //
 // # Results
 //

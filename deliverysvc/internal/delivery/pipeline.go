@@ -57,7 +57,7 @@ type Config struct {
 
 func (c *Config) defaults() {
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 10_000
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 	if c.RetryInitial <= 0 {
 		c.RetryInitial = 500 * time.Millisecond
@@ -153,6 +153,9 @@ func New(cfg Config, deps Deps) *Pipeline {
 	}
 }
 
+// DefaultMaxInFlight is Config.MaxInFlight's default.
+const DefaultMaxInFlight = 10_000
+
 // writeLogInterval is the least time between two log lines about failed
 // writes of outcomes.
 const writeLogInterval = 10 * time.Second
@@ -165,6 +168,11 @@ type Session struct {
 	emit   func(Result)
 	opts   SessionOptions
 	wg     sync.WaitGroup
+	// sem bounds the session's own weight (SessionOptions.MaxInFlight),
+	// nil when only the pipeline's bound applies; maxWeight is the most
+	// one message may weigh, whichever bound is lower.
+	sem       *semaphore.Weighted
+	maxWeight int64
 
 	mu     sync.Mutex
 	closed bool
@@ -191,11 +199,22 @@ type SessionOptions struct {
 	// audience (a 1M-profile journey wrote ~330 MB). Copies of a key in
 	// flight at the same time are still merged.
 	CallerCheckpoints bool
+	// MaxInFlight bounds the weight (tokens) this session holds at once;
+	// 0 or more than the pipeline's Config.MaxInFlight means the pipeline's.
+	// Weight is held until a message's results are emitted, so a caller
+	// that stops reading them keeps it: with a bound per session one such
+	// caller cannot take the whole pipeline from the others.
+	MaxInFlight int64
 }
 
 // OpenWith is Open with options.
 func (p *Pipeline) OpenWith(ctx context.Context, emit func(Result), opts SessionOptions) *Session {
-	return &Session{p: p, ctx: ctx, tenant: tenant.FromContext(ctx), emit: emit, opts: opts}
+	s := &Session{p: p, ctx: ctx, tenant: tenant.FromContext(ctx), emit: emit, opts: opts, maxWeight: p.cfg.MaxInFlight}
+	if opts.MaxInFlight > 0 && opts.MaxInFlight < p.cfg.MaxInFlight {
+		s.maxWeight = opts.MaxInFlight
+		s.sem = semaphore.NewWeighted(opts.MaxInFlight)
+	}
+	return s
 }
 
 // Submit admits a batch of messages. It returns a *fault.ValidationError
@@ -268,8 +287,8 @@ func (s *Session) Submit(msgs []Message) error {
 		// a client resending a batch while the first copy waits out a
 		// retry backoff is held back by Submit, not given a goroutine per
 		// copy.
-		t.weight = min(int64(max(1, len(t.msg.Tokens))), p.cfg.MaxInFlight)
-		if err := p.sem.Acquire(s.ctx, t.weight); err != nil {
+		t.weight = min(int64(max(1, len(t.msg.Tokens))), s.maxWeight)
+		if err := s.acquire(t.weight); err != nil {
 			abandon(i)
 			return err
 		}
@@ -312,7 +331,26 @@ type task struct {
 // once the message is answered.
 func (t *task) free() {
 	t.s.p.sem.Release(t.weight)
+	if t.s.sem != nil {
+		t.s.sem.Release(t.weight)
+	}
 	t.s.wg.Done()
+}
+
+// acquire takes weight from the session's bound, then the pipeline's.
+func (s *Session) acquire(weight int64) error {
+	if s.sem != nil {
+		if err := s.sem.Acquire(s.ctx, weight); err != nil {
+			return err
+		}
+	}
+	if err := s.p.sem.Acquire(s.ctx, weight); err != nil {
+		if s.sem != nil {
+			s.sem.Release(weight)
+		}
+		return err
+	}
+	return nil
 }
 
 // dispatch hands t to an idle worker, starts a worker if fewer than

@@ -996,6 +996,63 @@ func TestBlockedEmitHoldsWeight(t *testing.T) {
 	}
 }
 
+// A session with its own bound holds at most that much of the pipeline
+// while its reader is stuck: other sessions go on.
+func TestSessionBoundLeavesRoomForOthers(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.MaxInFlight = 4
+	p := h.pipeline()
+	reading := make(chan struct{}, 1)
+	unblock := make(chan struct{})
+	stuckCtx, cancelStuck := context.WithCancel(context.Background())
+	defer cancelStuck()
+	stuck := p.OpenWith(stuckCtx, func(Result) {
+		select {
+		case reading <- struct{}{}:
+		default:
+		}
+		<-unblock
+	}, SessionOptions{MaxInFlight: 2})
+	submitted := make(chan error, 1)
+	go func() {
+		// The third message waits for the session's own room, not the
+		// pipeline's.
+		submitted <- stuck.Submit([]Message{msg("a", apnsTarget(1)), msg("b", apnsTarget(2)), msg("c", apnsTarget(3))})
+	}()
+	<-reading
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var sent atomic.Int32
+	other := p.Open(ctx, func(r Result) {
+		if r.Status == StatusSent {
+			sent.Add(1)
+		}
+	})
+	// Two messages of another session fit in what the stuck one left.
+	if err := other.Submit([]Message{msg("d", apnsTarget(4)), msg("e", apnsTarget(5))}); err != nil {
+		t.Fatalf("Submit beside a stuck session: %v", err)
+	}
+	other.Close()
+	if sent.Load() != 2 {
+		t.Errorf("beside a stuck session: got %d sent results, want 2", sent.Load())
+	}
+	select {
+	case err := <-submitted:
+		t.Fatalf("the stuck session's third message was admitted (err %v) while its first two held its bound", err)
+	default:
+	}
+	// A message heavier than the session's bound is admitted with the
+	// bound as its weight rather than waiting forever.
+	close(unblock)
+	if err := <-submitted; err != nil {
+		t.Fatal(err)
+	}
+	if err := stuck.Submit([]Message{msg("f", apnsTarget(6), apnsTarget(7), apnsTarget(8))}); err != nil {
+		t.Fatalf("a message of 3 tokens in a session bounded to 2: %v", err)
+	}
+	stuck.Close()
+}
+
 func TestCancelledSession(t *testing.T) {
 	h := newHarness(t)
 	h.sender.SendFunc = func(context.Context, []Push) []Attempt {

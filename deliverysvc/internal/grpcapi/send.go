@@ -3,8 +3,10 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
 )
 
 // DeliveryServer implements deliveryv1.DeliveryServiceServer over the
@@ -20,7 +23,20 @@ type DeliveryServer struct {
 	deliveryv1.UnimplementedDeliveryServiceServer
 	Pipeline *delivery.Pipeline
 	Log      *slog.Logger
+	// MaxInFlightPerStream bounds the tokens one stream holds in the
+	// pipeline (0: the pipeline's whole bound). A message holds its weight
+	// until its results are written, so a client that stops reading holds
+	// at most this much of what every other stream and journey share.
+	MaxInFlightPerStream int64
+	// StallTimeout ends a stream whose client has not taken a response for
+	// this long (0: DefaultStallTimeout), giving back what its unread
+	// results hold.
+	StallTimeout time.Duration
 }
+
+// DefaultStallTimeout is DeliveryServer.StallTimeout's default: far longer
+// than any reader that is merely slow needs.
+const DefaultStallTimeout = time.Minute
 
 // maxResultsPerResponse bounds one SendResponse; under load the writer packs
 // results together, at low load it sends each as soon as it is known.
@@ -39,16 +55,37 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 	// capacity, which is what slows the sender down.
 	results := make(chan delivery.Result, 256)
 	writeErr := make(chan error, 1)
+	stallTimeout := s.StallTimeout
+	if stallTimeout <= 0 {
+		stallTimeout = DefaultStallTimeout
+	}
+	// stalled closes when a response has waited stallTimeout for the
+	// client to take it (gRPC flow control: the client is not reading).
+	stalled := make(chan struct{})
+	var stallOnce sync.Once
+	onStall := func() {
+		stallOnce.Do(func() {
+			close(stalled)
+			cancel() // stop the session's pending work
+		})
+	}
 	go func() {
-		err := writeResults(stream, results)
+		err := writeResults(stream, results, stallTimeout, onStall)
 		if err != nil {
 			cancel() // nobody reads: stop the session's pending work
 		}
 		writeErr <- err
 	}()
-	// A plain send: the writer drains the channel until it is closed, even
-	// after the client went away, so this never blocks for good.
-	session := s.Pipeline.Open(ctx, func(r delivery.Result) { results <- r })
+	// The writer drains the channel until it is closed, even after the
+	// client went away; once the client stalled, results are dropped
+	// instead (they are recorded and remembered: a resend of the key gets
+	// them), so the session gives back its weight and Close returns.
+	session := s.Pipeline.OpenWith(ctx, func(r delivery.Result) {
+		select {
+		case results <- r:
+		case <-stalled:
+		}
+	}, delivery.SessionOptions{MaxInFlight: s.MaxInFlightPerStream})
 
 	var streamErr error
 	for {
@@ -72,6 +109,12 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 	session.Close()
 	close(results)
 	werr := <-writeErr
+	select {
+	case <-stalled:
+		streamErr = &fault.RetryAfterError{After: time.Second, Err: fmt.Errorf(
+			"results not read for %s: the stream ended; its messages completed and are remembered, so resending a key whose outcome you did not read answers it without sending again", stallTimeout)}
+	default:
+	}
 	switch {
 	case streamErr != nil:
 		return Status(stream.Context(), s.Log, streamErr)
@@ -82,10 +125,13 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 }
 
 // writeResults streams results until the channel closes, packing the ones
-// already waiting into one response.
-func writeResults(stream deliveryv1.DeliveryService_SendServer, results <-chan delivery.Result) error {
+// already waiting into one response. A response the client has not taken
+// within stallTimeout calls onStall.
+func writeResults(stream deliveryv1.DeliveryService_SendServer, results <-chan delivery.Result, stallTimeout time.Duration, onStall func()) error {
 	failed := false
 	var err error
+	stall := time.AfterFunc(time.Hour, onStall)
+	stall.Stop()
 	for first := range results {
 		if failed {
 			continue // drain, so the pipeline never blocks on us
@@ -110,7 +156,10 @@ func writeResults(stream deliveryv1.DeliveryService_SendServer, results <-chan d
 				break more
 			}
 		}
-		if err = stream.Send(resp); err != nil {
+		stall.Reset(stallTimeout)
+		err = stream.Send(resp)
+		stall.Stop()
+		if err != nil {
 			failed = true
 		}
 	}

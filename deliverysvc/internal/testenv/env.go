@@ -33,6 +33,10 @@ type Options struct {
 	DataDir string
 	// MaxInFlight is passed to deliverysvc (0: its default).
 	MaxInFlight int
+	// MaxInFlightPerStream and SendStallTimeout are passed to deliverysvc
+	// (0: its defaults).
+	MaxInFlightPerStream int
+	SendStallTimeout     time.Duration
 	// APNsConnections is passed to deliverysvc (0: its default).
 	APNsConnections int
 	// FCMQuotaPerMinute is the FCM emulator's quota (0: FCM's default).
@@ -124,6 +128,9 @@ func New(opts Options) (_ *Env, err error) {
 		CredentialsKey:  base64.StdEncoding.EncodeToString(key),
 		APNsConnections: opts.APNsConnections,
 		MaxInFlight:     opts.MaxInFlight,
+
+		MaxInFlightPerStream: opts.MaxInFlightPerStream,
+		SendStallTimeout:     opts.SendStallTimeout,
 	}
 	if err := e.StartService(); err != nil {
 		return nil, err

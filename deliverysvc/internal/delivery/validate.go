@@ -152,6 +152,23 @@ func knownPlatform(p commonv1.Platform) bool {
 	return p == commonv1.Platform_PLATFORM_APNS || p == commonv1.Platform_PLATFORM_FCM
 }
 
+// ValidateNotification checks a notification as ValidateMessage does; the
+// violations' fields start with "notification.". Journeys use it on what a
+// profile's values rendered, to exclude that profile rather than fail its
+// sends.
+func ValidateNotification(n *Notification) error {
+	var v fault.ValidationError // on the stack: nothing allocated when valid
+	validateNotification(&v, "", n)
+	if len(v.Violations) == 0 {
+		return nil
+	}
+	out := &fault.ValidationError{Violations: v.Violations}
+	for i := range out.Violations {
+		out.Violations[i].Field = strings.TrimPrefix(out.Violations[i].Field, ".")
+	}
+	return out
+}
+
 func validateNotification(v *fault.ValidationError, field string, n *Notification) {
 	for _, f := range [...]struct{ name, value string }{
 		{".notification.title", n.Title}, {".notification.subtitle", n.Subtitle}, {".notification.body", n.Body},

@@ -316,7 +316,19 @@ func (c *Content) pick(platform commonv1.Platform, locale string) *compiledMessa
 	return best
 }
 
-// Render renders the notification for one profile on one platform.
+// Render renders the notification for one profile on one platform. A
+// notification that the profile's values made invalid (an image URL that is
+// not one, a reserved key, a text over its limit) is a render error too: the
+// profile is excluded with the reason, rather than its sends failing. A
+// static template was checked at publish.
 func (c *Content) Render(platform commonv1.Platform, locale string, v *Values) (delivery.Notification, error) {
-	return c.pick(platform, locale).render(v)
+	cm := c.pick(platform, locale)
+	n, err := cm.render(v)
+	if err != nil || cm.static != nil {
+		return n, err
+	}
+	if err := delivery.ValidateNotification(&n); err != nil {
+		return delivery.Notification{}, fmt.Errorf("the profile's values make an invalid notification: %w", err)
+	}
+	return n, nil
 }

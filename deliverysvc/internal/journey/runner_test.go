@@ -506,8 +506,18 @@ func TestInvalidMessagesCompleteTheirProfile(t *testing.T) {
 	if got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
 		t.Fatalf("state: got %v, want COMPLETED", got.GetState())
 	}
-	if failedCount(got.GetProgress(), commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE) != 1 || got.GetProgress().GetProfilesDone() != 2 || got.GetProgress().GetSent() != 1 {
-		t.Errorf("progress: got %v, want 1 sent, 1 INVALID_MESSAGE failure and both profiles done", got.GetProgress())
+	p := got.GetProgress()
+	if excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 || failedCount(p, commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE) != 0 ||
+		p.GetProfilesDone() != 2 || p.GetSent() != 1 || p.GetTokensTargeted() != 1 {
+		t.Errorf("progress: got %v, want 1 sent, the bad image's profile excluded as a render error, both profiles done", p)
+	}
+	// The dry run counts it the same way, before anything is sent.
+	_, dr, err := h.m.Publish(testCtx, PublishInput{Journey: j, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if excludedCount(&deliveryv1.JourneyProgress{Excluded: dr.GetExcluded()}, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 || dr.GetTokensTargeted() != 1 {
+		t.Errorf("dry run: got %v, want the bad image's profile excluded as a render error", dr)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -89,6 +90,9 @@ func runDev(ctx context.Context, e *Env, o devOptions) error {
 		Seed:           int64(o.seed),
 	})
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("start the mesh: %w\n  is another pushctl dev running? Free addresses can be given with --profile-addr, --delivery-addr, --tracking-addr, --apns-addr and --fcm-addr", err)
+		}
 		return fmt.Errorf("start the mesh: %w", err)
 	}
 	defer func() {

@@ -60,27 +60,37 @@ type Mesh struct {
 }
 
 // Start starts the emulators and the three services. Close stops them.
-func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
+// When one of them cannot start (a busy port, a locked data file) Start
+// stops those already started and returns the error, which names the
+// component and, for a busy port, the address.
+func Start(ctx context.Context, opts Options) (*Mesh, error) {
+	m := &Mesh{}
+	if err := m.start(ctx, opts); err != nil {
+		if cerr := m.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("stopping what had started: %w", cerr))
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+// start starts everything in order, registering each closer as soon as its
+// component runs, so that Close undoes a partial start.
+func (m *Mesh) start(ctx context.Context, opts Options) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	m = &Mesh{}
-	defer func() {
-		if err != nil {
-			_ = m.Close()
-		}
-	}()
-
+	var err error
 	if m.CA, err = tlsca.New(); err != nil {
-		return nil, err
+		return err
 	}
 	if m.APNs, err = apns.Start(apns.Options{Addr: opts.APNsListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "apns")}); err != nil {
-		return nil, fmt.Errorf("apns emulator: %w", err)
+		return fmt.Errorf("apns emulator: %w", err)
 	}
 	m.closers = append(m.closers, m.APNs.Close)
 	if m.FCM, err = fcm.Start(fcm.Options{Addr: opts.FCMListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "fcm")}); err != nil {
-		return nil, fmt.Errorf("fcm emulator: %w", err)
+		return fmt.Errorf("fcm emulator: %w", err)
 	}
 	m.closers = append(m.closers, m.FCM.Close)
 
@@ -89,14 +99,14 @@ func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
 		return profileserver.Start(ctx, s, filepath.Join(opts.DataDir, "profilesvc"), profileserver.Config{}, log)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	m.ProfileAddr = profile
 	tracking, err := m.serve(ctx, "trackingsvc", opts.TrackingListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
 		return trackingserver.Start(ctx, s, filepath.Join(opts.DataDir, "trackingsvc"), trackingserver.Config{}, log)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	m.TrackingAddr = tracking
 	delivery, err := m.serve(ctx, "deliverysvc", opts.DeliveryListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
@@ -112,7 +122,7 @@ func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
 		}, log)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	m.DeliveryAddr = delivery
 
@@ -130,12 +140,12 @@ func Start(ctx context.Context, opts Options) (m *Mesh, err error) {
 	} {
 		conn, err := grpcclient.Dial(c.addr)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		m.closers = append(m.closers, conn.Close)
 		c.set(conn)
 	}
-	return m, nil
+	return nil
 }
 
 type startFunc func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error)

@@ -36,7 +36,7 @@ func devCommand() *Command {
 	var o devOptions
 	cmd := &Command{
 		Name:    "dev",
-		Args:    "[--data-dir DIR] [--profiles N] [--exit]",
+		Args:    "[--data-dir DIR] [--profiles N] [--seed N] [--keep-running=false]",
 		Summary: "run all of pushmesh locally with the gateway emulators and a demo journey",
 		Help: `Starts profilesvc, deliverysvc and trackingsvc on the --profile-addr,
 --delivery-addr and --tracking-addr addresses, and the APNs and FCM gateway

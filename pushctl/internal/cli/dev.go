@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -40,15 +41,18 @@ func devCommand() *Command {
 		Summary: "run all of pushmesh locally with the gateway emulators and a demo journey",
 		Help: `Starts profilesvc, deliverysvc and trackingsvc on the --profile-addr,
 --delivery-addr and --tracking-addr addresses, and the APNs and FCM gateway
-emulators on loopback, with their data in a fresh --data-dir (wiped at start).
+emulators on loopback, with their data in --data-dir. That folder is emptied
+at each start, but only if pushctl dev made it (it holds a .pushctl-dev file):
+a non-empty folder without that file is refused (exit 2), never wiped.
 It registers three demo apps with generated credentials, imports a demo CRM
 population (customers with 1-4 devices, iOS and Android, a few dead tokens,
 opted-out and device-less customers), publishes a demo journey, prints its
-outcome, and keeps running so you can explore with pushctl and grpcurl.
+outcome, and keeps running so you can explore with pushctl and grpcurl
+(--keep-running=false exits after the outcome instead).
 Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
 		MaxArgs: 0,
 		Flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&o.dataDir, "data-dir", filepath.Join(".pushmesh", "dev"), "folder for the services' data and logs; wiped at start")
+			fs.StringVar(&o.dataDir, "data-dir", defaultDevDataDir, "folder for the services' data and logs; emptied at start if pushctl dev made it, refused if it holds anything else")
 			fs.IntVar(&o.profiles, "profiles", 10_000, "demo customers with devices")
 			fs.Uint64Var(&o.seed, "seed", 1, "seed of the demo population")
 			fs.StringVar(&o.apnsAddr, "apns-addr", "127.0.0.1:7443", "APNs emulator address")
@@ -60,16 +64,13 @@ Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
 		if o.profiles < 1 {
 			return usagef(cmd, "--profiles must be at least 1")
 		}
-		return runDev(ctx, e, o)
+		return runDev(ctx, e, cmd, o)
 	}
 	return cmd
 }
 
-func runDev(ctx context.Context, e *Env, o devOptions) error {
-	if err := os.RemoveAll(o.dataDir); err != nil {
-		return fmt.Errorf("wipe %s: %w", o.dataDir, err)
-	}
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
+	if err := prepareDevDataDir(cmd, o.dataDir); err != nil {
 		return err
 	}
 	logFile, err := os.OpenFile(filepath.Join(o.dataDir, "services.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
@@ -138,6 +139,81 @@ Press Ctrl-C to stop.
 `, id, m.ProfileAddr)
 	<-ctx.Done()
 	return nil
+}
+
+// devMarker is the file pushctl dev writes in its data dir. Only a folder
+// holding it is emptied at start: --data-dir pointed at anything else (a
+// service's real data dir, a home folder) is refused, not wiped.
+const devMarker = ".pushctl-dev"
+
+// defaultDevDataDir is the default --data-dir, the one `make dev` uses.
+var defaultDevDataDir = filepath.Join(".pushmesh", "dev")
+
+// prepareDevDataDir makes dir ready for a fresh run: created if missing,
+// emptied if pushctl dev made it, and marked. A non-empty folder without the
+// marker is a usage error and is left untouched.
+func prepareDevDataDir(cmd *Command, dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return usagef(cmd, "--data-dir %s is not a folder", dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(entries) > 0 && !isDevDataDir(dir, entries) {
+		return usagef(cmd, "refusing to wipe --data-dir %s: it is not empty and pushctl dev did not make it (no %s file); give a new or empty folder", dir, devMarker)
+	}
+	// Empty the folder rather than replace it, so a symlinked folder stays
+	// one; the marker stays, so an interrupted wipe leaves a folder that is
+	// still recognized.
+	for _, en := range entries {
+		if en.Name() == devMarker {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, en.Name())); err != nil {
+			return fmt.Errorf("wipe %s: %w", dir, err)
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, devMarker),
+		[]byte("Made by `pushctl dev`, which empties this folder each time it starts.\n"), 0o600)
+}
+
+// isDevDataDir reports whether the non-empty folder dir was made by pushctl
+// dev: it holds the marker file, or it is the default folder with exactly
+// the layout pushctl dev left there before it wrote markers.
+func isDevDataDir(dir string, entries []fs.DirEntry) bool {
+	if fi, err := os.Lstat(filepath.Join(dir, devMarker)); err == nil && fi.Mode().IsRegular() {
+		return true
+	}
+	if filepath.Clean(dir) != defaultDevDataDir {
+		return false
+	}
+	log := false
+	for _, en := range entries {
+		switch en.Name() {
+		case "services.log":
+			log = en.Type().IsRegular()
+		case "emulator-ca.pem":
+			if !en.Type().IsRegular() {
+				return false
+			}
+		case "profilesvc", "deliverysvc", "trackingsvc":
+			if !en.IsDir() {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return log
 }
 
 // seedDemo registers the demo apps and imports the demo population.

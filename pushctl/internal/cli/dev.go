@@ -102,6 +102,9 @@ func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
 			fmt.Fprintf(e.Stderr, "pushctl dev: stop: %v\n", err)
 		}
 	}()
+	// The addresses the services really listen on (a :0 port is chosen at
+	// start): the watch below and error messages dial through e.
+	e.Global.ProfileAddr, e.Global.DeliveryAddr, e.Global.TrackingAddr = m.ProfileAddr, m.DeliveryAddr, m.TrackingAddr
 	caFile := filepath.Join(o.dataDir, "emulator-ca.pem")
 	if err := m.CA.WriteCertFile(caFile); err != nil {
 		return err

@@ -186,12 +186,12 @@ func (c *checker) single(fd protoreflect.FieldDescriptor, n *node, path string) 
 		}
 		return n.bool, nil
 	case protoreflect.StringKind, protoreflect.BytesKind:
-		// YAML reads `collapseId: 12345` as a number; the text is meant.
+		// YAML reads `collapseId: 12345`, `code: 007` or `title: 1.10` as
+		// numbers and `True` as a boolean; the text as written is meant,
+		// not the decoded value re-formatted (7, 1.1, true).
 		switch n.kind {
-		case kindString, kindNumber:
-			return n.text, nil
-		case kindBool:
-			return strconv.FormatBool(n.bool), nil
+		case kindString, kindNumber, kindBool:
+			return n.src, nil
 		}
 		return nil, c.fail(n, path, "want a string, got %s", n.kind)
 	case protoreflect.FloatKind, protoreflect.DoubleKind:
@@ -337,12 +337,13 @@ func plain(n *node) any {
 	return nil
 }
 
+// describe quotes a value in an error message as the file has it.
 func describe(n *node) string {
 	switch n.kind {
 	case kindString, kindNumber:
-		return strconv.Quote(n.text)
+		return strconv.Quote(n.src)
 	case kindBool:
-		return strconv.FormatBool(n.bool)
+		return n.src
 	}
 	return n.kind.String()
 }

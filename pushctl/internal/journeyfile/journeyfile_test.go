@@ -3,6 +3,7 @@ package journeyfile
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +131,7 @@ func TestErrorsNameLineAndField(t *testing.T) {
 		{"bad duration", "j.yaml", "delivery:\n  ttl: one day\n", `j.yaml:2: delivery.ttl: want a duration such as "24h", "90m" or "3600s", got "one day"`},
 		{"bad timestamp", "j.yaml", "startTime: tomorrow\n", `j.yaml:1: startTime: want an RFC 3339 time such as 2024-05-01T10:00:00Z, got "tomorrow"`},
 		{"bad bool", "j.yaml", "audience: {requireExplicitConsent: maybe}\n", `j.yaml:1: audience.requireExplicitConsent: want true or false, got "maybe"`},
+		{"number quoted as written", "j.yaml", "audience: {requireExplicitConsent: 0123}\n", `j.yaml:1: audience.requireExplicitConsent: want true or false, got "0123"`},
 		{"fraction for an integer", "j.yaml", "delivery: {maxMessagesPerSecond: 1.5}\n", `j.yaml:1: delivery.maxMessagesPerSecond: want a whole number, got "1.5"`},
 		{"integer out of range", "j.yaml", "delivery: {maxMessagesPerSecond: 99999999999}\n", "j.yaml:1: delivery.maxMessagesPerSecond: 99999999999 is out of range"},
 		{"map value", "j.yaml", "template:\n  data:\n    a: [1]\n", `j.yaml:3: template.data["a"]: want a string, got a list`},
@@ -177,5 +179,47 @@ func TestProtoDuration(t *testing.T) {
 		if got := protoDuration(tt.d); got != tt.want {
 			t.Errorf("protoDuration(%v): got %q, want %q", tt.d, got, tt.want)
 		}
+	}
+}
+
+// A string field gets the text in the file, even when YAML would read it as
+// a number or a boolean: coupon codes, phone numbers and prices are not
+// rewritten (0123 is not octal 83, +336… keeps its plus, 19.90 its zero).
+func TestStringFieldsKeepTheTextAsWritten(t *testing.T) {
+	for _, text := range []string{
+		"1.10", "007", "0123", "+33612345678", "19.90", "0x1F", "1e3", "0o17", "1_000", "-0", "12345",
+		".5", "1.", ".inf", "-.Inf", ".nan", "True", "false", "99999999999999999999999",
+	} {
+		t.Run(text, func(t *testing.T) {
+			src := "name: " + text + "\nappIds: [" + text + "]\ntemplate:\n  title: " + text + "\n  data:\n    code: " + text + "\n    " + text + ": key\n"
+			j, err := Parse("j.yaml", []byte(src))
+			if err != nil {
+				t.Fatalf("Parse:\n%s\n%v", src, err)
+			}
+			got := []string{j.GetName(), j.GetAppIds()[0], j.GetTemplate().GetTitle(), j.GetTemplate().GetData()["code"], j.GetTemplate().GetData()[text]}
+			want := []string{text, text, text, text, "key"}
+			if !slices.Equal(got, want) {
+				t.Errorf("name, appIds[0], title, data.code, data[%s]: got %q, want %q", text, got, want)
+			}
+		})
+	}
+	// JSON numbers and booleans in string fields keep their literal too.
+	j, err := Parse("j.json", []byte(`{"name": 1.10, "template": {"title": true, "data": {"price": 19.90, "sci": 1e3}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := []string{j.GetName(), j.GetTemplate().GetTitle(), j.GetTemplate().GetData()["price"], j.GetTemplate().GetData()["sci"]}, []string{"1.10", "true", "19.90", "1e3"}; !slices.Equal(got, want) {
+		t.Errorf("JSON: got %q, want %q", got, want)
+	}
+}
+
+// Numeric fields still read YAML's numbers as numbers.
+func TestNumericFieldsReadNumbers(t *testing.T) {
+	j, err := Parse("j.yaml", []byte("template: {badge: 0x1F}\ndelivery: {maxMessagesPerSecond: 1e3, ttl: 1.5}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.GetTemplate().GetBadge() != 31 || j.GetDelivery().GetMaxMessagesPerSecond() != 1000 || j.GetDelivery().GetTtl().AsDuration() != 1500*time.Millisecond {
+		t.Errorf("got badge %d, maxMessagesPerSecond %d, ttl %v", j.GetTemplate().GetBadge(), j.GetDelivery().GetMaxMessagesPerSecond(), j.GetDelivery().GetTtl().AsDuration())
 	}
 }

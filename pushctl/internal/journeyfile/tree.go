@@ -32,8 +32,12 @@ func (k kind) String() string {
 // node is a parsed JSON or YAML value that remembers the line it came from,
 // so a schema error can point at it.
 type node struct {
-	kind  kind
-	text  string // string value, or the number's decimal text
+	kind kind
+	text string // string value, or the number's decimal text
+	// src is a scalar as written in the file: YAML's text without quotes
+	// (007, 0x1F, True), JSON's string, number literal or true/false.
+	// String fields take it, so numbers-looking text is never reformatted.
+	src   string
 	bool  bool
 	keys  []string // object keys, in file order
 	vals  []*node  // object values, parallel to keys
@@ -99,6 +103,7 @@ func fromYAML(y *yaml.Node, depth int) (*node, error) {
 			n.items = append(n.items, v)
 		}
 	case yaml.ScalarNode:
+		n.src = y.Value
 		switch y.ShortTag() {
 		case "!!null":
 			n.kind = kindNull
@@ -198,11 +203,11 @@ func (p *jsonParser) value() (*node, error) {
 	case nil:
 		n.kind = kindNull
 	case bool:
-		n.kind, n.bool = kindBool, t
+		n.kind, n.bool, n.src = kindBool, t, strconv.FormatBool(t)
 	case json.Number:
-		n.kind, n.text = kindNumber, t.String()
+		n.kind, n.text, n.src = kindNumber, t.String(), t.String()
 	case string:
-		n.kind, n.text = kindString, t
+		n.kind, n.text, n.src = kindString, t, t
 	case json.Delim:
 		switch t {
 		case '{':

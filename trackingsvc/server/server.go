@@ -34,12 +34,16 @@ type Config struct {
 	HTTPListen string
 	// Retention is how long events are kept after they were received
 	// (aggregates stay forever); events with an event time older than this
-	// are rejected. Default 30 days.
+	// are rejected, and event ids are remembered that long after the event
+	// time (on disk past the dedupe window), so a copy of an accepted event
+	// is never counted again. Default 30 days.
 	Retention time.Duration
-	// DedupeWindow is how long an event id is remembered after its event
-	// was received: the same id within the window is a duplicate and is not
-	// counted again. Memory grows with the ids in the window (about 20
-	// bytes each). Default 7 days.
+	// DedupeWindow is how long an event id is held in memory after its
+	// event was received: the same id within the window is a duplicate
+	// whatever its event time. After it, the id is looked up on disk, and
+	// only for copies whose event time is older than the window (late
+	// events; a retry carries the original time). Memory grows with the
+	// ids in the window (about 13 bytes each). Default 7 days.
 	DedupeWindow time.Duration
 	// SweepInterval is how often expired events are removed. Default 1 h.
 	SweepInterval time.Duration
@@ -70,8 +74,8 @@ func Spec() service.Spec {
 
 func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPListen, "http-listen", DefaultHTTPListen, "HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it")
-	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept after they were received; aggregates stay")
-	fs.DurationVar(&c.DedupeWindow, "dedupe-window", DefaultDedupeWindow, "how long event ids are remembered to drop duplicates (about 20 bytes of memory per id)")
+	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept after they were received; events with an older event time are refused, and event ids are remembered (on disk past --dedupe-window) that long after the event time; aggregates stay")
+	fs.DurationVar(&c.DedupeWindow, "dedupe-window", DefaultDedupeWindow, "how long event ids are held in memory after they were received (about 13 bytes per id); later, copies of events older than the window are still caught from disk, until --retention")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", DefaultSweepInterval, "how often expired events are removed")
 }
 

@@ -23,8 +23,11 @@ type Appender interface {
 // Ingester validates and stores batches of events.
 type Ingester struct {
 	Store Appender
-	// Retention rejects events older than the window: they would be swept
-	// at once, and their dedupe partition may already be gone.
+	// Retention rejects events whose event time is older than this. It
+	// must not exceed the store's Options.Retention: the store remembers an
+	// event's id (in memory for the dedupe window, then on disk) until that
+	// long after the event time, so an event older than it could be a copy
+	// of one whose id is forgotten, and would be counted twice.
 	Retention time.Duration
 	Now       func() time.Time
 }

@@ -418,6 +418,40 @@ func TestRetentionRemovesEventsKeepsAggregates(t *testing.T) {
 	}
 }
 
+// An event may arrive up to the retention after its event time (a device
+// offline for two weeks); a retry of it after its first copy's id left the
+// in-memory window is still a duplicate.
+func TestLateRetryAfterTheDedupeWindowIsADuplicate(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	orig := ev("late-1", trackingv1.EventType_EVENT_TYPE_SENT, now.Add(-14*24*time.Hour))
+	if r, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: []*trackingv1.Event{proto.Clone(orig).(*trackingv1.Event)}}); err != nil || r.GetAccepted() != 1 {
+		t.Fatalf("first copy: got %v, %v, want accepted", r, err)
+	}
+	e.clock = now.Add(9 * 24 * time.Hour) // the event is 23 days old: within the retention
+	if _, err := e.store.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: []*trackingv1.Event{proto.Clone(orig).(*trackingv1.Event)}})
+	if err != nil || r.GetAccepted() != 0 || r.GetDuplicates() != 1 {
+		t.Errorf("retry after the window: got %v, %v, want a duplicate", r, err)
+	}
+	m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{})
+	if err != nil || m.GetTotal().GetSent() != 1 {
+		t.Errorf("got %v, %v, want sent 1", m.GetTotal(), err)
+	}
+	l, err := e.client.ListEvents(ctx, &trackingv1.ListEventsRequest{})
+	if err != nil || len(l.GetEvents()) != 1 {
+		t.Errorf("listed %d events, %v, want 1", len(l.GetEvents()), err)
+	}
+	// Past the retention the event is refused, with its reason.
+	e.clock = now.Add(17 * 24 * time.Hour)
+	r, err = e.client.Track(ctx, &trackingv1.TrackRequest{Events: []*trackingv1.Event{proto.Clone(orig).(*trackingv1.Event)}})
+	if err != nil || len(r.GetRejected()) != 1 || r.GetRejected()[0].GetField() != "event_time" {
+		t.Errorf("after the retention: got %v, %v, want event_time rejected", r, err)
+	}
+}
+
 func TestHTTPEndpoint(t *testing.T) {
 	e := newEnv(t)
 	srv := httptest.NewServer(e.api.HTTPHandler())

@@ -2,9 +2,12 @@ package store
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func TestSortedIDsFindsExactlyItsMembers(t *testing.T) {
@@ -146,5 +149,65 @@ func BenchmarkMapHas(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		_ = m[rng.Uint64()]
+	}
+}
+
+// TestRunFindsExactlyItsIDs writes a day's run bigger than one build
+// transaction and looks up its members, the extremes, chunk boundaries and
+// strangers.
+func TestRunFindsExactlyItsIDs(t *testing.T) {
+	st := newStore(t, &clock{now: t0})
+	rng := rand.New(rand.NewPCG(5, 6))
+	const day = 20000
+	n := runChunk*runChunksPerTx + 3*runChunk + 7
+	members := map[uint64]bool{0: true, ^uint64(0): true}
+	for len(members) < n {
+		members[rng.Uint64()] = true
+	}
+	fresh := map[uint64]struct{}{}
+	for fp := range members {
+		fresh[fp] = struct{}{}
+	}
+	err := st.db.Update(func(tx *bolt.Tx) error {
+		// Two batches of the day, one id in both (it cannot happen, but a
+		// run must not mind).
+		if err := appendFingerprints(tx.Bucket(bucketDedupe), day, "acme", 1, fresh); err != nil {
+			return err
+		}
+		return appendFingerprints(tx.Bucket(bucketDedupe), day, "acme", 2, map[uint64]struct{}{0: {}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if built, err := st.buildRun(day); err != nil || !built {
+		t.Fatalf("buildRun: got %v, %v, want built", built, err)
+	}
+	sorted := slices.Sorted(maps.Keys(members))
+	probes := []uint64{1, ^uint64(0) - 1}
+	for i := 0; i < len(sorted); i += runChunk {
+		probes = append(probes, sorted[i], sorted[i]-1, sorted[i]+1)
+	}
+	for range 5000 {
+		probes = append(probes, rng.Uint64())
+	}
+	err = st.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketDedupeStaging).Bucket(dayKey(day)) != nil {
+			return fmt.Errorf("the staged run is still there")
+		}
+		c := tx.Bucket(bucketDedupeRuns).Bucket(dayKey(day)).Cursor()
+		for fp := range members {
+			if ok, err := runHas(c, fp); err != nil || !ok {
+				return fmt.Errorf("member %x: got %v, %v", fp, ok, err)
+			}
+		}
+		for _, fp := range probes {
+			if ok, err := runHas(c, fp); err != nil || ok != members[fp] {
+				return fmt.Errorf("probe %x: got %v, %v, want %v", fp, ok, err, members[fp])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }

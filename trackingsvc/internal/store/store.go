@@ -6,6 +6,9 @@
 //	events      tenant|seq of its first event(8)       → block of events (see block.go)
 //	dedupe      one nested bucket per receive day (8), in it:
 //	            tenant|first seq of the batch(8)       → fingerprints (8 bytes each)
+//	dedupe-runs one nested bucket per receive day (8) that left memory, in it:
+//	            first fingerprint of a chunk(8)        → sorted fingerprints (see runs.go)
+//	dedupe-staging                                     runs being written
 //	aggregates  tenant|level(1)|mask(1)|dims|start(8)  → Metrics (protobuf)
 //	openers     tenant|journey|message|first seq of the batch(8)
 //	                                                   → profile fingerprints (8 bytes each)
@@ -14,9 +17,12 @@
 // sequence, and a batch's event-id fingerprints append as one value in the
 // dedupe partition of the day. Whether an id was seen is answered from
 // memory (idSet, rebuilt from the dedupe partitions on Open), so no
-// random-key index sits on the hot path; the window of remembered ids is
+// random-key index sits on the hot path; the window of ids in memory is
 // bounded (Options.DedupeWindow) and expires by dropping whole day
-// partitions. Aggregates are rolled up at
+// partitions. Ids stay on disk, sorted by day, until no copy of their event
+// can be accepted any more (Options.Retention after the event time), and are
+// read only for events older than the window (runs.go). Aggregates are
+// rolled up at
 // ingest, in the same transaction, per minute, hour and day and for every
 // combination of the filter dimensions, so a metrics query is one short
 // range scan whatever the filter and never reads events. Unique opens need
@@ -32,6 +38,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -52,7 +59,11 @@ var (
 	bucketDedupe     = []byte("dedupe")
 	bucketAggregates = []byte("aggregates")
 	bucketOpeners    = []byte("openers")
-	allBuckets       = [][]byte{bucketEvents, bucketDedupe, bucketAggregates, bucketOpeners}
+	// bucketDedupeRuns holds the sorted ids of the receive days that left
+	// memory; bucketDedupeStaging those being written (see runs.go).
+	bucketDedupeRuns    = []byte("dedupe-runs")
+	bucketDedupeStaging = []byte("dedupe-staging")
+	allBuckets          = [][]byte{bucketEvents, bucketDedupe, bucketAggregates, bucketOpeners, bucketDedupeRuns, bucketDedupeStaging}
 )
 
 // ErrBadPageToken is a page token this store did not issue.
@@ -66,13 +77,22 @@ const (
 
 // Options configure a Store.
 type Options struct {
-	// DedupeWindow is how long an event id is remembered after the event
-	// was received: the same id arriving again within the window is a
-	// duplicate. Ids are kept per receive day (UTC), so an id is remembered
-	// for at least the window and at most a day longer. Default 7 days.
+	// DedupeWindow is how long an event id is held in memory after the
+	// event was received: the same id arriving again within the window is a
+	// duplicate whatever its event time. Ids are kept per receive day (UTC),
+	// so an id is in memory for at least the window and at most a day
+	// longer. Default 7 days.
 	DedupeWindow time.Duration
 	// Retention is how long an event is kept after it was received; Sweep
 	// removes older ones. Aggregates are kept forever. Default 30 days.
+	//
+	// It is also the age of event time up to which events are accepted
+	// (events.Ingester.Retention must not exceed it): the ids of the days
+	// that leave the dedupe window are kept on disk until Retention (and two
+	// days of margin) has passed, so a copy of an event is a duplicate for
+	// as long as it could be accepted, provided its event time is not later
+	// than its first copy's receipt (a retry; a copy rebuilt with a newer
+	// time is caught only within the window).
 	Retention time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -97,6 +117,12 @@ type Store struct {
 	// their new ids count as seen for the batches checked after them.
 	inflight []*batch
 	issued   uint64 // tickets handed out
+
+	// cover says which days memory holds and which are in runs on disk;
+	// replaced only under mu.
+	cover atomic.Pointer[coverage]
+	// sweepMu makes sweeps of the dedupe ids one at a time.
+	sweepMu sync.Mutex
 
 	// turnMu and turn order the transactions by ticket; turnMu guards done.
 	turnMu sync.Mutex
@@ -143,23 +169,38 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	}
 	s := &Store{db: db, opts: opts, openers: openerCache{sets: map[messageKey]*openerSet{}}}
 	s.turn = sync.NewCond(&s.turnMu)
+	var runs []int64
 	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		// A run half written when the process stopped is written again.
+		if err := tx.DeleteBucket(bucketDedupeStaging); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucket(bucketDedupeStaging); err != nil {
+			return err
+		}
+		var err error
+		runs, err = runDays(tx)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create buckets: %w", err)
 	}
-	if err := s.sweepDedupe(); err != nil {
+	// No Append runs before Open returns: the coverage is set for real once
+	// the partitions are loaded.
+	s.cover.Store(newCoverage(minDay, runs))
+	memFrom, err := s.sweepDedupe()
+	if err != nil {
 		return nil, err
 	}
 	if err := s.loadIDs(); err != nil {
 		return nil, err
 	}
+	s.cover.Store(newCoverage(memFrom, s.cover.Load().runs))
 	return s, nil
 }
 
@@ -205,9 +246,11 @@ type AppendResult struct {
 }
 
 // Append stores valid, prepared events (see events.Prepare) in one
-// transaction: events whose id was not seen within the dedupe window are
-// appended in the given order and counted into the aggregates; duplicates,
-// of earlier batches or inside this one, are skipped. When Append returns
+// transaction: events whose id was not seen (within the dedupe window, or
+// for events older than it, since the day before their event time; see
+// Options.Retention) are appended in the given order and counted into the
+// aggregates; duplicates, of earlier batches or inside this one, are
+// skipped. When Append returns
 // without error the new events are durable, and the duplicates' originals
 // too. The receive time is the store's clock when Append checks the batch.
 func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Event) (AppendResult, error) {
@@ -223,7 +266,18 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 	encoded := encodeEvents(evs)
 
 	now := s.opts.Now()
-	b := s.check(fps, now, &res)
+	var b *batch
+	for b == nil {
+		// Late events look their ids up on disk before the lock; check
+		// refuses the answer if memory dropped days meanwhile.
+		cov := s.cover.Load()
+		onDisk, err := s.seenInRuns(cov, evs, fps)
+		if err != nil {
+			span.RecordError(err)
+			return AppendResult{}, fmt.Errorf("look up the ids of late events: %w", err)
+		}
+		b = s.check(fps, onDisk, cov, now, &res)
+	}
 	span.SetAttributes(attribute.Int("pushmesh.accepted", res.Accepted), attribute.Int("pushmesh.duplicates", res.Duplicates))
 
 	err := s.inTurn(b, func() error {
@@ -271,15 +325,20 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 }
 
 // check decides which events are new: not among the ids of the window nor
-// of the batches in flight, nor repeated earlier in this batch. It records
-// the result in res and returns the batch, in flight until inTurn ends.
-func (s *Store) check(fps []uint64, now time.Time, res *AppendResult) *batch {
+// found on disk (onDisk, looked up with cov; may be nil) nor of the batches
+// in flight, nor repeated earlier in this batch. It records the result in
+// res and returns the batch, in flight until inTurn ends; or nil, having
+// done nothing, when cov is no longer current: look up again.
+func (s *Store) check(fps []uint64, onDisk []bool, cov *coverage, now time.Time, res *AppendResult) *batch {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cover.Load() != cov {
+		return nil
+	}
 	b := &batch{ticket: s.issued, day: dayOf(now), fresh: make(map[uint64]struct{}, len(fps))}
 	s.issued++
 	for i, fp := range fps {
-		if _, dup := b.fresh[fp]; dup || s.ids.has(fp) || s.inflightHas(fp, b) {
+		if _, dup := b.fresh[fp]; dup || s.ids.has(fp) || (onDisk != nil && onDisk[i]) || s.inflightHas(fp, b) {
 			res.Duplicates++
 			continue
 		}

@@ -113,16 +113,142 @@ func TestDuplicatesCaughtAcrossRestartWithinWindow(t *testing.T) {
 	}
 	db.Close()
 
-	// Past the window (7 days, kept per whole receive day) the id is
-	// forgotten, on disk too.
+	// Past the window (7 days, kept per whole receive day) the id leaves
+	// memory; a copy with its event time is still caught, from the day's
+	// sorted run on disk, as long as the event could be accepted.
 	c.Set(t0.Add(9 * 24 * time.Hour))
 	st, db = testStore(t, dir, c)
 	defer db.Close()
 	if got := st.RememberedIDs(); got != 2 {
-		t.Errorf("remembered ids after the window: got %d, want 2 (e3 and other's e1, from day 6)", got)
+		t.Errorf("ids in memory after the window: got %d, want 2 (e3 and other's e1, from day 6)", got)
 	}
-	if res := mustAppend(t, st, "acme", proto.Clone(sent).(*trackingv1.Event)); res.Accepted != 1 {
-		t.Errorf("after the window: got %+v, want e1 accepted again", res)
+	if res := mustAppend(t, st, "acme", proto.Clone(sent).(*trackingv1.Event)); res.Accepted != 0 || res.Duplicates != 1 {
+		t.Errorf("after the window: got %+v, want e1 a duplicate", res)
+	}
+	// A copy rebuilt with a new event time is caught only within the
+	// window (documented).
+	rebuilt := proto.Clone(sent).(*trackingv1.Event)
+	rebuilt.EventTime = timestamppb.New(c.Now())
+	if res := mustAppend(t, st, "acme", rebuilt); res.Accepted != 1 {
+		t.Errorf("rebuilt with a new time after the window: got %+v, want accepted", res)
+	}
+}
+
+// TestLateCopyAfterTheWindowIsADuplicate: an event may be accepted up to the
+// retention after its event time, so its id must be remembered that long,
+// though memory holds only the dedupe window.
+func TestLateCopyAfterTheWindowIsADuplicate(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	st, db := testStore(t, dir, c)
+	orig := event("late", trackingv1.EventType_EVENT_TYPE_SENT, t0.Add(-time.Hour))
+	mustAppend(t, st, "acme", orig, event("other", trackingv1.EventType_EVENT_TYPE_SENT, t0))
+	ctx := context.Background()
+
+	// Nine days later the first copy's receive day has left memory.
+	c.Set(t0.Add(9 * 24 * time.Hour))
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.RememberedIDs(); got != 0 {
+		t.Errorf("ids in memory after the window: got %d, want 0", got)
+	}
+	res := mustAppend(t, st, "acme", proto.Clone(orig).(*trackingv1.Event), event("new", trackingv1.EventType_EVENT_TYPE_SENT, c.Now()))
+	if res.Accepted != 1 || res.New[0] || !res.New[1] {
+		t.Errorf("late copy: got %+v, want it a duplicate and the new event stored", res)
+	}
+	// The same across a restart, and in no other tenant.
+	db.Close()
+	st, db = testStore(t, dir, c)
+	defer func() { db.Close() }()
+	if res := mustAppend(t, st, "acme", proto.Clone(orig).(*trackingv1.Event)); res.Duplicates != 1 {
+		t.Errorf("late copy after restart: got %+v, want a duplicate", res)
+	}
+	if res := mustAppend(t, st, "zeta", proto.Clone(orig).(*trackingv1.Event)); res.Accepted != 1 {
+		t.Errorf("another tenant: got %+v, want accepted", res)
+	}
+	m, _, err := st.Metrics(ctx, "acme", Filter{}, 0)
+	if err != nil || m.GetSent() != 3 {
+		t.Errorf("got %v, %v, want sent 3 (late, other, new): nothing counted twice", m, err)
+	}
+	evs, _, err := st.List(ctx, "acme", Filter{}, nil, 100, "")
+	if err != nil || len(evs) != 3 {
+		t.Errorf("listed %d events, %v, want 3", len(evs), err)
+	}
+}
+
+// A day whose batch is still committing is not moved out of memory until
+// that batch is done, so its ids reach the day's run.
+func TestDayLeavesMemoryOnlyWhenItsBatchesAreDone(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	ctx := context.Background()
+	mustAppend(t, st, "acme", event("quick", trackingv1.EventType_EVENT_TYPE_SENT, t0))
+	orig := event("slow", trackingv1.EventType_EVENT_TYPE_SENT, t0)
+	release := make(chan struct{})
+	st.beforeCommit = func() error { <-release; return nil }
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Append(ctx, "acme", []*trackingv1.Event{proto.Clone(orig).(*trackingv1.Event)})
+		done <- err
+	}()
+	for {
+		st.mu.Lock()
+		n := len(st.inflight)
+		st.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.Set(t0.Add(9 * 24 * time.Hour))
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st.beforeCommit = nil
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.RememberedIDs(); got != 0 {
+		t.Errorf("ids in memory: got %d, want 0 (the day left the window)", got)
+	}
+	if res := mustAppend(t, st, "acme", proto.Clone(orig).(*trackingv1.Event)); res.Duplicates != 1 {
+		t.Errorf("copy of the slow batch's event: got %+v, want a duplicate", res)
+	}
+}
+
+// Ids are forgotten once no copy of their events can be accepted any more:
+// the retention after the event time (and a day of margin).
+func TestRunsExpireAfterTheRetention(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	ctx := context.Background()
+	mustAppend(t, st, "acme", event("a", trackingv1.EventType_EVENT_TYPE_SENT, t0))
+	c.Set(t0.Add(10 * 24 * time.Hour))
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(st.cover.Load().runs); got != 1 {
+		t.Fatalf("run days after 10 days: got %d, want 1", got)
+	}
+	c.Set(t0.Add(33 * 24 * time.Hour))
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(st.cover.Load().runs); got != 0 {
+		t.Errorf("run days after 33 days: got %d, want 0", got)
+	}
+	err := st.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDedupeRuns).ForEachBucket(func(k []byte) error {
+			return fmt.Errorf("run %x still on disk", k)
+		})
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 // errorCodes maps trackingsvc's domain errors to gRPC codes: the one place.
 var errorCodes = []grpcserver.ErrorCode{
 	{Err: store.ErrBadPageToken, Code: codes.InvalidArgument},
+	// A metrics query whose answer would be too large (names start_time).
+	{Err: store.ErrTooManyBuckets, Code: codes.InvalidArgument},
 	// A concurrent batch with some of the same ids failed: retry at once.
 	{Err: store.ErrEarlierBatchFailed, Code: codes.Aborted},
 }

@@ -736,6 +736,57 @@ func TestGetMetricsOverGRPC(t *testing.T) {
 	}
 }
 
+// A response holds at most store.MaxBuckets buckets: a query whose answer
+// would hold more is refused, naming the range, without being built.
+func TestGetMetricsRefusesTooManyBuckets(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	// One event a minute for store.MaxBuckets+1 minutes (about a week).
+	n := store.MaxBuckets + 1
+	for start := 0; start < n; start += 1000 {
+		var batch []*trackingv1.Event
+		for m := start; m < min(start+1000, n); m++ {
+			batch = append(batch, ev(fmt.Sprint("m", m), trackingv1.EventType_EVENT_TYPE_SENT, now.Add(-time.Duration(m)*time.Minute)))
+		}
+		if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: batch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Granularity: trackingv1.Granularity_GRANULARITY_MINUTE})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("minutes of all time: got %v, want InvalidArgument", err)
+	}
+	var fields []string
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	if fmt.Sprint(fields) != "[start_time]" {
+		t.Errorf("got fields %v, want [start_time]", fields)
+	}
+	for _, tt := range []struct {
+		name    string
+		req     *trackingv1.GetMetricsRequest
+		buckets int
+	}{
+		{"the last 6 hours by minute", &trackingv1.GetMetricsRequest{StartTime: timestamppb.New(now.Add(-6 * time.Hour)), Granularity: trackingv1.Granularity_GRANULARITY_MINUTE}, 361},
+		{"exactly the cap by minute", &trackingv1.GetMetricsRequest{StartTime: timestamppb.New(now.Add(-time.Duration(store.MaxBuckets-1) * time.Minute)), Granularity: trackingv1.Granularity_GRANULARITY_MINUTE}, store.MaxBuckets},
+		{"all time by hour", &trackingv1.GetMetricsRequest{Granularity: trackingv1.Granularity_GRANULARITY_HOUR}, 168},
+		{"totals", &trackingv1.GetMetricsRequest{}, 0},
+	} {
+		got, err := e.client.GetMetrics(ctx, tt.req)
+		if err != nil || len(got.GetBuckets()) != tt.buckets {
+			t.Errorf("%s: got %d buckets, %v, want %d", tt.name, len(got.GetBuckets()), err, tt.buckets)
+		}
+		if tt.buckets == 0 && got.GetTotal().GetSent() != int64(n) {
+			t.Errorf("%s: got sent %d, want %d", tt.name, got.GetTotal().GetSent(), n)
+		}
+	}
+}
+
 func TestListEventsTimeRangeAndFilter(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()

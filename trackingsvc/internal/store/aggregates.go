@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/fault"
 )
 
 // A level is one size of aggregate bucket, each in its own key space. A query
@@ -170,13 +172,30 @@ func (f Filter) dims() dims {
 // and far from overflowing.
 const openEnd = 1 << 50 * 60
 
+// levelName names a granularity in messages.
+var levelName = map[time.Duration]string{time.Minute: "minute", time.Hour: "hour", 24 * time.Hour: "day"}
+
 // Granularities Metrics accepts: 0 (totals only), a minute, an hour, a day.
 var granularities = map[time.Duration]int{0: len(levels) - 1, time.Minute: 0, time.Hour: 1, 24 * time.Hour: 2}
+
+// MaxBuckets is the most buckets Metrics returns: a week by minute, more
+// than a year by hour. A bucket is typically 50 to 200 bytes in a response,
+// so an answer stays well under gRPC's default 4 MiB limit on what a client
+// receives; a query that would return more is refused (ErrTooManyBuckets)
+// as soon as its scan finds one bucket more, so the server never holds more
+// either.
+const MaxBuckets = 10_000
+
+// ErrTooManyBuckets is a metrics query whose answer would hold more than
+// MaxBuckets buckets with events: narrow the range or coarsen the
+// granularity.
+var ErrTooManyBuckets = errors.New("too many buckets")
 
 // Metrics sums the aggregates matching f: the total, and the non-empty
 // buckets of width granularity (0: none), oldest first. Time is resolved to
 // the minute: the range is widened to whole minutes (From rounded down, To
-// rounded up). Day buckets are UTC days.
+// rounded up). Day buckets are UTC days. More than MaxBuckets non-empty
+// buckets is ErrTooManyBuckets, on the field start_time.
 func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularity time.Duration) (*trackingv1.Metrics, []*trackingv1.MetricsBucket, error) {
 	_, span := tracer.Start(ctx, "store.Metrics", trace.WithAttributes(attribute.String("pushmesh.granularity", granularity.String())))
 	defer span.End()
@@ -226,6 +245,11 @@ func (s *Store) Metrics(ctx context.Context, tenant string, f Filter, granularit
 					bs := start - start%width
 					b := buckets[bs]
 					if b == nil {
+						if len(buckets) == MaxBuckets {
+							return fault.OnField(ErrTooManyBuckets, "start_time",
+								"the range holds more than %d %s buckets with events: narrow it (start_time, end_time) or use a coarser granularity",
+								MaxBuckets, levelName[granularity])
+						}
 						b = &tally{}
 						buckets[bs] = b
 					}

@@ -1003,7 +1003,10 @@ type GetMetricsRequest struct {
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// Exclusive end of the time range; unset means now.
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	// Bucket size; unspecified returns totals only.
+	// Bucket size; unspecified returns totals only. A response holds at most
+	// 10,000 buckets (a week by minute, over a year by hour): a request whose
+	// range holds more buckets with events is refused with INVALID_ARGUMENT
+	// naming start_time; narrow the range or use a coarser granularity.
 	Granularity   Granularity `protobuf:"varint,4,opt,name=granularity,proto3,enum=pushmesh.tracking.v1.Granularity" json:"granularity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -26,26 +26,30 @@ func ts(nanos int64) *timestamppb.Timestamp {
 }
 
 // timeOf converts a request timestamp to unix nanoseconds; def when unset.
-func timeOf(v *fault.ValidationError, field string, t *timestamppb.Timestamp, def int64) int64 {
+// ok is false when the timestamp is invalid (reported into v).
+func timeOf(v *fault.ValidationError, field string, t *timestamppb.Timestamp, def int64) (n int64, ok bool) {
 	if t == nil {
-		return def
+		return def, true
 	}
 	if err := t.CheckValid(); err != nil {
 		v.Add(field, "is not a valid timestamp: %v", err)
-		return 0
+		return 0, false
 	}
 	// Nanosecond unix times overflow int64 after the year 2262.
 	if t.Seconds > (1<<63-1)/int64(time.Second)-1 {
 		v.Add(field, "is too far in the future")
-		return 0
+		return 0, false
 	}
-	return t.AsTime().UnixNano()
+	return t.AsTime().UnixNano(), true
 }
 
-// sourceTime reads a source timestamp (now when unset) and checks it.
+// sourceTime reads a source timestamp (now when unset) and checks it. A
+// timestamp that is set but empty (google.protobuf.Timestamp{}, the epoch)
+// is not "unset": it fails the check like any other time not after 1970,
+// instead of being stored as a time every other registration beats.
 func sourceTime(v *fault.ValidationError, field string, t *timestamppb.Timestamp, now int64) int64 {
-	n := timeOf(v, field, t, now)
-	if n == 0 {
+	n, ok := timeOf(v, field, t, now)
+	if !ok {
 		return 0
 	}
 	if err := profile.ValidateSourceTime(n, now); err != nil {

@@ -205,7 +205,8 @@ func TestBadRequestsNameTheField(t *testing.T) {
 }
 
 // randomEvents draws events of every type over a few journeys, apps,
-// platforms and two hours, with some ids repeated.
+// platforms and two hours (to the nanosecond: no two opens tie), with some
+// ids repeated, in no particular time order.
 func randomEvents(n int, seed uint64) []*trackingv1.Event {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	types := []trackingv1.EventType{1, 2, 3, 4, 5, 6, 7}
@@ -214,7 +215,7 @@ func randomEvents(n int, seed uint64) []*trackingv1.Event {
 		e := &trackingv1.Event{
 			EventId:   fmt.Sprintf("e%d", rng.IntN(n)),
 			Type:      types[rng.IntN(len(types))],
-			EventTime: timestamppb.New(now.Add(-time.Duration(rng.IntN(7200)) * time.Second)),
+			EventTime: timestamppb.New(now.Add(-time.Duration(rng.Int64N(int64(2 * time.Hour))))),
 			ProfileId: fmt.Sprintf("p%d", rng.IntN(50)),
 			AppId:     []string{"com.a", "com.b"}[rng.IntN(2)],
 			Platform:  commonv1.Platform(1 + rng.IntN(2)),
@@ -234,19 +235,33 @@ func randomEvents(n int, seed uint64) []*trackingv1.Event {
 	return out
 }
 
-// firstOpens marks, in stored order, the first open of each (journey,
-// message, profile): the one that counts as a unique open.
-func firstOpens(stored []*trackingv1.Event) map[*trackingv1.Event]bool {
-	seen := map[string]bool{}
-	first := map[*trackingv1.Event]bool{}
+// firstOpens marks the earliest open by event time of each (journey,
+// message, profile), whatever order the opens arrived in: the one that
+// counts as a unique open. It also counts the profiles whose earliest open
+// was not the first to arrive.
+func firstOpens(stored []*trackingv1.Event) (first map[*trackingv1.Event]bool, lateFirsts int) {
+	earliest := map[string]*trackingv1.Event{}
+	arrived := map[string]*trackingv1.Event{}
 	for _, e := range stored {
+		if e.GetType() != trackingv1.EventType_EVENT_TYPE_OPENED {
+			continue
+		}
 		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
-		if e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED && !seen[k] {
-			seen[k] = true
-			first[e] = true
+		if arrived[k] == nil {
+			arrived[k] = e
+		}
+		if cur := earliest[k]; cur == nil || e.GetEventTime().AsTime().Before(cur.GetEventTime().AsTime()) {
+			earliest[k] = e
 		}
 	}
-	return first
+	first = map[*trackingv1.Event]bool{}
+	for k, e := range earliest {
+		first[e] = true
+		if arrived[k] != e {
+			lateFirsts++
+		}
+	}
+	return first, lateFirsts
 }
 
 // recompute derives metrics from listed events, the slow way, without the
@@ -294,8 +309,8 @@ func recompute(evs []*trackingv1.Event, first map[*trackingv1.Event]bool) *track
 	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].Reason < m.ExcludedByReason[j].Reason })
 	sort.Slice(m.ActionsById, func(i, j int) bool { return m.ActionsById[i].ActionId < m.ActionsById[j].ActionId })
 	if m.Sent > 0 {
-		m.OpenRate = float64(m.Opened) / float64(m.Sent)
-		m.ActionRate = float64(m.Actions) / float64(m.Sent)
+		m.OpenRate = float64(min(m.UniqueOpens, m.Sent)) / float64(m.Sent)
+		m.ActionRate = float64(min(m.Actions, m.Sent)) / float64(m.Sent)
 	}
 	return m
 }
@@ -304,18 +319,25 @@ func TestMetricsMatchEventsRecomputed(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	all := randomEvents(3000, 42)
-	stream, err := e.client.Ingest(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < len(all); i += 700 {
-		if err := stream.Send(&trackingv1.IngestRequest{Events: all[i:min(i+700, len(all))]}); err != nil {
+	// Five streams, five transactions: opens of a profile arrive in
+	// separate batches, in no time order.
+	res := &trackingv1.IngestResponse{}
+	for s := 0; s < len(all); s += 600 {
+		stream, err := e.client.Ingest(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	res, err := stream.CloseAndRecv()
-	if err != nil {
-		t.Fatal(err)
+		for i := s; i < s+600; i += 200 {
+			if err := stream.Send(&trackingv1.IngestRequest{Events: all[i:min(i+200, len(all))]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r, err := stream.CloseAndRecv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Accepted += r.GetAccepted()
+		res.Duplicates += r.GetDuplicates()
 	}
 	if res.GetAccepted()+res.GetDuplicates() != int64(len(all)) || res.GetDuplicates() == 0 {
 		t.Fatalf("ingest: got %v, want every event accepted or a duplicate, some duplicates", res)
@@ -336,8 +358,19 @@ func TestMetricsMatchEventsRecomputed(t *testing.T) {
 	if int64(len(stored)) != res.GetAccepted() {
 		t.Fatalf("listed %d events, want %d", len(stored), res.GetAccepted())
 	}
-
-	first := firstOpens(stored)
+	// What is recomputed from must itself hold each event once: an id
+	// stored twice would be counted twice on both sides.
+	ids := map[string]bool{}
+	for _, x := range stored {
+		if ids[x.GetEventId()] {
+			t.Fatalf("event id %s listed twice", x.GetEventId())
+		}
+		ids[x.GetEventId()] = true
+	}
+	first, lateFirsts := firstOpens(stored)
+	if lateFirsts == 0 {
+		t.Fatal("no profile's earliest open arrived after another of its opens: the test data misses the case")
+	}
 	filters := []*trackingv1.MetricsFilter{
 		{}, {JourneyId: "j1"}, {JourneyId: "j2", MessageId: "m1"}, {AppId: "com.b"},
 		{Platform: commonv1.Platform_PLATFORM_FCM}, {JourneyId: "j1", Platform: commonv1.Platform_PLATFORM_APNS},
@@ -706,7 +739,7 @@ func TestGetMetricsOverGRPC(t *testing.T) {
 		FailedByReason:   []*commonv1.FailureCount{{Reason: commonv1.FailureReason_FAILURE_REASON_UNREGISTERED, Count: 1}},
 		ExcludedByReason: []*commonv1.ExclusionCount{{Reason: commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT, Count: 1}},
 		ActionsById:      []*trackingv1.ActionCount{{ActionId: "buy", Count: 1}},
-		OpenRate:         0.5, ActionRate: 0.25,
+		OpenRate:         0.25, ActionRate: 0.25, // one unique open and one action of four sent
 	}
 	if !proto.Equal(got.GetTotal(), want) {
 		t.Errorf("total:\n got %v\nwant %v", got.GetTotal(), want)
@@ -784,6 +817,72 @@ func TestGetMetricsRefusesTooManyBuckets(t *testing.T) {
 		if tt.buckets == 0 && got.GetTotal().GetSent() != int64(n) {
 			t.Errorf("%s: got sent %d, want %d", tt.name, got.GetTotal().GetSent(), n)
 		}
+	}
+}
+
+// A profile's unique open is counted in the bucket (and app) of its
+// earliest open by event time, even when that open arrives last; the open
+// rate is unique opens / sent and never exceeds 1.
+func TestUniqueOpenIsTheEarliestOpenAndRatesStayAtMostOne(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	at := now.Add(-3 * time.Hour).Truncate(time.Hour)
+	open := func(id, profile, app string, t time.Time) *trackingv1.Event {
+		o := ev(id, trackingv1.EventType_EVENT_TYPE_OPENED, t)
+		o.ProfileId, o.AppId = profile, app
+		return o
+	}
+	track := func(evs ...*trackingv1.Event) {
+		t.Helper()
+		if _, err := e.client.Track(ctx, &trackingv1.TrackRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// P opens at 11:00 in app b; then opens that happened earlier arrive:
+	// 10:00 in app a (twice), then 10:30.
+	track(ev("s", trackingv1.EventType_EVENT_TYPE_SENT, at), open("o1", "P", "com.b", at.Add(2*time.Hour)))
+	track(open("o2", "P", "com.a", at.Add(time.Hour+time.Minute)), open("o3", "P", "com.a", at.Add(time.Hour)))
+	track(open("o4", "P", "com.b", at.Add(90*time.Minute)))
+
+	m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: &trackingv1.MetricsFilter{JourneyId: "j1"}, Granularity: trackingv1.Granularity_GRANULARITY_HOUR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot := m.GetTotal(); tot.GetOpened() != 4 || tot.GetUniqueOpens() != 1 || tot.GetOpenRate() != 1 {
+		t.Errorf("total: got opened %d unique %d open rate %v, want 4, 1, 1", tot.GetOpened(), tot.GetUniqueOpens(), tot.GetOpenRate())
+	}
+	type row struct{ sent, opened, unique int64 }
+	got := map[time.Time]row{}
+	for _, b := range m.GetBuckets() {
+		got[b.GetStartTime().AsTime()] = row{b.GetMetrics().GetSent(), b.GetMetrics().GetOpened(), b.GetMetrics().GetUniqueOpens()}
+	}
+	want := map[time.Time]row{at: {1, 0, 0}, at.Add(time.Hour): {0, 3, 1}, at.Add(2 * time.Hour): {0, 1, 0}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("hourly (sent, opened, unique):\n got %v\nwant %v", got, want)
+	}
+	for app, unique := range map[string]int64{"com.a": 1, "com.b": 0} {
+		m, err := e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{Filter: &trackingv1.MetricsFilter{AppId: app}})
+		if err != nil || m.GetTotal().GetUniqueOpens() != unique {
+			t.Errorf("app %s: got %v, %v, want %d unique opens", app, m.GetTotal(), err, unique)
+		}
+	}
+
+	// Three profiles open and tap twice each what one send reached in this
+	// minute (the others were sent before the range): the rates stop at 1.
+	minute := at.Add(2*time.Hour + 30*time.Minute)
+	batch := []*trackingv1.Event{ev("s2", trackingv1.EventType_EVENT_TYPE_SENT, minute)}
+	for i := range 3 {
+		batch = append(batch, open(fmt.Sprint("q", i), fmt.Sprint("Q", i), "com.a", minute))
+		for j := range 2 {
+			a := ev(fmt.Sprint("a", i, j), trackingv1.EventType_EVENT_TYPE_ACTION, minute)
+			a.ActionId = "buy"
+			batch = append(batch, a)
+		}
+	}
+	track(batch...)
+	m, err = e.client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{StartTime: timestamppb.New(minute), EndTime: timestamppb.New(minute.Add(time.Minute))})
+	if tot := m.GetTotal(); err != nil || tot.GetSent() != 1 || tot.GetUniqueOpens() != 3 || tot.GetActions() != 6 || tot.GetOpenRate() != 1 || tot.GetActionRate() != 1 {
+		t.Errorf("one minute: got %v, %v, want sent 1, unique 3, actions 6, both rates 1", tot, err)
 	}
 }
 

@@ -92,7 +92,7 @@ type cell struct {
 }
 
 // countBatch counts the new events per cell. unique (may be nil) marks the
-// first opens of a profile.
+// unique opens (see openerCache.mark).
 func countBatch(evs []*trackingv1.Event, isNew, unique []bool) map[cell]*tally {
 	out := map[cell]*tally{}
 	for i, e := range evs {
@@ -143,6 +143,9 @@ func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*tally) error {
 				return fmt.Errorf("aggregate %x: %w", k, err)
 			}
 		}
+		// A unique open moved out of this cell was counted in it: the sum
+		// cannot go below zero but for a corrupt store, and must not wrap.
+		d.uniqueOpens = max(d.uniqueOpens, 0)
 		// bbolt keeps values until commit: carve them from a shared arena.
 		if cap(arena)-len(arena) < 512 {
 			arena = make([]byte, 0, 256<<10)

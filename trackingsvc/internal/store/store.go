@@ -10,8 +10,9 @@
 //	            first fingerprint of a chunk(8)        → sorted fingerprints (see runs.go)
 //	dedupe-staging                                     runs being written
 //	aggregates  tenant|level(1)|mask(1)|dims|start(8)  → Metrics (protobuf)
-//	openers     tenant|journey|message|first seq of the batch(8)
-//	                                                   → profile fingerprints (8 bytes each)
+//	openers     tenant|journey|message|first seq of the batch(8)|2
+//	                                                   → profile fingerprints with their first
+//	                                                     open's time, app, platform (openers.go)
 //
 // Ingest writes sequential keys only: events append in blocks under a
 // sequence, and a batch's event-id fingerprints append as one value in the
@@ -304,11 +305,20 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 			if err := appendFingerprints(tx.Bucket(bucketDedupe), b.day, tenant, firstSeq, b.fresh); err != nil {
 				return err
 			}
-			unique, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
+			unique, moves, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
 			if err != nil {
 				return err
 			}
-			return mergeRollups(tx.Bucket(bucketAggregates), tenant, countBatch(evs, res.New, unique))
+			counts := countBatch(evs, res.New, unique)
+			for _, c := range moves {
+				t := counts[c]
+				if t == nil {
+					t = &tally{}
+					counts[c] = t
+				}
+				t.uniqueOpens-- // counted again where the earlier open happened
+			}
+			return mergeRollups(tx.Bucket(bucketAggregates), tenant, counts)
 		})
 		if err != nil {
 			s.openers.rollback()

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -430,6 +432,105 @@ func TestUniqueOpensSurviveRestartAndEviction(t *testing.T) {
 	}
 }
 
+// A profile's unique open moves to an earlier open arriving later, in its
+// bucket, app and platform, across restarts and cache evictions; openers
+// recorded before event times were (8 bytes each) stay where they were
+// counted.
+func TestUniqueOpenMovesToTheEarliestOpen(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	ctx := context.Background()
+	open := func(id, profile string, at time.Time, app string, platform commonv1.Platform) *trackingv1.Event {
+		e := event(id, trackingv1.EventType_EVENT_TYPE_OPENED, at)
+		e.ProfileId, e.AppId, e.Platform = profile, app, platform
+		return e
+	}
+	type where struct {
+		hour     time.Time
+		app      string
+		platform commonv1.Platform
+	}
+	// uniques lists where each unique open is counted: per hour, app and
+	// platform, through the rollups of those filters.
+	uniques := func(st *Store) map[where]int64 {
+		t.Helper()
+		out := map[where]int64{}
+		for _, app := range []string{"com.a", "com.b"} {
+			for _, p := range []commonv1.Platform{commonv1.Platform_PLATFORM_APNS, commonv1.Platform_PLATFORM_FCM} {
+				_, buckets, err := st.Metrics(ctx, "acme", Filter{JourneyID: "j1", MessageID: "m1", AppID: app, Platform: p}, time.Hour)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, b := range buckets {
+					if n := b.GetMetrics().GetUniqueOpens(); n != 0 {
+						out[where{b.GetStartTime().AsTime(), app, p}] = n
+					}
+				}
+			}
+		}
+		total, _, err := st.Metrics(ctx, "acme", Filter{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := int64(0)
+		for _, n := range out {
+			sum += n
+		}
+		if total.GetUniqueOpens() != sum {
+			t.Errorf("total unique opens %d, want the %d of the buckets", total.GetUniqueOpens(), sum)
+		}
+		return out
+	}
+	apns, fcm := commonv1.Platform_PLATFORM_APNS, commonv1.Platform_PLATFORM_FCM
+	h := func(n int) time.Time { return t0.Add(time.Duration(n-10) * time.Hour) }
+
+	st, db := testStore(t, dir, c)
+	// An opener as written before event times were kept: 8 bytes, no time.
+	legacy := xxhash.Sum64(appendWho(nil, open("", "old", t0, "", 0)))
+	err := st.db.Update(func(tx *bolt.Tx) error {
+		k := openerPrefix(messageKey{"acme", "j1", "m1"})
+		return tx.Bucket(bucketOpeners).Put(binary.BigEndian.AppendUint64(k, 1), binary.BigEndian.AppendUint64(nil, legacy))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, st, "acme", open("1", "alice", h(5), "com.b", fcm), open("2", "bob", h(3), "com.a", apns), open("3", "old", h(1), "com.a", apns))
+	if got, want := uniques(st), map[where]int64{{h(5), "com.b", fcm}: 1, {h(3), "com.a", apns}: 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("first batch:\n got %v\nwant %v", got, want)
+	}
+	// Earlier opens of alice arrive, the earliest last in the batch; a
+	// later one of bob changes nothing.
+	mustAppend(t, st, "acme", open("4", "alice", h(4), "com.a", apns), open("5", "alice", h(2), "com.a", fcm), open("6", "bob", h(4), "com.b", fcm))
+	want := map[where]int64{{h(2), "com.a", fcm}: 1, {h(3), "com.a", apns}: 1}
+	if got := uniques(st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after alice's earlier opens:\n got %v\nwant %v", got, want)
+	}
+	db.Close()
+
+	// After a restart (openers reloaded from disk: the earliest record
+	// wins) and after an eviction, an open between changes nothing, an
+	// earlier one moves it again.
+	st, db = testStore(t, dir, c)
+	defer func() { db.Close() }()
+	mustAppend(t, st, "acme", open("7", "alice", h(3), "com.b", apns))
+	if got := uniques(st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after restart:\n got %v\nwant %v", got, want)
+	}
+	c.Set(t0.Add(2 * time.Hour))
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, st, "acme", open("8", "alice", h(1), "com.b", apns), open("9", "old", h(0), "com.b", apns))
+	want = map[where]int64{{h(1), "com.b", apns}: 1, {h(3), "com.a", apns}: 1}
+	if got := uniques(st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after eviction:\n got %v\nwant %v", got, want)
+	}
+	m, _, err := st.Metrics(ctx, "acme", Filter{}, 0)
+	if err != nil || m.GetOpened() != 9 || m.GetUniqueOpens() != 2 {
+		t.Errorf("got %v, %v, want 9 opens, 2 unique (alice, bob; old was counted before)", m, err)
+	}
+}
+
 func TestSweepRemovesOldEventsKeepsAggregatesAndRecentEvents(t *testing.T) {
 	c := &clock{now: t0}
 	st := newStore(t, c)
@@ -520,15 +621,19 @@ func TestMetricsMatchBruteForce(t *testing.T) {
 		mustAppend(t, st, "acme", batch...)
 		all = append(all, batch...)
 	}
-	// Unique opens depend on storage order: recompute them the same way.
-	firstOpen := map[string]bool{}
-	unique := map[*trackingv1.Event]bool{}
+	// A unique open is a profile's earliest open of a message by event
+	// time (to the nanosecond: no ties here), whichever batch brought it.
+	firstOpen := map[string]*trackingv1.Event{}
 	for _, e := range all {
 		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
-		if e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED && !firstOpen[k] {
-			firstOpen[k] = true
-			unique[e] = true
+		if cur := firstOpen[k]; e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED &&
+			(cur == nil || e.GetEventTime().AsTime().Before(cur.GetEventTime().AsTime())) {
+			firstOpen[k] = e
 		}
+	}
+	unique := map[*trackingv1.Event]bool{}
+	for _, e := range firstOpen {
+		unique[e] = true
 	}
 	grans := []time.Duration{0, time.Minute, time.Hour, 24 * time.Hour}
 	for q := range 100 {
@@ -703,8 +808,8 @@ func countProto(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
 // finishProto sets the rates and orders the breakdowns as the API does.
 func finishProto(m *trackingv1.Metrics) {
 	if m.Sent > 0 {
-		m.OpenRate = float64(m.Opened) / float64(m.Sent)
-		m.ActionRate = float64(m.Actions) / float64(m.Sent)
+		m.OpenRate = float64(min(m.UniqueOpens, m.Sent)) / float64(m.Sent)
+		m.ActionRate = float64(min(m.Actions, m.Sent)) / float64(m.Sent)
 	}
 	sort.Slice(m.FailedByReason, func(i, j int) bool { return m.FailedByReason[i].Reason < m.FailedByReason[j].Reason })
 	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].Reason < m.ExcludedByReason[j].Reason })

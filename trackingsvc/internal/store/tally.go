@@ -283,8 +283,10 @@ func (t *tally) sort() {
 }
 
 // metrics is t as the API returns it: targeted = sent + failed, open rate =
-// opened / sent, action rate = actions / sent (0 when nothing was sent),
-// breakdowns in key order.
+// unique opens / sent, action rate = actions / sent, each at most 1 (0 when
+// nothing was sent), breakdowns in key order. Counted by event time, the
+// opens of a bucket may answer the sends of an earlier one, and a device may
+// tap twice: the caps keep a rate a share.
 func (t *tally) metrics() *trackingv1.Metrics {
 	t.sort()
 	m := &trackingv1.Metrics{
@@ -292,8 +294,8 @@ func (t *tally) metrics() *trackingv1.Metrics {
 		Received: t.received, Opened: t.opened, UniqueOpens: t.uniqueOpens, Dismissed: t.dismissed, Actions: t.actions,
 	}
 	if t.sent > 0 {
-		m.OpenRate = float64(t.opened) / float64(t.sent)
-		m.ActionRate = float64(t.actions) / float64(t.sent)
+		m.OpenRate = float64(min(t.uniqueOpens, t.sent)) / float64(t.sent)
+		m.ActionRate = float64(min(t.actions, t.sent)) / float64(t.sent)
 	}
 	for _, r := range t.failedBy {
 		m.FailedByReason = append(m.FailedByReason, &commonv1.FailureCount{Reason: commonv1.FailureReason(r.reason), Count: r.n})

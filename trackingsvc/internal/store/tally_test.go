@@ -46,7 +46,7 @@ func TestTallyEncodingIsProtobufMetrics(t *testing.T) {
 	for _, a := range want.ActionsById {
 		a.Count *= 2
 	}
-	want.OpenRate, want.ActionRate = 0.6, 0.4
+	want.OpenRate, want.ActionRate = 0.4, 0.4 // unique opens / sent, actions / sent
 	if got := tl.metrics(); !proto.Equal(got, want) {
 		t.Errorf("metrics:\n got %v\nwant %v", got, want)
 	}

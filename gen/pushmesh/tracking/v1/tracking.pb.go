@@ -170,7 +170,9 @@ type Event struct {
 	// What happened; required.
 	Type EventType `protobuf:"varint,2,opt,name=type,proto3,enum=pushmesh.tracking.v1.EventType" json:"type,omitempty"`
 	// When it happened, by the client's clock; required, not more than 5
-	// minutes in the future.
+	// minutes in the future nor older than the service's retention (30 days
+	// by default). A retry must carry the original time: a copy is then a
+	// duplicate for as long as it could be accepted.
 	EventTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
 	// The profile.
 	ProfileId string `protobuf:"bytes,4,opt,name=profile_id,json=profileId,proto3" json:"profile_id,omitempty"`
@@ -792,9 +794,12 @@ type Metrics struct {
 	ExcludedByReason []*v1.ExclusionCount `protobuf:"bytes,6,rep,name=excluded_by_reason,json=excludedByReason,proto3" json:"excluded_by_reason,omitempty"`
 	// Reported received by devices.
 	Received int64 `protobuf:"varint,7,opt,name=received,proto3" json:"received,omitempty"`
-	// Opens.
+	// Opens, every one (a profile opening twice counts twice).
 	Opened int64 `protobuf:"varint,8,opt,name=opened,proto3" json:"opened,omitempty"`
-	// Distinct profiles that opened.
+	// Distinct (journey, message, profile) that opened, over the message's
+	// whole life; the profile is profile_id, or the token without one. Each is
+	// counted once, in the bucket, app and platform of its earliest open by
+	// event time, even when that open arrives after later ones.
 	UniqueOpens int64 `protobuf:"varint,9,opt,name=unique_opens,json=uniqueOpens,proto3" json:"unique_opens,omitempty"`
 	// Dismissals.
 	Dismissed int64 `protobuf:"varint,10,opt,name=dismissed,proto3" json:"dismissed,omitempty"`
@@ -802,9 +807,12 @@ type Metrics struct {
 	Actions int64 `protobuf:"varint,11,opt,name=actions,proto3" json:"actions,omitempty"`
 	// Action taps, by action id.
 	ActionsById []*ActionCount `protobuf:"bytes,12,rep,name=actions_by_id,json=actionsById,proto3" json:"actions_by_id,omitempty"`
-	// opened / sent; 0 when nothing was sent.
+	// unique_opens / sent, at most 1; 0 when nothing was sent. Counted by event
+	// time, the opens of a bucket or range may answer sends outside it: the
+	// rate is capped at 1 rather than exceed it.
 	OpenRate float64 `protobuf:"fixed64,13,opt,name=open_rate,json=openRate,proto3" json:"open_rate,omitempty"`
-	// actions / sent; 0 when nothing was sent.
+	// actions / sent, at most 1; 0 when nothing was sent. Every tap counts,
+	// so it is the share of sends acted on only where a device taps once.
 	ActionRate    float64 `protobuf:"fixed64,14,opt,name=action_rate,json=actionRate,proto3" json:"action_rate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

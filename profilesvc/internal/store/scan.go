@@ -26,6 +26,7 @@ func (s *Store) ScanChunk(ctx context.Context, after profile.ID, first bool, max
 	visit func(id profile.ID, v *profile.View) (bool, error)) (last profile.ID, visited int, end bool, err error) {
 	keys := newKeyer(tenant.FromContext(ctx))
 	prefix := keys.prefix
+	done := ctx.Done()
 	err = s.db.View(func(tx *bolt.Tx) error {
 		pc := tx.Bucket(bucketProfiles).Cursor()
 		dc := tx.Bucket(bucketProfileTokens).Cursor()
@@ -52,10 +53,14 @@ func (s *Store) ScanChunk(ctx context.Context, after profile.ID, first bool, max
 			if visited >= max {
 				return nil
 			}
-			if visited&1023 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
+			// Checked before every profile: one profile's condition may
+			// take milliseconds, and the read transaction must not outlive
+			// a cancelled query (it keeps freed pages from being reused).
+			// Polling the done channel costs a few ns.
+			select {
+			case <-done:
+				return ctx.Err()
+			default:
 			}
 			// Details keys are tenant | owner | token id: skip to this
 			// profile's, then take them all.

@@ -142,13 +142,13 @@ func device(v *fault.ValidationError, field string, d *commonv1.DeviceInfo) prof
 	}
 }
 
-func attributes(v *fault.ValidationError, field string, s *structpb.Struct) map[string]any {
+// attributes converts and validates attributes, and measures them.
+func attributes(v *fault.ValidationError, field string, s *structpb.Struct) (map[string]any, profile.AttrSize) {
 	if s == nil {
-		return nil
+		return nil, profile.AttrSize{}
 	}
 	m := s.AsMap()
-	profile.ValidateAttributes(v, field, m)
-	return m
+	return m, profile.ValidateAttributes(v, field, m)
 }
 
 func profileProto(st store.ProfileState) (*profilev1.Profile, error) {

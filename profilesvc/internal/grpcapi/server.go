@@ -10,8 +10,10 @@ import (
 	"io"
 	"log/slog"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/audience"
@@ -24,10 +26,13 @@ import (
 // MaxFeedbackItems bounds one ReportTokenFeedback call.
 const MaxFeedbackItems = 10_000
 
-// errorTable maps the domain's sentinels to gRPC codes.
+// errorTable maps the domain's sentinels to gRPC codes. A profile's cap
+// reached is FailedPrecondition (see profile.MaxProfileTokens for why not
+// ResourceExhausted).
 var errorTable = []grpcserver.ErrorCode{
 	{Err: profile.ErrNotFound, Code: codes.NotFound},
 	{Err: profile.ErrAlreadyExists, Code: codes.AlreadyExists},
+	{Err: profile.ErrLimit, Code: codes.FailedPrecondition},
 	{Err: store.ErrClosed, Code: codes.Unavailable},
 }
 
@@ -48,9 +53,24 @@ func (s *Server) Register(gs *grpc.Server) {
 	profilev1.RegisterProfileServiceServer(gs, s)
 }
 
-// status is the one place domain errors become gRPC status.
+// status is the one place domain errors become gRPC status. Errors naming
+// a field carry a BadRequest with it; a cap reached also carries a
+// PreconditionFailure whose type is the cap's name (e.g.
+// "MaxProfileTokens") and whose subject is the field.
 func (s *Server) status(ctx context.Context, err error) error {
-	return grpcserver.Status(ctx, s.log, err, errorTable...)
+	out := grpcserver.Status(ctx, s.log, err, errorTable...)
+	var le *profile.LimitError
+	if errors.As(err, &le) {
+		st := status.Convert(out)
+		if d, derr := st.WithDetails(&errdetails.PreconditionFailure{Violations: []*errdetails.PreconditionFailure_Violation{{
+			Type:        le.Limit,
+			Subject:     le.Field(),
+			Description: le.Reason(),
+		}}}); derr == nil {
+			return d.Err()
+		}
+	}
+	return out
 }
 
 func (s *Server) now() int64 { return s.store.Now().UnixNano() }
@@ -67,7 +87,10 @@ func (s *Server) UpsertProfile(ctx context.Context, req *profilev1.UpsertProfile
 		profile.ValidateIdentity(&v, fmt.Sprintf("identities[%d]", i), d)
 		r.Identities = append(r.Identities, d)
 	}
-	r.Attributes = attributes(&v, "attributes", req.GetAttributes())
+	if n := len(req.GetIdentities()); n > profile.MaxProfileIdentities {
+		v.Add("identities", "holds %d identities, more than the %d a profile keeps", n, profile.MaxProfileIdentities)
+	}
+	r.Attributes, _ = attributes(&v, "attributes", req.GetAttributes())
 	r.ReplaceAttributes = req.GetReplaceAttributes()
 	if c := req.GetConsent(); c != nil {
 		if c.GetState() < 0 || c.GetState() > profilev1.ConsentState_CONSENT_STATE_OPTED_OUT {
@@ -276,7 +299,7 @@ func importRow(r *profilev1.ImportRow, now int64) (profile.ImportRow, *fault.Fie
 		row.Reg.Time = sourceTime(&v, "source_time", r.GetSourceTime(), now)
 	}
 	row.Reg.Env = environment(&v, "apns_environment", row.Reg.Key.Platform, r.GetApnsEnvironment())
-	row.Attributes = attributes(&v, "attributes", r.GetAttributes())
+	row.Attributes, row.AttrSize = attributes(&v, "attributes", r.GetAttributes())
 	if len(v.Violations) > 0 {
 		return row, &v.Violations[0]
 	}

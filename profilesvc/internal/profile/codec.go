@@ -366,7 +366,39 @@ func appendValue(dst []byte, v any) []byte {
 	return append(dst, kindNull)
 }
 
-func encodedValueSize(v any) int { return len(appendValue(nil, v)) }
+// valueSize is len(appendValue(nil, v)), without building the encoding.
+func valueSize(v any) int {
+	switch x := v.(type) {
+	case nil, bool:
+		return 1
+	case float64:
+		return 9
+	case string:
+		return 1 + uvarintLen(len(x)) + len(x)
+	case []any:
+		n := 1 + uvarintLen(len(x))
+		for _, e := range x {
+			n += valueSize(e)
+		}
+		return n
+	case map[string]any:
+		n := 1 + uvarintLen(len(x))
+		for k, e := range x {
+			n += uvarintLen(len(k)) + len(k) + valueSize(e)
+		}
+		return n
+	}
+	return 1 // stored as null, see appendValue
+}
+
+// uvarintLen is the length of n as a uvarint.
+func uvarintLen(n int) int {
+	l := 1
+	for u := uint64(n); u >= 0x80; u >>= 7 {
+		l++
+	}
+	return l
+}
 
 // reader decodes a record; the first error sticks and later reads return
 // zero values, so decoders check r.err once at the end.
@@ -546,9 +578,10 @@ func DecodeProfile(id ID, b []byte) (*Profile, error) {
 	if p.Identities, err = v.Identities(); err != nil {
 		return nil, err
 	}
-	if p.Attributes, err = v.allAttributes(); err != nil {
+	if p.Attributes, p.attrBytes, err = v.allAttributes(); err != nil {
 		return nil, err
 	}
+	p.attrBytesKnown = true
 	return p, nil
 }
 
@@ -602,14 +635,22 @@ func (v *View) Identities() ([]Identity, error) {
 	return ids, r.err
 }
 
-func (v *View) allAttributes() ([]Attribute, error) {
+// allAttributes decodes every attribute, tombstones included, and measures
+// the ones that are set (see Profile.AttributeBytes) from their encoding.
+func (v *View) allAttributes() ([]Attribute, int, error) {
 	r := reader{b: v.attributes}
 	n := r.count(3)
 	attrs := make([]Attribute, n)
+	size := 0
 	for i := range attrs {
-		attrs[i] = Attribute{Key: r.str(), Time: r.varint(), Value: r.value(1)}
+		a := &attrs[i]
+		a.Key, a.Time = r.str(), r.varint()
+		rest := len(r.b)
+		if a.Value = r.value(1); a.Value != nil {
+			size += len(a.Key) + rest - len(r.b)
+		}
 	}
-	return attrs, r.err
+	return attrs, size, r.err
 }
 
 // Attributes decodes the attributes that are set (no tombstones) into a map.

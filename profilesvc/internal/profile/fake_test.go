@@ -64,6 +64,10 @@ func (m *memStore) LoadTokenDetails(owner ID, id TokenID, t *Token) error {
 	return DecodeDetails(t, b)
 }
 
+func (m *memStore) CountProfileTokens(owner ID, limit int) (int, error) {
+	return min(len(m.details[owner]), limit+1), nil
+}
+
 func (m *memStore) LoadProfileTokens(owner ID) ([]*Token, error) {
 	var out []*Token
 	for id, b := range m.details[owner] {

@@ -265,8 +265,37 @@ type Profile struct {
 	ConsentTime int64
 	// Identities, sorted by namespace then value.
 	Identities []Identity
-	// Attributes, sorted by key, tombstones included.
+	// Attributes, sorted by key, tombstones included. Change them through
+	// MergeAttribute, which keeps the size AttributeBytes reports.
 	Attributes []Attribute
+
+	// attrBytes caches AttributeBytes when attrBytesKnown.
+	attrBytes      int
+	attrBytesKnown bool
+}
+
+// AttributeBytes is the size of the attributes that are set (tombstones
+// left out), measured as AttributesSize measures a request's: what
+// MaxProfileAttributesBytes bounds. Decoding and MergeAttribute keep it, so
+// it is only computed for profiles built otherwise.
+func (p *Profile) AttributeBytes() int {
+	if !p.attrBytesKnown {
+		n := 0
+		for _, a := range p.Attributes {
+			n += setAttributeSize(a.Key, a.Value)
+		}
+		p.attrBytes, p.attrBytesKnown = n, true
+	}
+	return p.attrBytes
+}
+
+// setAttributeSize is what a key set to val adds to AttributeBytes: nothing
+// for a tombstone.
+func setAttributeSize(key string, val any) int {
+	if val == nil {
+		return 0
+	}
+	return len(key) + valueSize(val)
 }
 
 // HasIdentity reports whether the profile owns idn.

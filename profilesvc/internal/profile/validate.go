@@ -24,7 +24,8 @@ const (
 	MaxNamespaceLen    = 64
 	MaxIdentityLen     = 512
 	MaxAttributeKeyLen = 256
-	// MaxAttributesBytes bounds the encoded attributes of one request or row.
+	// MaxAttributesBytes bounds the encoded attributes of one request or row
+	// (see AttributesSize).
 	MaxAttributesBytes = 64 << 10
 	// MaxAttributeDepth bounds the nesting of lists and maps.
 	MaxAttributeDepth = 8
@@ -206,10 +207,19 @@ func ValidateAttributeKey(k string) error {
 	return nil
 }
 
+// AttrSize measures attributes given as a map, as ValidateAttributes found
+// them.
+type AttrSize struct {
+	// Encoded is the size the attributes count against MaxAttributesBytes
+	// and MaxProfileAttributesBytes: each key's length plus its value's
+	// encoded size, deletions (nil values) included.
+	Encoded int
+}
+
 // ValidateAttributes checks attribute values given as a map from the API (nil
-// values mean "remove the key") into v, under field.
-func ValidateAttributes(v *fault.ValidationError, field string, attrs map[string]any) {
-	size := 0
+// values mean "remove the key") into v, under field, and measures them.
+func ValidateAttributes(v *fault.ValidationError, field string, attrs map[string]any) AttrSize {
+	var size AttrSize
 	for k, val := range attrs {
 		path := field + "." + k
 		if err := ValidateAttributeKey(k); err != nil {
@@ -220,11 +230,22 @@ func ValidateAttributes(v *fault.ValidationError, field string, attrs map[string
 			v.Add(path, "%v", err)
 			continue
 		}
-		size += len(k) + encodedValueSize(val)
+		size.Encoded += len(k) + valueSize(val)
 	}
-	if size > MaxAttributesBytes {
-		v.Add(field, "attributes take %d bytes encoded, more than %d", size, MaxAttributesBytes)
+	if size.Encoded > MaxAttributesBytes {
+		v.Add(field, "attributes take %d bytes encoded, more than %d", size.Encoded, MaxAttributesBytes)
 	}
+	return size
+}
+
+// AttributesSize is the encoded size of attrs as ValidateAttributes counts
+// it.
+func AttributesSize(attrs map[string]any) int {
+	n := 0
+	for k, val := range attrs {
+		n += len(k) + valueSize(val)
+	}
+	return n
 }
 
 func validateValue(val any, depth int) error {

@@ -39,6 +39,9 @@ type Loader interface {
 	LoadIdentityOwner(idn Identity) (owner ID, found bool, err error)
 	// LoadDeviceTokens returns the tokens registered for an app install.
 	LoadDeviceTokens(k DeviceKey) ([]string, error)
+	// CountProfileTokens counts the tokens stored under owner, active and
+	// inactive; it may stop counting past limit.
+	CountProfileTokens(owner ID, limit int) (int, error)
 }
 
 type profileSlot struct {
@@ -48,7 +51,26 @@ type profileSlot struct {
 	known  bool     // exists is known
 	exists bool
 	dirty  bool
+	// tokens is how many tokens the profile owns, once known; kept apart
+	// from the fields above, which describe the record.
+	tokens tokenCount
 }
+
+// tokenCount is how many tokens (active and inactive) a profile owns as a
+// workset sees it: read once before the workset adds a token to the
+// profile or moves one away from it, then kept up to date with each such
+// change, so it is never a guess even across the batches of an import
+// (dirty counts carry over with Overlay).
+type tokenCount struct {
+	// n saturates at MaxProfileTokens+1, "more than the cap": a profile
+	// stored before the cap existed may own more, and then stays over it
+	// whatever it loses in one workset.
+	n     int32
+	known bool
+	dirty bool
+}
+
+const tokenCountOver = MaxProfileTokens + 1
 
 type tokenSlot struct {
 	id TokenID
@@ -171,10 +193,21 @@ func (w *Workset) Overlay(prev *Workset) {
 	w.prev = prev
 	for _, chunk := range prev.profileSlots.chunks {
 		for i := range chunk {
-			if s := &chunk[i]; s.dirty {
-				if old, ok := w.profiles[s.id]; ok {
-					*old = carriedProfile(s)
-				}
+			s := &chunk[i]
+			if !s.dirty && !s.tokens.dirty {
+				continue
+			}
+			old, ok := w.profiles[s.id]
+			if !ok {
+				continue
+			}
+			if s.dirty {
+				tokens := old.tokens
+				*old = carriedProfile(s)
+				old.tokens = tokens
+			}
+			if s.tokens.dirty {
+				old.tokens = tokenCount{n: s.tokens.n, known: true}
 			}
 		}
 	}
@@ -222,8 +255,21 @@ func (w *Workset) prevProfile(id ID) (profileSlot, bool) {
 // SeedProfile caches a profile loaded ahead (nil when absent), so a batch can
 // read its keys in sorted order before applying rows.
 func (w *Workset) SeedProfile(id ID, p *Profile) {
-	if _, ok := w.profiles[id]; !ok {
-		w.profiles[id] = w.profileSlots.alloc(profileSlot{id: id, p: p, loaded: true, known: true, exists: p != nil})
+	if s, ok := w.profiles[id]; !ok || !s.loaded {
+		w.setProfileSlot(profileSlot{id: id, p: p, loaded: true, known: true, exists: p != nil})
+	}
+}
+
+// SeedTokenCount caches how many tokens a profile owns, counted ahead with
+// Loader.CountProfileTokens.
+func (w *Workset) SeedTokenCount(id ID, n int) {
+	s, ok := w.profiles[id]
+	if !ok {
+		s = w.profileSlots.alloc(profileSlot{id: id})
+		w.profiles[id] = s
+	}
+	if !s.tokens.known {
+		s.tokens = tokenCount{n: int32(min(n, tokenCountOver)), known: true}
 	}
 }
 
@@ -327,13 +373,72 @@ func (w *Workset) profileExists(id ID) (bool, error) {
 }
 
 // setProfileSlot sets the slot of v.id, updating it in place when there is
-// one.
+// one (its token count stays: v describes the record).
 func (w *Workset) setProfileSlot(v profileSlot) {
 	if s, ok := w.profiles[v.id]; ok {
+		v.tokens = s.tokens
 		*s = v
 		return
 	}
 	w.profiles[v.id] = w.profileSlots.alloc(v)
+}
+
+// tokenSlotCount returns the slot of profile id with its token count
+// known: cached, carried from the previous batch, or counted through the
+// loader.
+func (w *Workset) tokenSlotCount(id ID) (*profileSlot, error) {
+	s, ok := w.profiles[id]
+	if ok && s.tokens.known {
+		return s, nil
+	}
+	var c tokenCount
+	if ps, found := w.prevTokenCount(id); found {
+		c = ps
+	} else {
+		n, err := w.load.CountProfileTokens(id, tokenCountOver)
+		if err != nil {
+			return nil, err
+		}
+		c = tokenCount{n: int32(min(n, tokenCountOver)), known: true}
+	}
+	if !ok {
+		s = w.profileSlots.alloc(profileSlot{id: id})
+		w.profiles[id] = s
+	}
+	s.tokens = c
+	return s, nil
+}
+
+// prevTokenCount returns the token count of profile id if the previous
+// batch changed it.
+func (w *Workset) prevTokenCount(id ID) (tokenCount, bool) {
+	if w.prev != nil {
+		if s, ok := w.prev.profiles[id]; ok && s.tokens.dirty {
+			return tokenCount{n: s.tokens.n, known: true}, true
+		}
+	}
+	return tokenCount{}, false
+}
+
+// canGainToken checks that profile id may own one more token (field names
+// the request field that would add it).
+func (w *Workset) canGainToken(id ID, field string) (*profileSlot, error) {
+	s, err := w.tokenSlotCount(id)
+	if err != nil {
+		return nil, err
+	}
+	if s.tokens.n >= MaxProfileTokens {
+		return nil, tokenLimitError(field, id.String())
+	}
+	return s, nil
+}
+
+// addTokens changes the count of the profile in s by d (+1 or -1).
+func (s *profileSlot) addTokens(d int32) {
+	if s.tokens.n < tokenCountOver || d > 0 {
+		s.tokens.n = min(s.tokens.n+d, tokenCountOver)
+	}
+	s.tokens.dirty = true
 }
 
 func (w *Workset) markDirty(p *Profile) {
@@ -342,8 +447,9 @@ func (w *Workset) markDirty(p *Profile) {
 }
 
 func (w *Workset) newProfile() *Profile {
-	p := &Profile{ID: w.newID(), CreateTime: w.now}
+	p := &Profile{ID: w.newID(), CreateTime: w.now, attrBytesKnown: true}
 	w.markDirty(p)
+	w.profiles[p.ID].tokens = tokenCount{known: true, dirty: true}
 	return p
 }
 
@@ -599,26 +705,51 @@ func (w *Workset) Upsert(req UpsertRequest) (*Profile, bool, error) {
 				"identity %s=%q belongs to another profile", idn.Namespace, idn.Value)
 		}
 	}
+	// The caps are checked on what the profile would become before
+	// anything changes: the attributes are merged into a copy.
+	var (
+		name    = "(new)"
+		idns    []Identity
+		attrs   = &Profile{attrBytesKnown: true}
+		changed bool
+	)
+	if p != nil {
+		name, idns = p.ID.String(), p.Identities
+		attrs = &Profile{Attributes: slices.Clone(p.Attributes), attrBytes: p.AttributeBytes(), attrBytesKnown: true}
+	}
+	added := 0
+	for i, idn := range req.Identities {
+		if !slices.Contains(idns, idn) && !slices.Contains(req.Identities[:i], idn) {
+			added++
+		}
+	}
+	if n := len(idns) + added; n > MaxProfileIdentities {
+		return nil, false, identitiesLimitError("identities", name, n)
+	}
+	if req.ReplaceAttributes {
+		for _, a := range p.attributes() {
+			if _, keep := req.Attributes[a.Key]; !keep && a.Value != nil {
+				changed = MergeAttribute(attrs, a.Key, nil, w.now) || changed
+			}
+		}
+	}
+	changed = mergeAttributes(attrs, req.Attributes, w.now) || changed
+	if size := attrs.AttributeBytes(); size > MaxProfileAttributesBytes {
+		return nil, false, attributesLimitError("attributes", name, size)
+	}
 	created := false
 	if p == nil {
 		p = w.newProfile()
 		created = true
 	}
-	changed := created
+	p.Attributes, p.attrBytes, p.attrBytesKnown = attrs.Attributes, attrs.attrBytes, true
+	changed = changed || created
 	for _, idn := range req.Identities {
 		if p.addIdentity(idn) {
 			w.setIdentityOwner(idn, p.ID, true)
 			changed = true
 		}
 	}
-	if req.ReplaceAttributes {
-		for _, a := range slices.Clone(p.Attributes) {
-			if _, keep := req.Attributes[a.Key]; !keep && a.Value != nil {
-				changed = MergeAttribute(p, a.Key, nil, w.now) || changed
-			}
-		}
-	}
-	changed = mergeAttributes(p, req.Attributes, w.now) || changed
 	if c := req.Consent; c != nil {
 		if c.Time > p.ConsentTime || (c.Time == p.ConsentTime && c.State > p.Consent) {
 			p.Consent, p.ConsentTime = c.State, c.Time
@@ -629,6 +760,14 @@ func (w *Workset) Upsert(req UpsertRequest) (*Profile, bool, error) {
 		w.markDirty(p)
 	}
 	return p, created, nil
+}
+
+// attributes returns p's attributes; none when p is nil.
+func (p *Profile) attributes() []Attribute {
+	if p == nil {
+		return nil
+	}
+	return p.Attributes
 }
 
 // mergeAttributes merges attrs (keys in sorted order, so the result never
@@ -657,17 +796,42 @@ func MergeAttribute(p *Profile, key string, val any, t int64) bool {
 	i, found := slices.BinarySearchFunc(p.Attributes, key, func(a Attribute, k string) int { return strings.Compare(a.Key, k) })
 	if !found {
 		p.Attributes = slices.Insert(p.Attributes, i, Attribute{Key: key, Value: val, Time: t})
+		if p.attrBytesKnown {
+			p.attrBytes += setAttributeSize(key, val)
+		}
 		return true
 	}
 	a := &p.Attributes[i]
-	if t < a.Time {
+	if !mergeWins(a, val, t) {
 		return false
 	}
-	if t == a.Time && compareValues(val, a.Value) <= 0 {
-		return false
+	if p.attrBytesKnown {
+		p.attrBytes += setAttributeSize(key, val) - setAttributeSize(key, a.Value)
 	}
 	a.Value, a.Time = val, t
 	return true
+}
+
+// mergeWins reports whether writing val at time t over a changes it.
+func mergeWins(a *Attribute, val any, t int64) bool {
+	return t > a.Time || (t == a.Time && compareValues(val, a.Value) > 0)
+}
+
+// attributeBytesAfter is p.AttributeBytes() once attrs, set at time t, are
+// merged, without merging them.
+func attributeBytesAfter(p *Profile, attrs map[string]any, t int64) int {
+	size := p.AttributeBytes()
+	for k, val := range attrs {
+		i, found := slices.BinarySearchFunc(p.Attributes, k, func(a Attribute, k string) int { return strings.Compare(a.Key, k) })
+		if !found {
+			size += setAttributeSize(k, val)
+			continue
+		}
+		if a := &p.Attributes[i]; mergeWins(a, val, t) {
+			size += setAttributeSize(k, val) - setAttributeSize(k, a.Value)
+		}
+	}
+	return size
 }
 
 // Outcome says what a registration changed. The numbers match the API's.
@@ -720,6 +884,11 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 	st := r.stamp()
 	res := RegisterResult{Outcome: OutcomeUnchanged, Owner: target}
 	if s.t == nil {
+		owner, err := w.canGainToken(target, "token")
+		if err != nil {
+			return RegisterResult{}, err
+		}
+		owner.addTokens(1)
 		t := &Token{
 			Owner:       target,
 			Platform:    r.Key.Platform,
@@ -751,6 +920,15 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 	wasActive := t.Active()
 	wins := t.SourceStamp.Less(st)
 	move := wins && t.Owner != target
+	var gainer, loser *profileSlot
+	if move {
+		if gainer, err = w.canGainToken(target, "token"); err != nil {
+			return RegisterResult{}, err
+		}
+		if loser, err = w.tokenSlotCount(t.Owner); err != nil {
+			return RegisterResult{}, err
+		}
+	}
 	envAdvance := r.Env != EnvUnspecified && t.EnvStamp.Less(st)
 	deviceAdvance := r.hasDevice() && t.DeviceStamp.Less(st)
 	deviceChange := deviceAdvance && r.deviceFP() != t.DeviceFP
@@ -770,8 +948,10 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 		t.SourceStamp = st
 		changed = true
 		if move {
-			t.History = append(t.History, Move{From: t.Owner, To: target, Time: r.Time, Source: r.Source})
+			t.History = appendMove(t.History, Move{From: t.Owner, To: target, Time: r.Time, Source: r.Source})
 			t.Owner = target
+			gainer.addTokens(1)
+			loser.addTokens(-1)
 			res.Outcome = OutcomeMoved
 		}
 	}
@@ -813,6 +993,17 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 		}
 	}
 	return res, nil
+}
+
+// appendMove appends m to a token's history, dropping the oldest moves
+// beyond MaxTokenHistory.
+func appendMove(h []Move, m Move) []Move {
+	if len(h) < MaxTokenHistory {
+		return append(h, m)
+	}
+	n := copy(h, h[len(h)-MaxTokenHistory+1:])
+	h = h[:n]
+	return append(h, m)
 }
 
 // deactivate records a deactivation of the token in s; it reports whether
@@ -1013,6 +1204,7 @@ func (w *Workset) Delete(p *Profile) (int, error) {
 		}
 	}
 	w.setProfileSlot(profileSlot{id: p.ID, loaded: true, known: true, exists: false, dirty: true})
+	w.profiles[p.ID].tokens = tokenCount{known: true, dirty: true}
 	return len(tokens), nil
 }
 
@@ -1022,6 +1214,12 @@ type ImportRow struct {
 	Reg        Registration
 	// Attributes merged into the profile as of Reg.Time.
 	Attributes map[string]any
+	// AttrSize measures Attributes as ValidateAttributes did; a zero
+	// Encoded with attributes present is measured when needed.
+	AttrSize AttrSize
+	// Index is the row's zero-based index across the import's stream, to
+	// report it if the row is rejected while it is applied.
+	Index int64
 }
 
 // Import applies one CRM row: the customer's profile is found (or created)
@@ -1053,13 +1251,28 @@ func (w *Workset) ImportSeeded(row ImportRow, owner OwnerRef, token TokenRef) (O
 	} else if id, created, err = w.ResolveOrCreate(Ref{Identity: idn, ByIdentity: true}, "customer_id"); err != nil {
 		return 0, false, err
 	}
+	// A row over a cap (LimitError) changes nothing: the attributes are
+	// checked, then the token registers (which checks the token cap before
+	// it changes anything), then the attributes merge. A row that created
+	// its profile is never over a cap: a new profile has no tokens, and one
+	// row's attributes are at most MaxAttributesBytes.
+	var p *Profile
 	if len(row.Attributes) > 0 {
-		p, err := w.Profile(id)
-		if err != nil {
+		if p, err = w.Profile(id); err != nil {
 			return 0, false, err
 		}
-		if p != nil && mergeAttributes(p, row.Attributes, row.Reg.Time) {
-			w.markDirty(p)
+		if p != nil {
+			added := row.AttrSize.Encoded
+			if added == 0 {
+				added = AttributesSize(row.Attributes)
+			}
+			// The exact size after the merge is only computed when the
+			// row could take the profile past the cap.
+			if p.AttributeBytes()+added > MaxProfileAttributesBytes {
+				if size := attributeBytesAfter(p, row.Attributes, row.Reg.Time); size > MaxProfileAttributesBytes {
+					return 0, false, attributesLimitError("attributes", id.String(), size)
+				}
+			}
 		}
 	}
 	row.Reg.OwnerKey = CustomerIDNamespace + "\x00" + row.CustomerID
@@ -1071,6 +1284,9 @@ func (w *Workset) ImportSeeded(row ImportRow, owner OwnerRef, token TokenRef) (O
 	}
 	if err != nil {
 		return 0, false, err
+	}
+	if p != nil && mergeAttributes(p, row.Attributes, row.Reg.Time) {
+		w.markDirty(p)
 	}
 	return res.Outcome, created, nil
 }

@@ -1,8 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -136,6 +139,7 @@ func (s *Store) StartImport(ctx context.Context) *Import {
 // Add queues a valid row; it returns an error when the import cannot go on
 // (the store failed or ctx ended).
 func (im *Import) Add(row profile.ImportRow) error {
+	row.Index = im.rows
 	im.rows++
 	im.pending = append(im.pending, row)
 	if len(im.pending) < im.limit {
@@ -205,9 +209,19 @@ func (im *Import) Finish() (ImportCounts, error) {
 	}
 	im.mu.Unlock()
 	counts.Rows = im.rows
-	counts.Rejected = im.nReject
-	counts.RejectedRows = im.rejects
+	// Rows rejected by validation and rows rejected as they were applied
+	// (over a profile's caps), in index order.
+	counts.Rejected += im.nReject
+	counts.RejectedRows = appendRejects(slices.Clone(im.rejects), counts.RejectedRows)
+	slices.SortStableFunc(counts.RejectedRows, func(a, b RejectedRow) int { return cmp.Compare(a.Index, b.Index) })
+	counts.RejectedRows = counts.RejectedRows[:min(len(counts.RejectedRows), MaxRejectedRows)]
 	return counts, err
+}
+
+// appendRejects appends rejected rows to dst, keeping at most
+// MaxRejectedRows.
+func appendRejects(dst, rows []RejectedRow) []RejectedRow {
+	return append(dst, rows[:min(len(rows), MaxRejectedRows-min(len(dst), MaxRejectedRows))]...)
 }
 
 // Abort stops the import after the batch being written; queued rows are
@@ -301,6 +315,8 @@ func (im *Import) writer() {
 				im.applied.Moved += c.Moved
 				im.applied.Unchanged += c.Unchanged
 				im.applied.ProfilesCreated += c.ProfilesCreated
+				im.applied.Rejected += c.Rejected
+				im.applied.RejectedRows = appendRejects(im.applied.RejectedRows, c.RejectedRows)
 				im.mu.Unlock()
 				if !prev.prepared {
 					im.resync.Store(true)
@@ -335,7 +351,17 @@ func applyBatch(ld *loader, rows []profile.ImportRow, prev *profile.Workset, new
 	for i, r := range rows {
 		outcome, created, err := ws.ImportSeeded(r, owners[pre.identityOf[i]], tokens[pre.tokenOf[i]])
 		if err != nil {
-			return nil, counts, err
+			// A row that would take its profile past a cap is rejected
+			// like an invalid one; it changed nothing.
+			var le *profile.LimitError
+			if !errors.As(err, &le) {
+				return nil, counts, err
+			}
+			counts.Rejected++
+			if len(counts.RejectedRows) < MaxRejectedRows {
+				counts.RejectedRows = append(counts.RejectedRows, RejectedRow{Index: r.Index, Field: le.Field(), Reason: le.Reason()})
+			}
+			continue
 		}
 		if created {
 			counts.ProfilesCreated++
@@ -393,6 +419,23 @@ func readImport(ld *loader, rows []profile.ImportRow) (*prefetched, error) {
 		return nil, err
 	}
 	pre.devices = ld.readDevices(devices)
+	// Rows that add a token to an existing profile (a new token, or one
+	// about to move from another profile) check the profile's token count,
+	// and a move lowers the count of the profile it leaves.
+	var counted []profile.ID
+	for i := range rows {
+		t := pre.tokens[pre.tokenOf[i]].t
+		if t != nil && t.Owner == owners[i] {
+			continue
+		}
+		if !owners[i].IsZero() {
+			counted = append(counted, owners[i])
+		}
+		if t != nil {
+			counted = append(counted, t.Owner)
+		}
+	}
+	pre.counts = ld.readTokenCounts(counted)
 	return pre, nil
 }
 

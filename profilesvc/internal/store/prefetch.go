@@ -54,6 +54,31 @@ func (w *walker) get(key []byte) []byte {
 	return nil
 }
 
+// countPrefix counts the keys under prefix, stopping past limit; prefixes
+// must not decrease between calls (and none may be a prefix of another).
+func (w *walker) countPrefix(prefix []byte, limit int) int {
+	if w.started {
+		for i := 0; i < maxSteps && w.k != nil && bytes.Compare(w.k, prefix) < 0; i++ {
+			w.k, w.v = w.c.Next()
+		}
+		if w.k == nil {
+			return 0
+		}
+		if bytes.Compare(w.k, prefix) < 0 {
+			w.k, w.v = w.c.Seek(prefix)
+		}
+	} else {
+		w.k, w.v = w.c.Seek(prefix)
+		w.started = true
+	}
+	n := 0
+	for w.k != nil && n <= limit && bytes.HasPrefix(w.k, prefix) {
+		n++
+		w.k, w.v = w.c.Next()
+	}
+	return n
+}
+
 type identitySeed struct {
 	idn   profile.Identity
 	owner profile.ID
@@ -68,6 +93,11 @@ type profileSeed struct {
 type tokenSeed struct {
 	id profile.TokenID
 	t  *profile.Token // nil: absent; Full when its details were read too
+}
+
+type countSeed struct {
+	id profile.ID
+	n  int
 }
 
 type deviceSeed struct {
@@ -224,6 +254,25 @@ func (l *loader) readTokens(keys []profile.TokenKey, ids []profile.TokenID, need
 	return seeds, seedOf, nil
 }
 
+// readTokenCounts counts the tokens of the profiles ids (zero ids
+// skipped), up to just past profile.MaxProfileTokens, walking their details
+// in key order.
+func (l *loader) readTokenCounts(ids []profile.ID) []countSeed {
+	slices.SortFunc(ids, func(a, b profile.ID) int { return bytes.Compare(a[:], b[:]) })
+	ids = slices.Compact(ids)
+	seeds := make([]countSeed, 0, len(ids))
+	w := newWalker(l.details)
+	var key []byte
+	for _, id := range ids {
+		if id.IsZero() {
+			continue
+		}
+		key = l.keys.details(key[:0], id, nil)
+		seeds = append(seeds, countSeed{id: id, n: w.countPrefix(key, profile.MaxProfileTokens)})
+	}
+	return seeds
+}
+
 // readDevices reads the tokens of the app installs dks.
 func (l *loader) readDevices(dks []profile.DeviceKey) []deviceSeed {
 	var mem arena
@@ -253,6 +302,7 @@ type prefetched struct {
 	profiles   []profileSeed
 	tokens     []tokenSeed
 	devices    []deviceSeed
+	counts     []countSeed
 	// For import rows: row i's customer id is identities[identityOf[i]],
 	// its token tokens[tokenOf[i]].
 	identityOf, tokenOf []int32
@@ -267,6 +317,9 @@ func (p *prefetched) seed(ws *profile.Workset) ([]profile.OwnerRef, []profile.To
 	}
 	for _, s := range p.profiles {
 		ws.SeedProfile(s.id, s.p)
+	}
+	for _, s := range p.counts {
+		ws.SeedTokenCount(s.id, s.n)
 	}
 	tokens := make([]profile.TokenRef, len(p.tokens))
 	for i, s := range p.tokens {

@@ -240,6 +240,20 @@ func (l *loader) LoadProfileTokens(owner profile.ID) ([]*profile.Token, error) {
 	return out, nil
 }
 
+func (l *loader) CountProfileTokens(owner profile.ID, limit int) (int, error) {
+	l.buf = l.keys.details(l.buf[:0], owner, nil)
+	return countUnder(l.details.Cursor(), l.buf, limit), nil
+}
+
+// countUnder counts the keys under prefix, stopping past limit.
+func countUnder(c *bolt.Cursor, prefix []byte, limit int) int {
+	n := 0
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && n <= limit; k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
 func (l *loader) owner(b *bolt.Bucket, key []byte) (profile.ID, bool, error) {
 	v := b.Get(key)
 	if v == nil {

@@ -24,9 +24,13 @@ const (
 const (
 	// scanChunk is how many profiles one read transaction visits.
 	scanChunk = 4096
-	// maxBatchBytes flushes a batch early when its members get big, well
-	// under gRPC's default 4 MiB receive limit.
-	maxBatchBytes = 2 << 20
+	// MaxBatchBytes bounds the members of a batch (MemberSize), well
+	// under gRPC's default 4 MiB receive limit: a member that would take
+	// the batch past it starts the next batch instead. One member always
+	// fits: the profile caps keep it under 0.9 MiB (see
+	// profile.MaxProfileTokens); a bigger one, stored before the caps, is
+	// trimmed (see trimMember).
+	MaxBatchBytes = 1 << 20
 	// progressEvery sends a (possibly empty) batch after this many profiles
 	// scanned without one, so callers see progress and a fresh resume point
 	// even when few profiles qualify.
@@ -136,6 +140,31 @@ type Batch struct {
 	ResumeAfter profile.ID
 }
 
+// heldMember is a member held over to the next batch, with the running
+// stats and resume point of the batch before it.
+type heldMember struct {
+	m           Member
+	size        int
+	stats       Stats
+	resumeAfter profile.ID
+}
+
+// trimMember returns m's size (MemberSize), after trimming a member too big
+// for a batch: only a profile stored before the caps existed can be (see
+// profile.MaxProfileTokens), with more attributes or identities than a
+// profile keeps now. It leaves them out (a journey treats the member as a
+// profile missing those values, excluded where a template requires one)
+// instead of the query failing on it. Members carry at most MaxProfileTokens tokens, so the
+// rest always fits.
+func trimMember(m *Member) int {
+	size := MemberSize(m)
+	if size <= MaxBatchBytes || m.Excluded {
+		return size
+	}
+	m.Attributes, m.Identities = map[string]any{}, nil
+	return MemberSize(m)
+}
+
 // Scanner reads profiles in id order; the store implements it.
 type Scanner interface {
 	ScanChunk(ctx context.Context, after profile.ID, first bool, max int,
@@ -169,6 +198,12 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 		first         = !q.HasStart
 		limitReached  bool
 		attrsForEmpty = map[string]any{}
+		// prevScanned is the profile scanned before the current one.
+		prevScanned profile.ID
+		// held is a member that did not fit in the batch: the batch goes
+		// out as it was before that profile was scanned, and the member
+		// starts the next one.
+		held *heldMember
 	)
 	wantToken := func(h *profile.TokenHead) bool {
 		if !h.Active {
@@ -186,6 +221,8 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 	}
 
 	visit := func(id profile.ID, v *profile.View) (bool, error) {
+		statsBefore, scannedBefore := batch.Stats, prevScanned
+		prevScanned = id
 		batch.Stats.Scanned++
 		sinceEmit++
 		act.reset(id, v)
@@ -207,7 +244,7 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 				if wantToken(h) {
 					tokens++
 				}
-				return true
+				return tokens < profile.MaxProfileTokens // as members carry
 			}); err != nil {
 				return false, err
 			}
@@ -228,8 +265,9 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 				}
 				t.History = nil
 				m.Tokens = append(m.Tokens, t)
-				batchBytes += h.Size()
-				return true
+				// A profile stored before the caps may own more tokens
+				// than one member carries.
+				return len(m.Tokens) < profile.MaxProfileTokens
 			})
 			if err = cmp.Or(err, tokenErr); err != nil {
 				return false, err
@@ -253,7 +291,6 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 			if act.err != nil {
 				return false, act.err
 			}
-			batchBytes += v.DetailBytes()
 		}
 		if m.Excluded {
 			batch.Stats.Excluded[m.Reason]++
@@ -264,13 +301,18 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 		if q.CountOnly {
 			return !limitReached, nil
 		}
+		size := trimMember(&m)
 		batch.Stats.Tokens += int64(len(m.Tokens))
+		if len(batch.Members) > 0 && batchBytes+size > MaxBatchBytes {
+			held = &heldMember{m: m, size: size, stats: statsBefore, resumeAfter: scannedBefore}
+			return false, nil
+		}
 		batch.Members = append(batch.Members, m)
-		batchBytes += 32
+		batchBytes += size
 		if limitReached {
 			return false, nil
 		}
-		return len(batch.Members) < batchSize && batchBytes < maxBatchBytes, nil
+		return len(batch.Members) < batchSize && batchBytes < MaxBatchBytes, nil
 	}
 
 	for {
@@ -283,7 +325,19 @@ func Run(ctx context.Context, sc Scanner, q Query, emit func(*Batch) error) erro
 			after, first = last, false
 		}
 		stop := end || limitReached
-		if stop || len(batch.Members) >= batchSize || batchBytes >= maxBatchBytes || sinceEmit >= progressEvery {
+		if held != nil {
+			// The batch before the member that did not fit: its stats and
+			// resume point are those of the profile scanned before it, so
+			// resuming after this batch scans that member again.
+			out := Batch{Members: batch.Members, Stats: held.stats, ResumeAfter: held.resumeAfter}
+			if err := emit(&out); err != nil {
+				return err
+			}
+			batch.Members = []Member{held.m}
+			batchBytes, sinceEmit = held.size, 1
+			held = nil
+		}
+		if stop || len(batch.Members) >= batchSize || batchBytes >= MaxBatchBytes || sinceEmit >= progressEvery {
 			if !first {
 				batch.ResumeAfter = after
 			}

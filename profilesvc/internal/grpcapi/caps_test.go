@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -13,6 +14,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
+	aud "github.com/pushmesh/pushmesh/profilesvc/internal/audience"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
 )
@@ -337,5 +339,49 @@ func TestLargestRepliesOfACappedProfile(t *testing.T) {
 		if float64(size) > c.max {
 			t.Errorf("%s: got %d bytes, want at most %.0f", c.name, size, c.max)
 		}
+	}
+}
+
+// TestAudienceBatchesStayUnderTheMessageLimit: members whose attributes
+// grow fourfold as a google.protobuf.Struct (booleans in a list) used to be
+// packed by their stored size, up to 2 MiB of it a batch: messages of up
+// to 8 MB, which a client refuses (4 MiB by default), failing the query
+// for every member before and after them. Each message now stays under
+// audience.MaxBatchBytes, which this client enforces.
+func TestAudienceBatchesStayUnderTheMessageLimit(t *testing.T) {
+	ctx := ctxFor(t)
+	e := newEnv(t, store.Options{})
+	flags := make([]any, 8<<10) // 8 KiB stored, 32 KiB as a Struct
+	for i := range flags {
+		flags[i] = i%2 == 0
+	}
+	attrs, err := structpb.NewStruct(map[string]any{"f": flags})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40 // 1.3 MB of members, one message before
+	for i := 0; i < n; i++ {
+		must[*profilev1.UpsertProfileResponse](t)(e.client.UpsertProfile(ctx, &profilev1.UpsertProfileRequest{
+			Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: fmt.Sprintf("C%02d", i)}}, Attributes: attrs}))
+		must[*profilev1.RegisterPushTokenResponse](t)(e.client.RegisterPushToken(ctx, &profilev1.RegisterPushTokenRequest{
+			Profile: byCustomer(fmt.Sprintf("C%02d", i)), Platform: fcm, AppId: "app", Token: fcmToken(i), SourceTime: at(1)}))
+	}
+	stream, err := e.client.QueryAudience(ctx, &profilev1.QueryAudienceRequest{}, grpc.MaxCallRecvMsgSize(aud.MaxBatchBytes+1024))
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := 0
+	for {
+		r, err := stream.Recv()
+		if isEOF(err) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		members += len(r.GetMembers())
+	}
+	if members != n {
+		t.Fatalf("got %d members, want %d", members, n)
 	}
 }

@@ -620,10 +620,6 @@ func ParseView(profile []byte, tokens [][]byte) (View, error) {
 // TokenCount is the number of tokens the profile owns.
 func (v *View) TokenCount() int { return len(v.tokens) }
 
-// DetailBytes approximates the size of the identities and attributes, to
-// bound the size of messages carrying them.
-func (v *View) DetailBytes() int { return len(v.identities) + len(v.attributes) }
-
 // Identities decodes the identities.
 func (v *View) Identities() ([]Identity, error) {
 	r := reader{b: v.identities}

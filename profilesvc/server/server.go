@@ -47,7 +47,9 @@ const DefaultGCPercent = 400
 // about 700 MiB live (batches of 100,000 rows and their read-ahead): the
 // limit caps where DefaultGCPercent alone would let the heap grow (five times
 // the live data), and at 1.5 GiB the import still collects no more often
-// than with GOGC=100. Raise it with -import-batch-rows.
+// than with GOGC=100. Raise it with -import-batch-rows. Rows carrying many
+// attributes take up to a hundred times the memory: their batches end at
+// -import-batch-bytes (64 MiB of rows) first.
 const DefaultMemoryLimit = 1536 << 20
 
 // TuneRuntime applies DefaultGCPercent and DefaultMemoryLimit unless GOGC
@@ -62,6 +64,9 @@ func TuneRuntime() {
 type Config struct {
 	// ImportBatchRows is how many CRM rows go into one write transaction.
 	ImportBatchRows int
+	// ImportBatchBytes ends an import batch early when its rows take this
+	// much memory (rows with many attributes).
+	ImportBatchBytes int
 }
 
 // Spec describes the service to servicekit/service.
@@ -80,6 +85,8 @@ func Spec() service.Spec {
 func (c *Config) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.ImportBatchRows, "import-batch-rows", store.DefaultImportBatchRows,
 		"CRM import rows per write transaction: bigger is faster, smaller holds the writer lock for less time")
+	fs.IntVar(&c.ImportBatchBytes, "import-batch-bytes", store.DefaultImportBatchBytes,
+		"memory of the rows of one CRM import batch (estimated): a batch of rows with many attributes ends when it reaches this, before -import-batch-rows")
 }
 
 // Start opens the store in dataDir and registers the service's APIs on s.
@@ -87,6 +94,9 @@ func (c *Config) register(fs *flag.FlagSet) {
 func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log *slog.Logger) (stop func() error, err error) {
 	if cfg.ImportBatchRows < 0 {
 		return nil, fmt.Errorf("import-batch-rows must not be negative, got %d", cfg.ImportBatchRows)
+	}
+	if cfg.ImportBatchBytes < 0 {
+		return nil, fmt.Errorf("import-batch-bytes must not be negative, got %d", cfg.ImportBatchBytes)
 	}
 	if log == nil {
 		log = slog.Default()
@@ -99,7 +109,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(db, store.Options{ImportBatchRows: cfg.ImportBatchRows})
+	st, err := store.Open(db, store.Options{ImportBatchRows: cfg.ImportBatchRows, ImportBatchBytes: cfg.ImportBatchBytes})
 	if err != nil {
 		return nil, errors.Join(err, db.Close())
 	}

@@ -1222,6 +1222,20 @@ type ImportRow struct {
 	Index int64
 }
 
+// importRowOverhead is what a row holds in memory besides its strings and
+// attributes: the row itself. (What the workset holds for each row is
+// bounded by the batch's row count; what its attributes hold is not.)
+const importRowOverhead = 256
+
+// MemSize estimates the memory the row holds while it waits in an import
+// batch, from what validation measured (no walk over the row): about 450
+// bytes for a row with a typical FCM token and no attributes, 6 KB for
+// one with 40 attributes of 40-character strings (5.7 KB measured).
+func (r *ImportRow) MemSize() int {
+	return importRowOverhead + len(r.CustomerID) + len(r.Reg.Key.AppID) + len(r.Reg.Key.Token) + len(r.Reg.DeviceID) +
+		r.AttrSize.Memory
+}
+
 // Import applies one CRM row: the customer's profile is found (or created)
 // through its customer_id identity, the row's attributes merge in as of the
 // row's time, and the token registers under the usual rules. It reports the

@@ -63,18 +63,23 @@ type ImportCounts struct {
 // timestamps, the result does not depend on how rows fall into batches or in
 // which order they come.
 type Import struct {
-	s         *Store
-	ctx       context.Context
-	tenant    string
-	batchRows int
+	s          *Store
+	ctx        context.Context
+	tenant     string
+	batchRows  int
+	batchBytes int
 	// limit is the size of the batch being filled: the first batches are
 	// smaller (see rampBatches).
 	limit int
 
 	pending []profile.ImportRow
-	rows    int64
-	rejects []RejectedRow
-	nReject int64
+	// flushed counts the batches handed to the preparer.
+	flushed int
+	// pendingBytes is the memory pending's rows take (ImportRow.MemSize).
+	pendingBytes int
+	rows         int64
+	rejects      []RejectedRow
+	nReject      int64
 
 	batches chan []profile.ImportRow
 	reads   chan *readBatch
@@ -119,14 +124,15 @@ type lastCommit struct {
 // called to release its goroutines.
 func (s *Store) StartImport(ctx context.Context) *Import {
 	im := &Import{
-		s:         s,
-		ctx:       ctx,
-		tenant:    tenant.FromContext(ctx),
-		batchRows: s.opts.ImportBatchRows,
-		batches:   make(chan []profile.ImportRow, 1),
-		reads:     make(chan *readBatch), // unbuffered: read at most one batch ahead
-		failed:    make(chan struct{}),
-		done:      make(chan struct{}),
+		s:          s,
+		ctx:        ctx,
+		tenant:     tenant.FromContext(ctx),
+		batchRows:  s.opts.ImportBatchRows,
+		batchBytes: s.opts.ImportBatchBytes,
+		batches:    make(chan []profile.ImportRow, 1),
+		reads:      make(chan *readBatch), // unbuffered: read at most one batch ahead
+		failed:     make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	im.wrote = sync.NewCond(&im.writtenMu)
 	im.limit = max(1, im.batchRows>>rampBatches)
@@ -137,12 +143,16 @@ func (s *Store) StartImport(ctx context.Context) *Import {
 }
 
 // Add queues a valid row; it returns an error when the import cannot go on
-// (the store failed or ctx ended).
+// (the store failed or ctx ended). A batch is handed on when it holds its
+// number of rows or its rows take ImportBatchBytes of memory, whichever
+// comes first: rows with many attributes take a hundred times the memory
+// of rows without.
 func (im *Import) Add(row profile.ImportRow) error {
 	row.Index = im.rows
 	im.rows++
 	im.pending = append(im.pending, row)
-	if len(im.pending) < im.limit {
+	im.pendingBytes += row.MemSize()
+	if len(im.pending) < im.limit && im.pendingBytes < im.batchBytes {
 		return nil
 	}
 	return im.flush()
@@ -171,6 +181,8 @@ func (im *Import) flush() error {
 	batch := im.pending
 	im.limit = min(im.batchRows, 2*im.limit)
 	im.pending = make([]profile.ImportRow, 0, im.limit)
+	im.pendingBytes = 0
+	im.flushed++
 	select {
 	case im.batches <- batch:
 		return nil

@@ -33,6 +33,9 @@ var ErrClosed = errors.New("store closed")
 type Options struct {
 	// ImportBatchRows is how many import rows go into one transaction.
 	ImportBatchRows int
+	// ImportBatchBytes ends an import batch early once its rows take
+	// about this much memory (profile.ImportRow.MemSize).
+	ImportBatchBytes int
 	// MaxCommitBatch bounds how many single mutations share one commit.
 	MaxCommitBatch int
 	// Now is the clock; time.Now when nil.
@@ -50,6 +53,17 @@ type Options struct {
 // writer lock per 100,000 rows), 150,000 rows per batch wrote 14% fewer
 // bytes but took more CPU and was not faster (3 alternating runs each).
 const DefaultImportBatchRows = 100_000
+
+// DefaultImportBatchBytes bounds the memory of an import batch's rows as
+// well as their number. The pipeline holds about four batches at a time
+// (one filling, one queued, one being prepared, one being written, plus
+// the workset the next batch is prepared on top of), so with rows of a few
+// hundred bytes (no attributes) a batch ends at DefaultImportBatchRows,
+// about 40 MiB, while rows carrying up to 64 KiB of attributes each (a
+// 100,000-row batch of them could take gigabytes) end a batch at 64 MiB:
+// a few hundred MiB for the whole pipeline, under the service's 1.5 GiB
+// memory limit (server.DefaultMemoryLimit).
+const DefaultImportBatchBytes = 64 << 20
 
 // DefaultMaxCommitBatch bounds a group commit.
 const DefaultMaxCommitBatch = 256
@@ -73,6 +87,9 @@ type Store struct {
 func Open(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.ImportBatchRows <= 0 {
 		opts.ImportBatchRows = DefaultImportBatchRows
+	}
+	if opts.ImportBatchBytes <= 0 {
+		opts.ImportBatchBytes = DefaultImportBatchBytes
 	}
 	if opts.MaxCommitBatch <= 0 {
 		opts.MaxCommitBatch = DefaultMaxCommitBatch

@@ -10,6 +10,23 @@
 //
 // Every call is scoped to the tenant named in the `x-pushmesh-tenant` request
 // metadata ("default" when absent).
+//
+// A profile has caps, so that no reply about it grows past what a client
+// accepts (gRPC's 4 MiB by default): at most 100 tokens (active and
+// inactive: the service keeps every token a profile registered until it
+// moves to another profile or the profile is deleted), 64 KiB of
+// attributes (the keys' lengths plus their values' encoded sizes, deleted
+// keys not counted) and 100 identities; a token's history keeps its newest
+// 32 moves. A call that would take a profile past a cap fails with
+// FAILED_PRECONDITION and changes nothing; its details are a BadRequest
+// naming the request field that would have grown the profile ("token",
+// "attributes", "identities") and a PreconditionFailure whose type names the
+// cap ("MaxProfileTokens", "MaxProfileAttributesBytes",
+// "MaxProfileIdentities") with that field as subject. Retrying does not
+// help until the profile changes (attributes deleted, a token moved away,
+// the profile deleted). With every field at its longest, a profile at its
+// caps takes under 1 MiB in ListPushTokens (inactive tokens and histories
+// included) and as an audience member, under 0.4 MiB in GetProfile.
 
 package profilev1
 
@@ -644,7 +661,8 @@ type PushToken struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the token last changed.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Ownership history, oldest first; only filled when asked for.
+	// Ownership history, oldest first; only filled when asked for. The newest
+	// 32 moves are kept: an older one is dropped when a new one is added.
 	History       []*TokenMove `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -879,13 +897,21 @@ type UpsertProfileRequest struct {
 	// new profile.
 	ProfileId string `protobuf:"bytes,1,opt,name=profile_id,json=profileId,proto3" json:"profile_id,omitempty"`
 	// Identities to attach. Each must be free or already owned by this profile.
+	// At most 100 in a request; a profile that would have more than 100 fails
+	// with FAILED_PRECONDITION on "identities".
 	Identities []*Identity `protobuf:"bytes,2,rep,name=identities,proto3" json:"identities,omitempty"`
 	// Attributes to set. Merged key by key into the existing attributes unless
-	// replace_attributes is true; a null value removes the key.
+	// replace_attributes is true; a null value removes the key. At most 64 KiB
+	// in a request (keys' lengths plus values' encoded sizes); a profile whose
+	// attributes would take more than 64 KiB after the call fails with
+	// FAILED_PRECONDITION on "attributes".
 	Attributes *structpb.Struct `protobuf:"bytes,3,opt,name=attributes,proto3" json:"attributes,omitempty"`
 	// Replace all attributes instead of merging.
 	ReplaceAttributes bool `protobuf:"varint,4,opt,name=replace_attributes,json=replaceAttributes,proto3" json:"replace_attributes,omitempty"`
-	// Push consent; ignored when unset or older than the stored consent.
+	// Push consent; ignored when unset or older than the stored consent. Its
+	// update_time defaults to the time of the call; when set it must be after
+	// 1970 (an empty Timestamp is the epoch, and invalid) and at most 24 hours
+	// ahead.
 	Consent       *PushConsent `protobuf:"bytes,5,opt,name=consent,proto3" json:"consent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1224,7 +1250,8 @@ type RegisterPushTokenRequest struct {
 	// Informative device details.
 	Device *v1.DeviceInfo `protobuf:"bytes,7,opt,name=device,proto3" json:"device,omitempty"`
 	// The source's timestamp of this registration (login time on the device).
-	// Defaults to the time of the call.
+	// Defaults to the time of the call. When set, it must be after 1970 (an
+	// empty Timestamp is the epoch, and invalid) and at most 24 hours ahead.
 	SourceTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=source_time,json=sourceTime,proto3" json:"source_time,omitempty"`
 	// A label for the source, kept in the token's history, e.g. "ios-sdk".
 	Source        string `protobuf:"bytes,9,opt,name=source,proto3" json:"source,omitempty"`
@@ -1584,7 +1611,8 @@ func (x *ListPushTokensRequest) GetAppIds() []string {
 // ListPushTokensResponse holds the tokens.
 type ListPushTokensResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The tokens, ordered by app id then token.
+	// The tokens, ordered by app id then token: at most 100, the most a
+	// profile keeps.
 	Tokens        []*PushToken `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1639,9 +1667,13 @@ type ImportRow struct {
 	// The CRM's customer id; resolves (or creates) the profile with identity
 	// {namespace: "customer_id", value: customer_id}.
 	CustomerId string `protobuf:"bytes,4,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
-	// The CRM's timestamp of the token's registration.
+	// The CRM's timestamp of the token's registration. Required; after 1970
+	// (an empty Timestamp is the epoch, and invalid) and at most 24 hours
+	// ahead.
 	SourceTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=source_time,json=sourceTime,proto3" json:"source_time,omitempty"`
-	// Optional attributes merged into the profile.
+	// Optional attributes merged into the profile. A row whose token would be
+	// the profile's 101st, or whose attributes would take the profile's past
+	// 64 KiB, is rejected (field "token" or "attributes") and changes nothing.
 	Attributes *structpb.Struct `protobuf:"bytes,6,opt,name=attributes,proto3" json:"attributes,omitempty"`
 	// APNs only.
 	ApnsEnvironment v1.ApnsEnvironment `protobuf:"varint,7,opt,name=apns_environment,json=apnsEnvironment,proto3,enum=pushmesh.common.v1.ApnsEnvironment" json:"apns_environment,omitempty"`
@@ -2151,7 +2183,7 @@ type AudienceMember struct {
 	Attributes *structpb.Struct `protobuf:"bytes,2,opt,name=attributes,proto3" json:"attributes,omitempty"`
 	// Identities, for personalization.
 	Identities []*Identity `protobuf:"bytes,3,rep,name=identities,proto3" json:"identities,omitempty"`
-	// Active tokens of the requested apps and platforms.
+	// Active tokens of the requested apps and platforms; at most 100.
 	Tokens []*PushToken `protobuf:"bytes,4,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	// True when the profile qualifies but cannot be reached.
 	Excluded bool `protobuf:"varint,5,opt,name=excluded,proto3" json:"excluded,omitempty"`
@@ -2309,7 +2341,11 @@ func (x *AudienceStats) GetTokens() int64 {
 // QueryAudienceResponse is one batch of members.
 type QueryAudienceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The members, in profile id order.
+	// The members, in profile id order: batch_size of them, or fewer when
+	// they would take more than 1 MiB (a member that would take the message
+	// past 1 MiB starts the next one; one member always fits: a profile stored
+	// before the caps existed that would not streams without its attributes
+	// and identities).
 	Members []*AudienceMember `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
 	// Running totals up to and including this batch.
 	Stats *AudienceStats `protobuf:"bytes,2,opt,name=stats,proto3" json:"stats,omitempty"`
@@ -2382,6 +2418,8 @@ type TokenFeedback struct {
 	// What the gateway said.
 	Reason FeedbackReason `protobuf:"varint,4,opt,name=reason,proto3,enum=pushmesh.profile.v1.FeedbackReason" json:"reason,omitempty"`
 	// The gateway's timestamp (APNs 410 timestamp), or when the error was seen.
+	// Defaults to the time of the call; when set, it must be after 1970 (an
+	// empty Timestamp is the epoch, and invalid) and at most 24 hours ahead.
 	GatewayTime   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=gateway_time,json=gatewayTime,proto3" json:"gateway_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

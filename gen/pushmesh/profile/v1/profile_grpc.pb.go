@@ -10,6 +10,23 @@
 //
 // Every call is scoped to the tenant named in the `x-pushmesh-tenant` request
 // metadata ("default" when absent).
+//
+// A profile has caps, so that no reply about it grows past what a client
+// accepts (gRPC's 4 MiB by default): at most 100 tokens (active and
+// inactive: the service keeps every token a profile registered until it
+// moves to another profile or the profile is deleted), 64 KiB of
+// attributes (the keys' lengths plus their values' encoded sizes, deleted
+// keys not counted) and 100 identities; a token's history keeps its newest
+// 32 moves. A call that would take a profile past a cap fails with
+// FAILED_PRECONDITION and changes nothing; its details are a BadRequest
+// naming the request field that would have grown the profile ("token",
+// "attributes", "identities") and a PreconditionFailure whose type names the
+// cap ("MaxProfileTokens", "MaxProfileAttributesBytes",
+// "MaxProfileIdentities") with that field as subject. Retrying does not
+// help until the profile changes (attributes deleted, a token moved away,
+// the profile deleted). With every field at its longest, a profile at its
+// caps takes under 1 MiB in ListPushTokens (inactive tokens and histories
+// included) and as an audience member, under 0.4 MiB in GetProfile.
 
 package profilev1
 
@@ -53,7 +70,9 @@ type ProfileServiceClient interface {
 	// index entry that points at them.
 	DeleteProfile(ctx context.Context, in *DeleteProfileRequest, opts ...grpc.CallOption) (*DeleteProfileResponse, error)
 	// RegisterPushToken attaches a device's push token to a profile. The
-	// source's timestamp decides conflicts: the newest registration wins.
+	// source's timestamp decides conflicts: the newest registration wins. A
+	// token new to the profile (created, or moved from another profile) when
+	// the profile already has 100 tokens fails with FAILED_PRECONDITION.
 	RegisterPushToken(ctx context.Context, in *RegisterPushTokenRequest, opts ...grpc.CallOption) (*RegisterPushTokenResponse, error)
 	// UnregisterPushToken marks a token inactive (uninstalled, logged out).
 	UnregisterPushToken(ctx context.Context, in *UnregisterPushTokenRequest, opts ...grpc.CallOption) (*UnregisterPushTokenResponse, error)
@@ -62,8 +81,9 @@ type ProfileServiceClient interface {
 	ListPushTokens(ctx context.Context, in *ListPushTokensRequest, opts ...grpc.CallOption) (*ListPushTokensResponse, error)
 	// ImportTokens takes a stream of CRM rows (token, timestamp, customer id).
 	// It is idempotent: the same rows, in any order and any number of times,
-	// converge to the same state. A bad row is counted and reported, never
-	// fatal.
+	// converge to the same state, as long as no profile reaches a cap (which
+	// rows reach it first depends on their order). A bad row, or one that
+	// would take its profile past a cap, is counted and reported, never fatal.
 	ImportTokens(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportTokensRequest, ImportTokensResponse], error)
 	// QueryAudience streams every profile that meets a CEL condition, with its
 	// active tokens, in profile id order. Qualified profiles that cannot be
@@ -200,7 +220,9 @@ type ProfileServiceServer interface {
 	// index entry that points at them.
 	DeleteProfile(context.Context, *DeleteProfileRequest) (*DeleteProfileResponse, error)
 	// RegisterPushToken attaches a device's push token to a profile. The
-	// source's timestamp decides conflicts: the newest registration wins.
+	// source's timestamp decides conflicts: the newest registration wins. A
+	// token new to the profile (created, or moved from another profile) when
+	// the profile already has 100 tokens fails with FAILED_PRECONDITION.
 	RegisterPushToken(context.Context, *RegisterPushTokenRequest) (*RegisterPushTokenResponse, error)
 	// UnregisterPushToken marks a token inactive (uninstalled, logged out).
 	UnregisterPushToken(context.Context, *UnregisterPushTokenRequest) (*UnregisterPushTokenResponse, error)
@@ -209,8 +231,9 @@ type ProfileServiceServer interface {
 	ListPushTokens(context.Context, *ListPushTokensRequest) (*ListPushTokensResponse, error)
 	// ImportTokens takes a stream of CRM rows (token, timestamp, customer id).
 	// It is idempotent: the same rows, in any order and any number of times,
-	// converge to the same state. A bad row is counted and reported, never
-	// fatal.
+	// converge to the same state, as long as no profile reaches a cap (which
+	// rows reach it first depends on their order). A bad row, or one that
+	// would take its profile past a cap, is counted and reported, never fatal.
 	ImportTokens(grpc.ClientStreamingServer[ImportTokensRequest, ImportTokensResponse]) error
 	// QueryAudience streams every profile that meets a CEL condition, with its
 	// active tokens, in profile id order. Qualified profiles that cannot be

@@ -153,18 +153,7 @@ func TestCancelIsDurableWhileTheRunnerDrains(t *testing.T) {
 func TestRunnerStopsWhenItsJourneyIsCancelledInTheStore(t *testing.T) {
 	h := newHarness(t)
 	const n = 5000
-	h.setMembers(population(t, n)...)
-	inner := h.sender.SendFunc
-	h.sender.SendFunc = func(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
-		select {
-		case <-time.After(5 * time.Millisecond):
-		case <-ctx.Done():
-		}
-		return inner(ctx, pushes)
-	}
-	h.start()
-	id := h.publish(journey("cancelled behind the runner's back"))
-	waitUntil(t, 10*time.Second, "sending", func() bool { return h.pushCount() >= 100 })
+	id := h.publishSlowly(n, "cancelled behind the runner's back")
 	j, err := h.store.Get("acme", id)
 	if err != nil {
 		t.Fatal(err)

@@ -435,3 +435,23 @@ func waitUntil(t *testing.T, limit time.Duration, what string, ok func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// publishSlowly starts the harness with n members and a gateway taking
+// 5 ms per push (unless cancelled), publishes a journey and returns its id
+// once 100 pushes went out: a journey caught mid-run.
+func (h *harness) publishSlowly(n int, name string) string {
+	h.t.Helper()
+	h.setMembers(population(h.t, n)...)
+	inner := h.sender.SendFunc
+	h.sender.SendFunc = func(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return inner(ctx, pushes)
+	}
+	h.start()
+	id := h.publish(journey(name))
+	waitUntil(h.t, 10*time.Second, "sending", func() bool { return h.pushCount() >= 100 })
+	return id
+}

@@ -284,18 +284,7 @@ func TestResumeAfterStopSkipsNobody(t *testing.T) {
 func TestCancelStopsSendingWithinASecond(t *testing.T) {
 	h := newHarness(t)
 	const n = 5000
-	h.setMembers(population(t, n)...)
-	inner := h.sender.SendFunc
-	h.sender.SendFunc = func(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
-		select {
-		case <-time.After(5 * time.Millisecond):
-		case <-ctx.Done():
-		}
-		return inner(ctx, pushes)
-	}
-	h.start()
-	id := h.publish(journey("cancel"))
-	waitUntil(t, 10*time.Second, "sending", func() bool { return h.pushCount() >= 100 })
+	id := h.publishSlowly(n, "cancel")
 	start := time.Now()
 	j, err := h.m.Cancel(testCtx, id)
 	took := time.Since(start)

@@ -194,15 +194,7 @@ func TestDayLeavesMemoryOnlyWhenItsBatchesAreDone(t *testing.T) {
 		_, err := st.Append(ctx, "acme", []*trackingv1.Event{proto.Clone(orig).(*trackingv1.Event)})
 		done <- err
 	}()
-	for {
-		st.mu.Lock()
-		n := len(st.inflight)
-		st.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitInflight(st, 1)
 	c.Set(t0.Add(9 * 24 * time.Hour))
 	if _, err := st.Sweep(ctx); err != nil {
 		t.Fatal(err)
@@ -323,29 +315,13 @@ func TestABatchThatReliedOnAFailedOneFails(t *testing.T) {
 		aDone <- err
 	}()
 	// Wait until A is in flight, then append B, which shares id 2.
-	for {
-		st.mu.Lock()
-		n := len(st.inflight)
-		st.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitInflight(st, 1)
 	bDone := make(chan error, 1)
 	go func() {
 		_, err := st.Append(ctx, "acme", []*trackingv1.Event{sent("2"), sent("3")})
 		bDone <- err
 	}()
-	for {
-		st.mu.Lock()
-		n := len(st.inflight)
-		st.mu.Unlock()
-		if n == 2 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitInflight(st, 2)
 	close(checkedB)
 	if err := <-aDone; !errors.Is(err, fail) {
 		t.Fatalf("A: got %v, want its commit error", err)
@@ -814,4 +790,17 @@ func finishProto(m *trackingv1.Metrics) {
 	sort.Slice(m.FailedByReason, func(i, j int) bool { return m.FailedByReason[i].Reason < m.FailedByReason[j].Reason })
 	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].Reason < m.ExcludedByReason[j].Reason })
 	sort.Slice(m.ActionsById, func(i, j int) bool { return m.ActionsById[i].ActionId < m.ActionsById[j].ActionId })
+}
+
+// waitInflight waits until n appends are committing.
+func waitInflight(st *Store, n int) {
+	for {
+		st.mu.Lock()
+		got := len(st.inflight)
+		st.mu.Unlock()
+		if got == n {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -61,8 +61,17 @@ type Config struct {
 	// default 200 ms and 10 s.
 	RetryInitial time.Duration
 	RetryMax     time.Duration
-	Logger       *slog.Logger
+	// DeliverTimeout bounds one Deliver call; default DefaultDeliverTimeout.
+	// A remote that accepts a batch but never answers fails the call at
+	// this deadline, which is logged and retried with backoff like any
+	// other failure, instead of stalling the outbox forever.
+	DeliverTimeout time.Duration
+	Logger         *slog.Logger
 }
+
+// DefaultDeliverTimeout is Config.DeliverTimeout's default: far longer than a
+// healthy remote takes for a full batch.
+const DefaultDeliverTimeout = 30 * time.Second
 
 // Outbox is one durable queue. Start runs its forwarder; Close stops it.
 type Outbox struct {
@@ -109,6 +118,9 @@ func New(db *bolt.DB, bucket []byte, deliver Deliver, cfg Config) *Outbox {
 	}
 	if cfg.RetryMax < cfg.RetryInitial {
 		cfg.RetryMax = max(10*time.Second, cfg.RetryInitial)
+	}
+	if cfg.DeliverTimeout <= 0 {
+		cfg.DeliverTimeout = DefaultDeliverTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -372,7 +384,7 @@ func (o *Outbox) drain(ctx context.Context) error {
 		}
 		bctx, span := o.tracer.Start(tenant.With(ctx, tenantID), "outbox.forward", trace.WithAttributes(
 			attribute.String("pushmesh.outbox", o.cfg.Name), attribute.Int("pushmesh.records", len(records))))
-		err = o.deliver(bctx, tenantID, records)
+		err = o.deliverWithin(bctx, tenantID, records)
 		span.End()
 		if err != nil {
 			return err
@@ -389,6 +401,21 @@ func (o *Outbox) drain(ctx context.Context) error {
 			return fmt.Errorf("outbox %s: delete forwarded records: %w", o.cfg.Name, err)
 		}
 	}
+}
+
+// deliverWithin calls Deliver with Config.DeliverTimeout: a remote that
+// takes the batch and never answers becomes a failure, retried with backoff.
+func (o *Outbox) deliverWithin(ctx context.Context, tenantID string, records [][]byte) error {
+	dctx, cancel := context.WithTimeout(ctx, o.cfg.DeliverTimeout)
+	defer cancel()
+	err := o.deliver(dctx, tenantID, records)
+	// The remote may see the deadline (gRPC sends it along) and end the
+	// call a moment before dctx's own timer fires: the clock decides.
+	deadline, _ := dctx.Deadline()
+	if err != nil && ctx.Err() == nil && !time.Now().Before(deadline) {
+		return fmt.Errorf("outbox %s: no answer within %s for a batch of %d records: %w", o.cfg.Name, o.cfg.DeliverTimeout, len(records), err)
+	}
+	return err
 }
 
 // next reads the oldest values of the first tenant with records, up to

@@ -1,11 +1,15 @@
 package grpcserver_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -247,6 +251,89 @@ func TestShutdownTimeoutStopsHard(t *testing.T) {
 	}
 	if err := <-inflight; status.Code(err) == codes.OK {
 		t.Errorf("in-flight call: got OK, want it cut off by the hard stop")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A handler that never returns, not even once its context is cancelled (a
+// write stuck on a dead disk), must not hold the shutdown: Serve returns
+// ShutdownTimeout + AbandonAfter after its context ends, and says so.
+func TestShutdownAbandonsStuckHandlers(t *testing.T) {
+	var logs syncBuffer
+	const timeout, abandonAfter = 200 * time.Millisecond, 300 * time.Millisecond
+	srv, err := grpcserver.New(grpcserver.Config{
+		Name: "stuck", Listen: "127.0.0.1:0",
+		Logger:          slog.New(slog.NewTextHandler(&logs, nil)),
+		ShutdownTimeout: timeout,
+		AbandonAfter:    abandonAfter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) }) // let the abandoned handlers end with the test
+	started := make(chan struct{}, 2)
+	registerProbe(srv.GRPC(), &probe{handle: func(ctx context.Context) error {
+		started <- struct{}{}
+		<-stuck // ignores ctx: only the test's end releases it
+		return nil
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	conn, err := grpcclient.Dial(srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	inflight := make(chan error, 2)
+	for range 2 {
+		go func() { inflight <- callProbe(context.Background(), conn) }()
+		<-started
+	}
+
+	begin := time.Now()
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(timeout + abandonAfter + 5*time.Second):
+		t.Fatalf("Serve still blocked %v after the shutdown began (timeout %v, abandon after %v)", time.Since(begin), timeout, abandonAfter)
+	}
+	if took := time.Since(begin); took < timeout+abandonAfter {
+		t.Errorf("Serve returned after %v, before the timeout and the abandon wait (%v)", took, timeout+abandonAfter)
+	}
+	for range 2 {
+		if err := <-inflight; status.Code(err) != codes.Unavailable {
+			t.Errorf("in-flight call: got %v, want Unavailable from the hard stop", err)
+		}
+	}
+	if !strings.Contains(logs.String(), "abandoning them") || !strings.Contains(logs.String(), "handlers=2") {
+		t.Errorf("logs: want the 2 abandoned handlers reported, got:\n%s", logs.String())
+	}
+	// The listener is closed: nobody can connect to an abandoned server.
+	if c, err := net.DialTimeout("tcp", srv.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Error("dial after shutdown: got a connection, want the listener closed")
 	}
 }
 

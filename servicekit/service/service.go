@@ -81,6 +81,12 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("start %s: %w", spec.Name, err)
 	}
+	stopLogging := context.AfterFunc(ctx, func() {
+		if se, ok := signalled(ctx); ok {
+			log.Info("shutdown requested; a second SIGINT or SIGTERM exits at once", "signal", se.Signal.String())
+		}
+	})
+	defer stopLogging()
 	serveErr := srv.Serve(ctx)
 	var stopErr error
 	if stop != nil {

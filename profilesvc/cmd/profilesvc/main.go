@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/pushmesh/pushmesh/profilesvc/server"
 	"github.com/pushmesh/pushmesh/servicekit/service"
@@ -14,7 +12,8 @@ import (
 
 func main() {
 	server.TuneRuntime()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT/SIGTERM starts the shutdown; a second one exits at once.
+	ctx, stop := service.SignalContext(context.Background())
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "profilesvc:", err)

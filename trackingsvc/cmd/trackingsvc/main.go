@@ -5,15 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/pushmesh/pushmesh/servicekit/service"
 	"github.com/pushmesh/pushmesh/trackingsvc/server"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT/SIGTERM starts the shutdown; a second one exits at once.
+	ctx, stop := service.SignalContext(context.Background())
 	defer stop()
 	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "trackingsvc:", err)

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -87,7 +89,27 @@ type Config struct {
 	// JourneyWindow bounds each journey's messages after its last
 	// checkpoint: what a crash can make it send again (0: journey.DefaultMaxWindow).
 	JourneyWindow int
+	// StopTimeout bounds how long stopping waits for running journeys to
+	// checkpoint and record the outcomes of their in-flight messages
+	// before it closes the outboxes anyway (0: DefaultStopTimeout). On a
+	// healthy disk they are done long before; on a failing one their
+	// outcome writes retry until the outboxes close. After the outboxes
+	// close it waits at most as long again (and no more than
+	// journeyAbandonWait) before it abandons the journeys left, with a log.
+	StopTimeout time.Duration
+	// ForwardTimeout bounds one batch forwarded to trackingsvc or
+	// profilesvc (0: outbox.DefaultDeliverTimeout); a peer that does not
+	// answer in time is logged and retried with backoff.
+	ForwardTimeout time.Duration
 }
+
+// DefaultStopTimeout is Config.StopTimeout's default.
+const DefaultStopTimeout = 10 * time.Second
+
+// journeyAbandonWait bounds the wait for journeys after the outboxes are
+// closed: their outcome writes then give up at once, so what is left is
+// their last checkpoint.
+const journeyAbandonWait = 5 * time.Second
 
 // DefaultGCPercent is the GOGC deliverysvc runs with unless the environment
 // sets GOGC. Every push allocates short-lived garbage (HTTP/2 frames, JSON,
@@ -138,6 +160,8 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxInFlightPerStream, "max-in-flight-per-stream", 0, "tokens one Send stream may have in flight, its unread results included (0: half of --max-in-flight)")
 	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", grpcapi.DefaultStallTimeout, "end a Send stream whose client has not read a response for this long, giving back what its results hold")
 	fs.IntVar(&c.JourneyWindow, "journey-window", journey.DefaultMaxWindow, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
+	fs.DurationVar(&c.StopTimeout, "stop-timeout", DefaultStopTimeout, "on stop, how long to wait for running journeys to checkpoint and record their in-flight outcomes before closing the outboxes anyway")
+	fs.DurationVar(&c.ForwardTimeout, "forward-timeout", outbox.DefaultDeliverTimeout, "deadline of one batch of outcomes or token feedback forwarded to trackingsvc or profilesvc; a peer not answering in time is retried with backoff")
 }
 
 // credentialsKey finds the key: file, then value, then (development) the
@@ -238,8 +262,14 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	profiles := profilev1.NewProfileServiceClient(profileConn)
 	tracking := trackingv1.NewTrackingServiceClient(trackingConn)
 
-	deps, closeDeps := dependencies(db, profiles, tracking, log)
-	closers = append(closers, closeDeps)
+	deps, closeDeps := dependencies(db, profiles, tracking, cfg.ForwardTimeout, log)
+	var closeDepsOnce sync.Once
+	var closeDepsErr error
+	closeOutboxes := func() error {
+		closeDepsOnce.Do(func() { closeDepsErr = closeDeps() })
+		return closeDepsErr
+	}
+	closers = append(closers, closeOutboxes)
 	deps.Apps = appService
 
 	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
@@ -257,7 +287,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	})
 	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
 		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
-	closers = append(closers, func() error { journeys.Close(); return nil })
+	closers = append(closers, func() error { return stopJourneys(journeys, closeOutboxes, cfg.StopTimeout, log) })
 	if err := journeys.Resume(); err != nil {
 		return nil, fmt.Errorf("resume journeys: %w", err)
 	}
@@ -265,13 +295,55 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	return closeAll, nil
 }
 
+// stopJourneys stops the journeys in phases, so that a failing disk cannot
+// hang the stop: the runners are cancelled (they stop sending, and
+// checkpoint) and waited for up to timeout, which on a healthy disk lets
+// them record every in-flight outcome; then the outboxes are closed, which
+// ends the outcome writes still retrying (ErrRecorderClosed); then the
+// runners are waited for once more, briefly, and those still running are
+// abandoned with a log. They resume from their last checkpoint on the next
+// start.
+func stopJourneys(journeys *journey.Manager, closeOutboxes func() error, timeout time.Duration, log *slog.Logger) error {
+	if timeout <= 0 {
+		timeout = DefaultStopTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	left := journeys.Stop(ctx)
+	cancel()
+	if len(left) == 0 {
+		return nil
+	}
+	log.Warn("journeys still waiting for their outcomes to be recorded; closing the outboxes, which ends the writes still retrying",
+		"journeys", refIDs(left), "waited", timeout.String())
+	err := closeOutboxes()
+	wait := min(timeout, journeyAbandonWait)
+	ctx, cancel = context.WithTimeout(context.Background(), wait)
+	left = journeys.Stop(ctx)
+	cancel()
+	if len(left) > 0 {
+		log.Error("abandoning journeys that did not stop; they resume from their last checkpoint on the next start",
+			"journeys", refIDs(left), "waited", (timeout + wait).String())
+		err = errors.Join(err, fmt.Errorf("stop: %d journeys abandoned after %s", len(left), timeout+wait))
+	}
+	return err
+}
+
+func refIDs(refs []journey.Ref) []string {
+	ids := make([]string, len(refs))
+	for i, r := range refs {
+		ids[i] = r.Tenant + "/" + r.ID
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // dependencies builds the pipeline's stores and remote links over db: the
 // idempotency store, the tracking and feedback outboxes (forwarding
 // started) and the profile resolver. Apps is left for the caller. close
 // flushes and stops them.
-func dependencies(db *bolt.DB, profiles profilev1.ProfileServiceClient, tracking trackingv1.TrackingServiceClient, log *slog.Logger) (delivery.Deps, func() error) {
-	trackingBox := outbox.New(db, buckets.TrackingOutbox, remote.Ingest(tracking, log), outbox.Config{Name: "tracking", Logger: log})
-	feedbackBox := outbox.New(db, buckets.FeedbackOutbox, remote.ReportFeedback(profiles, log), outbox.Config{Name: "feedback", Logger: log})
+func dependencies(db *bolt.DB, profiles profilev1.ProfileServiceClient, tracking trackingv1.TrackingServiceClient, forwardTimeout time.Duration, log *slog.Logger) (delivery.Deps, func() error) {
+	trackingBox := outbox.New(db, buckets.TrackingOutbox, remote.Ingest(tracking, log), outbox.Config{Name: "tracking", Logger: log, DeliverTimeout: forwardTimeout})
+	feedbackBox := outbox.New(db, buckets.FeedbackOutbox, remote.ReportFeedback(profiles, log), outbox.Config{Name: "feedback", Logger: log, DeliverTimeout: forwardTimeout})
 	trackingBox.Start()
 	feedbackBox.Start()
 	dd := dedupe.Open(db, dedupe.Config{Logger: log})

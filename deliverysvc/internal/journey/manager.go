@@ -166,6 +166,34 @@ func (m *Manager) Close() {
 	m.wg.Wait()
 }
 
+// Stop stops every runner, like Close, but waits for them only until ctx
+// ends, and returns the journeys still running then (none once all have
+// stopped). A runner waits for its in-flight messages' outcomes to be
+// recorded; while the disk fails, that lasts until the outboxes close
+// (the writes then give up), so a service stopping calls Stop with a
+// deadline, closes the outboxes, then calls Stop again. Stop may be called
+// more than once.
+func (m *Manager) Stop(ctx context.Context) []Ref {
+	m.cancel()
+	done := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var left []Ref
+	for ref := range m.runners {
+		left = append(left, ref)
+	}
+	return left
+}
+
 // start runs a journey. parent, when valid, is the span of the publish
 // call, so the journey's sends belong to the publisher's trace.
 func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content, parent trace.SpanContext) {

@@ -1,0 +1,72 @@
+package journey
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+)
+
+// Stop waits for the runners only until its context ends, and names the
+// journeys left: while outcome writes fail, a runner waits for them until
+// the recorder is closed for good, after which a second Stop returns.
+func TestStopIsBoundedWhileOutcomeWritesFail(t *testing.T) {
+	h := newHarness(t)
+	const (
+		healthy = iota
+		failing
+		closed
+	)
+	var disk atomic.Int32
+	record := h.recorder.RecordFunc
+	h.recorder.RecordFunc = func(ctx context.Context, results []delivery.Result) error {
+		switch disk.Load() {
+		case failing:
+			return errors.New("write deliverysvc.db: bad file descriptor")
+		case closed:
+			return delivery.ErrRecorderClosed
+		}
+		return record(ctx, results)
+	}
+	id := h.publishSlowly(2000, "dead disk")
+	disk.Store(failing)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	start := time.Now()
+	left := h.m.Stop(ctx)
+	cancel()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Stop took %s with a 300ms deadline", took)
+	}
+	if len(left) != 1 || left[0].ID != id {
+		t.Fatalf("Stop left %v, want the journey %s waiting for its outcome writes", left, id)
+	}
+
+	disk.Store(closed) // the outboxes close: the writes give up
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if left := h.m.Stop(ctx); len(left) != 0 {
+		t.Fatalf("after the recorder closed, Stop left %v", left)
+	}
+}
+
+// On a healthy recorder Stop returns once every runner has stopped, with
+// nothing left, like Close.
+func TestStopWaitsForRunners(t *testing.T) {
+	h := newHarness(t)
+	h.publishSlowly(2000, "healthy")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if left := h.m.Stop(ctx); len(left) != 0 {
+		t.Fatalf("Stop left %v", left)
+	}
+	h.m.mu.Lock()
+	n := len(h.m.runners)
+	h.m.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d runners still registered", n)
+	}
+}

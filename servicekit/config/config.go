@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
+
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
 // ApplyEnv sets every flag of fs that was not given on the command line from
@@ -46,6 +49,19 @@ type Common struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	// GRPC holds the per-connection limits of the gRPC server.
+	GRPC GRPCLimits
+}
+
+// GRPCLimits are the gRPC server's per-connection limits and keepalive
+// (grpcserver.Config's fields of the same names).
+type GRPCLimits struct {
+	MaxConcurrentStreams uint
+	// MaxConnectionIdle 0 keeps idle connections open forever.
+	MaxConnectionIdle time.Duration
+	KeepaliveTime     time.Duration
+	KeepaliveTimeout  time.Duration
+	KeepaliveMinTime  time.Duration
 }
 
 // Register adds the common flags to fs with the service's defaults.
@@ -54,7 +70,42 @@ func (c *Common) Register(fs *flag.FlagSet, defaultListen, defaultDataDir string
 	fs.StringVar(&c.DataDir, "data-dir", defaultDataDir, "directory holding the service's bbolt file (created if missing)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to drain in-flight calls on shutdown")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", grpcserver.DefaultShutdownTimeout,
+		fmt.Sprintf("how long to drain in-flight calls on shutdown before stopping hard; handlers still running %v after that are abandoned", grpcserver.DefaultAbandonAfter))
+	fs.UintVar(&c.GRPC.MaxConcurrentStreams, "grpc-max-concurrent-streams", grpcserver.DefaultMaxConcurrentStreams,
+		"calls (unary or streaming) one client connection may have open at once; more wait for a free slot")
+	fs.DurationVar(&c.GRPC.MaxConnectionIdle, "grpc-max-connection-idle", grpcserver.DefaultMaxConnectionIdle,
+		"close a client connection without calls for this long (0: never); the client reconnects on its next call")
+	fs.DurationVar(&c.GRPC.KeepaliveTime, "grpc-keepalive-time", grpcserver.DefaultKeepaliveTime,
+		"ping a client connection silent for this long")
+	fs.DurationVar(&c.GRPC.KeepaliveTimeout, "grpc-keepalive-timeout", grpcserver.DefaultKeepaliveTimeout,
+		"close a client connection whose ping ack takes longer than this")
+	fs.DurationVar(&c.GRPC.KeepaliveMinTime, "grpc-keepalive-min-time", grpcserver.DefaultKeepaliveMinTime,
+		"disconnect (GOAWAY ENHANCE_YOUR_CALM) clients pinging more often than this; pushmesh clients ping every 30s")
+}
+
+// Server is the gRPC server configuration of c for the service name, logging
+// to log.
+func (c *Common) Server(name string, log *slog.Logger) grpcserver.Config {
+	idle := c.GRPC.MaxConnectionIdle
+	if idle == 0 {
+		idle = -1 // the flag's 0 is "never"; grpcserver.Config's 0 is the default
+	}
+	streams := uint32(math.MaxUint32)
+	if c.GRPC.MaxConcurrentStreams < math.MaxUint32 {
+		streams = uint32(c.GRPC.MaxConcurrentStreams)
+	}
+	return grpcserver.Config{
+		Name:                 name,
+		Listen:               c.Listen,
+		Logger:               log,
+		ShutdownTimeout:      c.ShutdownTimeout,
+		MaxConcurrentStreams: streams,
+		MaxConnectionIdle:    idle,
+		KeepaliveTime:        c.GRPC.KeepaliveTime,
+		KeepaliveTimeout:     c.GRPC.KeepaliveTimeout,
+		KeepaliveMinTime:     c.GRPC.KeepaliveMinTime,
+	}
 }
 
 // Logger builds the service's structured logger writing to w.

@@ -53,3 +53,32 @@ func TestLoggerRejectsUnknownLevel(t *testing.T) {
 		t.Error("got nil, want an error")
 	}
 }
+
+func TestServerConfigFromFlags(t *testing.T) {
+	var c Common
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Register(fs, "127.0.0.1:7001", "data")
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	def := c.Server("svc", nil)
+	if def.MaxConcurrentStreams != 1000 || def.MaxConnectionIdle != 15*time.Minute || def.KeepaliveMinTime != 10*time.Second ||
+		def.KeepaliveTime != time.Minute || def.KeepaliveTimeout != 20*time.Second || def.ShutdownTimeout != 10*time.Second {
+		t.Errorf("defaults: got %+v", def)
+	}
+	env := map[string]string{
+		"SVC_GRPC_MAX_CONCURRENT_STREAMS": "64",
+		"SVC_GRPC_MAX_CONNECTION_IDLE":    "0",
+		"SVC_GRPC_KEEPALIVE_MIN_TIME":     "5s",
+	}
+	if err := ApplyEnv(fs, "svc", func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	got := c.Server("svc", nil)
+	if got.MaxConcurrentStreams != 64 || got.KeepaliveMinTime != 5*time.Second {
+		t.Errorf("from the environment: got %+v", got)
+	}
+	if got.MaxConnectionIdle >= 0 {
+		t.Errorf("--grpc-max-connection-idle 0: got MaxConnectionIdle %v, want negative (never)", got.MaxConnectionIdle)
+	}
+}

@@ -1,26 +1,47 @@
 // Package grpcclient dials pushmesh services the one way every service and
 // tool should: OpenTelemetry client stats handler (so traces cross services)
-// and the caller's tenant forwarded in the request metadata.
+// and the caller's tenant forwarded in the request metadata, with keepalive
+// pings the pushmesh servers (servicekit/grpcserver) accept.
 package grpcclient
 
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
+// Client keepalive: the connection pings the server after KeepaliveTime
+// without activity, with or without calls in flight, and is closed (the next
+// call reconnects) if the ack takes longer than KeepaliveTimeout. A dead
+// server or a silently dropped connection (NAT, load balancer) is noticed
+// within their sum instead of at the next call's deadline. KeepaliveTime must
+// stay at or above the servers' enforcement minimum,
+// grpcserver.DefaultKeepaliveMinTime (10s), with margin: a client pinging
+// more often is disconnected with GOAWAY ENHANCE_YOUR_CALM.
+const (
+	KeepaliveTime    = 30 * time.Second
+	KeepaliveTimeout = 20 * time.Second
+)
+
 // Dial creates a client connection to target (host:port). It connects
 // lazily; extra options are appended (e.g. transport credentials replacing
-// the plaintext default).
+// the plaintext default, or other keepalive parameters).
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                KeepaliveTime,
+			Timeout:             KeepaliveTimeout,
+			PermitWithoutStream: true,
+		}),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
 		grpc.WithChainUnaryInterceptor(tenantUnary),
 		grpc.WithChainStreamInterceptor(tenantStream),

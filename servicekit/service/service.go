@@ -68,12 +68,7 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 		}
 	}()
 
-	srv, err := grpcserver.New(grpcserver.Config{
-		Name:            spec.Name,
-		Listen:          common.Listen,
-		Logger:          log,
-		ShutdownTimeout: common.ShutdownTimeout,
-	})
+	srv, err := grpcserver.New(common.Server(spec.Name, log))
 	if err != nil {
 		return err
 	}

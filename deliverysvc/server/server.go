@@ -101,6 +101,12 @@ type Config struct {
 	// profilesvc (0: outbox.DefaultDeliverTimeout); a peer that does not
 	// answer in time is logged and retried with backoff.
 	ForwardTimeout time.Duration
+	// MaxSendStreams bounds the Send streams open at once (0:
+	// grpcapi.DefaultMaxSendStreams, negative: no bound), MaxWatchStreams
+	// the WatchJourney streams (0: grpcapi.DefaultMaxWatchStreams). A
+	// stream over its bound is refused with ResourceExhausted.
+	MaxSendStreams  int
+	MaxWatchStreams int
 }
 
 // DefaultStopTimeout is Config.StopTimeout's default.
@@ -160,6 +166,8 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxInFlightPerStream, "max-in-flight-per-stream", 0, "tokens one Send stream may have in flight, its unread results included (0: half of --max-in-flight)")
 	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", grpcapi.DefaultStallTimeout, "end a Send stream whose client has not read a response for this long, giving back what its results hold")
 	fs.IntVar(&c.JourneyWindow, "journey-window", journey.DefaultMaxWindow, "messages per journey sent but not yet checkpointed: the most a crash can make a journey send again")
+	fs.IntVar(&c.MaxSendStreams, "max-send-streams", grpcapi.DefaultMaxSendStreams, "Send streams open at once; more are refused with RESOURCE_EXHAUSTED (-1: no bound)")
+	fs.IntVar(&c.MaxWatchStreams, "max-watch-streams", grpcapi.DefaultMaxWatchStreams, "WatchJourney streams open at once; more are refused with RESOURCE_EXHAUSTED (-1: no bound)")
 	fs.DurationVar(&c.StopTimeout, "stop-timeout", DefaultStopTimeout, "on stop, how long to wait for running journeys to checkpoint and record their in-flight outcomes before closing the outboxes anyway")
 	fs.DurationVar(&c.ForwardTimeout, "forward-timeout", outbox.DefaultDeliverTimeout, "deadline of one batch of outcomes or token feedback forwarded to trackingsvc or profilesvc; a peer not answering in time is retried with backoff")
 }
@@ -284,6 +292,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}
 	deliveryv1.RegisterDeliveryServiceServer(s, &grpcapi.DeliveryServer{
 		Pipeline: pipeline, Log: log, MaxInFlightPerStream: int64(perStream), StallTimeout: cfg.SendStallTimeout,
+		MaxStreams: cfg.MaxSendStreams,
 	})
 	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
 		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
@@ -291,7 +300,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if err := journeys.Resume(); err != nil {
 		return nil, fmt.Errorf("resume journeys: %w", err)
 	}
-	deliveryv1.RegisterJourneyServiceServer(s, &grpcapi.JourneyServer{Journeys: journeys, Log: log})
+	deliveryv1.RegisterJourneyServiceServer(s, &grpcapi.JourneyServer{Journeys: journeys, Log: log, MaxWatches: cfg.MaxWatchStreams})
 	return closeAll, nil
 }
 

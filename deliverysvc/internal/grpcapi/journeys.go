@@ -13,7 +13,19 @@ type JourneyServer struct {
 	deliveryv1.UnimplementedJourneyServiceServer
 	Journeys *journey.Manager
 	Log      *slog.Logger
+	// MaxWatches bounds the WatchJourney streams open at once (0:
+	// DefaultMaxWatchStreams; negative: no bound). A stream over it is
+	// refused at its start with ResourceExhausted.
+	MaxWatches int
+
+	watches streamSlots
 }
+
+// DefaultMaxWatchStreams is JourneyServer.MaxWatches's default. Each watch
+// polls its journey as often as every 50 ms while it runs, so watches cost
+// CPU even when nothing changes; a few hundred cover every dashboard and
+// CLI following a journey.
+const DefaultMaxWatchStreams = 256
 
 // PublishJourney validates, then stores and starts or dry-runs a journey.
 func (s *JourneyServer) PublishJourney(ctx context.Context, req *deliveryv1.PublishJourneyRequest) (*deliveryv1.PublishJourneyResponse, error) {
@@ -47,6 +59,14 @@ func (s *JourneyServer) ListJourneys(ctx context.Context, req *deliveryv1.ListJo
 // WatchJourney streams progress until the journey ends.
 func (s *JourneyServer) WatchJourney(req *deliveryv1.WatchJourneyRequest, stream deliveryv1.JourneyService_WatchJourneyServer) error {
 	ctx := stream.Context()
+	limit := s.MaxWatches
+	if limit == 0 {
+		limit = DefaultMaxWatchStreams
+	}
+	if !s.watches.acquire(limit) {
+		return Status(ctx, s.Log, tooManyStreams("WatchJourney", limit))
+	}
+	defer s.watches.release()
 	err := s.Journeys.Watch(ctx, req.GetJourneyId(), req.GetInterval().AsDuration(), func(j *deliveryv1.Journey) error {
 		return stream.Send(&deliveryv1.WatchJourneyResponse{Journey: j})
 	})

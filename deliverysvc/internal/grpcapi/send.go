@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -32,6 +33,47 @@ type DeliveryServer struct {
 	// this long (0: DefaultStallTimeout), giving back what its unread
 	// results hold.
 	StallTimeout time.Duration
+	// MaxStreams bounds the Send streams open at once (0:
+	// DefaultMaxSendStreams; negative: no bound). A stream over it is
+	// refused at its start with ResourceExhausted.
+	MaxStreams int
+
+	streams streamSlots
+}
+
+// DefaultMaxSendStreams is DeliveryServer.MaxStreams's default. An open
+// stream costs a goroutine and gRPC's buffers even while idle, and its
+// results buffer and writer once it sends; a thousand leave room for many
+// senders and keep what one client can make the process hold bounded.
+const DefaultMaxSendStreams = 1000
+
+// streamSlots counts the open streams of one kind against a bound.
+type streamSlots struct{ open atomic.Int64 }
+
+// acquire takes a slot unless limit are taken (limit < 0: no bound).
+func (s *streamSlots) acquire(limit int) bool {
+	if limit < 0 {
+		s.open.Add(1)
+		return true
+	}
+	for {
+		n := s.open.Load()
+		if n >= int64(limit) {
+			return false
+		}
+		if s.open.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (s *streamSlots) release() { s.open.Add(-1) }
+
+// tooManyStreams is the error a stream over its bound is refused with:
+// ResourceExhausted, with a retry delay.
+func tooManyStreams(kind string, limit int) error {
+	return &fault.RetryAfterError{After: time.Second, Err: fmt.Errorf(
+		"too many concurrent %s streams: this deliverysvc serves at most %d at once; reuse an open stream, close idle ones, or retry later", kind, limit)}
 }
 
 // DefaultStallTimeout is DeliveryServer.StallTimeout's default: far longer
@@ -48,6 +90,25 @@ const maxResultsPerResponse = 500
 // results back. When the client closes its side, Send waits for every
 // admitted message and ends.
 func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) error {
+	limit := s.MaxStreams
+	if limit == 0 {
+		limit = DefaultMaxSendStreams
+	}
+	if !s.streams.acquire(limit) {
+		return Status(stream.Context(), s.Log, tooManyStreams("Send", limit))
+	}
+	defer s.streams.release()
+
+	// Nothing more is allocated until the client sends its first batch: an
+	// idle stream costs only its goroutine and gRPC's buffers.
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err != nil {
+		return Status(stream.Context(), s.Log, err)
+	}
+
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 
@@ -88,8 +149,14 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 	}, delivery.SessionOptions{MaxInFlight: s.MaxInFlightPerStream})
 
 	var streamErr error
-	for {
-		req, err := stream.Recv()
+	for req := first; ; {
+		if err := session.Submit(messages(req.GetMessages())); err != nil {
+			// An unusable batch ends the stream with its error, after the
+			// messages admitted before it have completed and been reported.
+			streamErr = err
+			break
+		}
+		req, err = stream.Recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -97,12 +164,6 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 			// The client is gone: cancel what is still pending.
 			streamErr = err
 			cancel()
-			break
-		}
-		if err := session.Submit(messages(req.GetMessages())); err != nil {
-			// An unusable batch ends the stream with its error, after the
-			// messages admitted before it have completed and been reported.
-			streamErr = err
 			break
 		}
 	}

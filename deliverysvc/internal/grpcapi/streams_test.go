@@ -1,0 +1,155 @@
+package grpcapi_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/testenv"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+)
+
+// openSend opens a Send stream, sends one message and reads the first
+// response: the service took the stream, or err is its refusal.
+func openSend(t *testing.T, env *testenv.Env, key string) (stream deliveryv1.DeliveryService_SendClient, cancel context.CancelFunc, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	stream, err = env.Delivery.Send(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	msg := testenv.TokensMessage(key, note(), testenv.APNsTarget(testenv.APNsToken(1), bundleID))
+	if err := stream.Send(&deliveryv1.SendRequest{Messages: []*deliveryv1.Message{msg}}); err != nil && !errors.Is(err, io.EOF) {
+		cancel()
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return stream, cancel, nil
+}
+
+// The Send streams open at once are bounded: the next is refused with
+// ResourceExhausted at its start, and closing one lets a new one in.
+func TestSendStreamsAreBounded(t *testing.T) {
+	env := testenv.Start(t, testenv.Options{})
+	if err := env.StopService(); err != nil {
+		t.Fatal(err)
+	}
+	env.Config.MaxSendStreams = 2
+	if err := env.StartService(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.RegisterAPNsApp(context.Background(), bundleID, 0); err != nil {
+		t.Fatal(err)
+	}
+	var streams []deliveryv1.DeliveryService_SendClient
+	for i := range 2 {
+		s, cancel, err := openSend(t, env, fmt.Sprint("open", i))
+		if err != nil {
+			t.Fatalf("stream %d of 2: %v", i+1, err)
+		}
+		defer cancel()
+		streams = append(streams, s)
+	}
+	_, _, err := openSend(t, env, "over")
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "too many concurrent Send streams") {
+		t.Fatalf("third stream: got %v, want ResourceExhausted naming the bound", err)
+	}
+
+	// Closing a stream gives its slot back.
+	if err := streams[0].CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := streams[0].Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("closing stream: %v", err)
+			}
+			break
+		}
+	}
+	s, cancel, err := openSend(t, env, "again")
+	if err != nil {
+		t.Fatalf("after one closed: %v", err)
+	}
+	defer cancel()
+	_ = s.CloseSend()
+}
+
+// The WatchJourney streams open at once are bounded the same way.
+func TestWatchStreamsAreBounded(t *testing.T) {
+	m := journeytest.Start(t, journeytest.Options{})
+	m.Config.MaxWatchStreams = 2
+	if err := m.StartDelivery(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := m.RegisterApps(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A journey scheduled an hour ahead: its watches stay open.
+	resp, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
+		Name: "later", AppIds: []string{journeytest.ShopApp},
+		Audience:  &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
+		Template:  &deliveryv1.MessageTemplate{Title: "Hi", Body: "x"},
+		StartTime: timestamppb.New(time.Now().Add(time.Hour)),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetJourney().GetJourneyId()
+	watch := func() (deliveryv1.JourneyService_WatchJourneyClient, context.CancelFunc, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, err := m.Journeys.WatchJourney(ctx, &deliveryv1.WatchJourneyRequest{JourneyId: id, Interval: durationpb.New(time.Second)})
+		if err == nil {
+			_, err = s.Recv() // the first update, or the refusal
+		}
+		if err != nil {
+			cancel()
+			return nil, nil, err
+		}
+		return s, cancel, nil
+	}
+	var cancels []context.CancelFunc
+	for i := range 2 {
+		_, cancel, err := watch()
+		if err != nil {
+			t.Fatalf("watch %d of 2: %v", i+1, err)
+		}
+		defer cancel()
+		cancels = append(cancels, cancel)
+	}
+	_, _, err = watch()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "too many concurrent WatchJourney streams") {
+		t.Fatalf("third watch: got %v, want ResourceExhausted naming the bound", err)
+	}
+
+	// A watch that ends gives its slot back (once the service has seen the
+	// cancel).
+	cancels[0]()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, cancel, err := watch()
+		if err == nil {
+			cancel()
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("after one watch ended: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -35,12 +35,19 @@ import (
 // reserves ResourceExhausted for quotas and exhausted capacity, which clear
 // up with time and invite a retry with backoff, and uses it for messages
 // over the size limit, which is what the caps prevent). The caller must
-// change the state first: delete attributes, or the profile.
+// change the state first: delete attributes, deactivate a token, or delete
+// the profile.
 const (
 	// MaxProfileTokens bounds the tokens a profile owns, active and
 	// inactive: the store keeps every token a profile registered (an
 	// inactive one is kept so that a stale registration cannot revive it)
-	// until it moves to another profile or the profile is deleted.
+	// until it moves to another profile, the profile is deleted, or it is
+	// evicted. A token new to a profile at the cap (created on it or moved
+	// to it) evicts the profile's least recently seen inactive token, in
+	// the same transaction, and is refused only when every token of the
+	// profile is active (Workset.makeRoomForToken). What the store knew of
+	// an evicted token goes with it, its deactivation by a gateway
+	// included: a later stale registration of it creates it afresh.
 	MaxProfileTokens = 100
 	// MaxProfileAttributesBytes bounds a profile's attributes that are set,
 	// measured as AttributesSize measures a request's (key length plus
@@ -90,7 +97,7 @@ func limitError(field, limit string, max int, format string, args ...any) error 
 
 func tokenLimitError(field, profile string) error {
 	return limitError(field, "MaxProfileTokens", MaxProfileTokens,
-		"profile %s already owns %d tokens (active and inactive), the most a profile keeps", profile, MaxProfileTokens)
+		"profile %s already owns %d tokens, the most a profile keeps, and none of them is inactive to make room", profile, MaxProfileTokens)
 }
 
 func attributesLimitError(field, profile string, size int) error {

@@ -140,3 +140,92 @@ func TestCapsChangeNothing(t *testing.T) {
 		t.Fatalf("state changed:\n%s\nwant\n%s", got, before)
 	}
 }
+
+// TestEvictionsCarryAcrossOverlay: at the cap, a new token evicts the
+// profile's least recently seen inactive token. The next batch of an import
+// is applied on top of the previous one, on a snapshot that may or may not
+// hold it: a token the previous batch evicted must not be evicted (or
+// counted) again, a token it created must be seen, and the count must
+// stay exact either way.
+func TestEvictionsCarryAcrossOverlay(t *testing.T) {
+	key := func(tok string) TokenKey { return TokenKey{PlatformFCM, "app", tok} }
+	for _, committed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("previous batch committed=%v", committed), func(t *testing.T) {
+			m := newMemStore()
+			// P's tokens p0..p99 last seen at 1..100; p99 is the current
+			// token of device d.
+			if err := m.do(t, func(w *Workset) error {
+				for i := 0; i < MaxProfileTokens; i++ {
+					row := importRow("P", fmt.Sprintf("p%d", i), int64(i+1))
+					if i == 99 {
+						row.Reg.DeviceID = "d"
+					}
+					if _, _, err := w.Import(row); err != nil {
+						return err
+					}
+				}
+				// Dead: p30 first, then p10, then p20 (the order of their
+				// deactivation is not the order of eviction).
+				for _, tok := range []string{"p30", "p10", "p20"} {
+					if _, err := w.Feedback(key(tok), ReasonUnregistered, 500); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+
+			prev := NewWorkset(m, m.gen.New, m.now)
+			if out, _, err := prev.Import(importRow("P", "new1", 200)); err != nil || out != OutcomeCreated {
+				t.Fatalf("got %v, %v, want new1 created, evicting p10", out, err)
+			}
+			// r, seen at 1 (before every dead token), is created inactive:
+			// device d's current token is p99, registered for it later.
+			old := importRow("P", "r", 1)
+			old.Reg.DeviceID = "d"
+			if out, _, err := prev.Import(old); err != nil || out != OutcomeCreated {
+				t.Fatalf("got %v, %v, want r created, evicting p20", out, err)
+			}
+			prevChanges := prev.Changes()
+			if committed {
+				m.apply(prevChanges)
+			}
+
+			next := NewWorkset(m, m.gen.New, m.now)
+			next.Overlay(prev)
+			for _, tok := range []string{"new2", "new3"} { // evicting r, then p30
+				if out, _, err := next.Import(importRow("P", tok, 200)); err != nil || out != OutcomeCreated {
+					t.Fatalf("%s: got %v, %v, want it created", tok, out, err)
+				}
+			}
+			_, _, err := next.Import(importRow("P", "new4", 200))
+			if le := (*LimitError)(nil); !errors.As(err, &le) || le.Field() != "token" {
+				t.Fatalf("got %v, want the token cap: every token of P is active", err)
+			}
+			if !committed {
+				m.apply(prevChanges)
+			}
+			m.apply(next.Changes())
+			m.checkInvariants(t)
+
+			p := m.identities[Identity{CustomerIDNamespace, "P"}]
+			if n, _ := m.CountProfileTokens(p, 1000); n != MaxProfileTokens {
+				t.Fatalf("P owns %d tokens, want %d", n, MaxProfileTokens)
+			}
+			for _, tok := range []string{"p10", "p20", "p30", "r", "new4"} {
+				if m.token(t, key(tok)) != nil {
+					t.Errorf("%s: still stored, want it evicted (or refused)", tok)
+				}
+			}
+			for _, tok := range []string{"p0", "p99", "new1", "new2", "new3"} {
+				if tk := m.token(t, key(tok)); tk == nil || !tk.Active() {
+					t.Errorf("%s: got %+v, want it active", tok, tk)
+				}
+			}
+			if got := m.devices[DeviceKey{PlatformFCM, "app", "d"}]; len(got) != 1 || !got["p99"] {
+				t.Errorf("device d lists %v, want p99 alone", got)
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -116,6 +117,13 @@ type Workset struct {
 	// workset has not cached is taken from prev's changes, when prev
 	// changed it, before it is loaded.
 	prev *Workset
+
+	// gained and prevGained list, by owner, the tokens this workset and
+	// prev created on a profile or moved to it: the tokens a profile owns
+	// that the loader may not list under it yet. Only an eviction needs
+	// them (see profileTokenSlots), so they are built at the first one
+	// (nil until then) and gained is kept up to date from then on.
+	gained, prevGained map[ID][]*tokenSlot
 
 	// Slots come from slabs: a batch makes hundreds of thousands of them.
 	// A key's slot is never replaced, only updated in place, so Changes can
@@ -420,17 +428,167 @@ func (w *Workset) prevTokenCount(id ID) (tokenCount, bool) {
 	return tokenCount{}, false
 }
 
-// canGainToken checks that profile id may own one more token (field names
-// the request field that would add it).
-func (w *Workset) canGainToken(id ID, field string) (*profileSlot, error) {
+// makeRoomForToken makes sure profile id may own one more token (field
+// names the request field that would add it): at the cap, its least
+// recently seen inactive token is evicted; when every token it owns is
+// active, it fails with a LimitError and nothing changed. The caller must
+// then add the token: the count was lowered for it.
+func (w *Workset) makeRoomForToken(id ID, field string) (*profileSlot, error) {
 	s, err := w.tokenSlotCount(id)
 	if err != nil {
 		return nil, err
 	}
-	if s.tokens.n >= MaxProfileTokens {
+	if s.tokens.n < MaxProfileTokens {
+		return s, nil
+	}
+	victim, err := w.evictionVictim(id)
+	if err != nil {
+		return nil, err
+	}
+	if victim == nil {
 		return nil, tokenLimitError(field, id.String())
 	}
+	if err := w.evict(s, victim); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// evictionVictim returns the slot of the token profile id would evict to
+// make room for another: the inactive one seen least recently (smallest
+// SourceStamp, last_seen_time; equal stamps go to the smaller token id, so
+// every order agrees), or nil when all of its tokens are active.
+func (w *Workset) evictionVictim(id ID) (*tokenSlot, error) {
+	slots, err := w.profileTokenSlots(id)
+	if err != nil {
+		return nil, err
+	}
+	var victim *tokenSlot
+	for _, s := range slots {
+		if s.t.Active() {
+			continue
+		}
+		if victim == nil || s.t.SourceStamp.Less(victim.t.SourceStamp) ||
+			(s.t.SourceStamp == victim.t.SourceStamp && bytes.Compare(s.id[:], victim.id[:]) < 0) {
+			victim = s
+		}
+	}
+	return victim, nil
+}
+
+// evict erases the token in s, which the profile of owner owns: its
+// records and its device entry go as Delete erases a profile's tokens,
+// and it frees its place in the count as a token moving away does. A
+// later registration of the token creates it afresh: what the store knew
+// of it (its deactivation by a gateway included) is gone.
+func (w *Workset) evict(owner *profileSlot, s *tokenSlot) error {
+	if err := w.full(s); err != nil {
+		return err
+	}
+	if err := w.dropToken(s, s.t); err != nil {
+		return err
+	}
+	owner.addTokens(-1)
+	return nil
+}
+
+// dropToken erases the token t in slot s: both of its records and its
+// entry in its device's tokens, whose current token is settled again.
+func (w *Workset) dropToken(s *tokenSlot, t *Token) error {
+	s.t = nil
+	s.hotDirty, s.detailsDirty = true, true
+	if t.DeviceID != "" {
+		return w.leaveDevice(DeviceKey{t.Platform, t.AppID, t.DeviceID}, s, t.Token)
+	}
+	return nil
+}
+
+// profileTokenSlots returns the slots of every token profile id owns as
+// this workset sees it: the tokens the loader lists under it (which may
+// predate prev's changes), and those this workset or prev created on it
+// or moved to it, each taken from this workset, else prev, else as
+// loaded, and kept when it is still the profile's.
+func (w *Workset) profileTokenSlots(id ID) ([]*tokenSlot, error) {
+	loaded, err := w.load.LoadProfileTokens(id)
+	if err != nil {
+		return nil, err
+	}
+	w.indexGains()
+	seen := make(map[*tokenSlot]struct{}, len(loaded))
+	var out []*tokenSlot
+	add := func(s *tokenSlot) {
+		if s.t == nil || s.t.Owner != id {
+			return
+		}
+		if _, dup := seen[s]; !dup {
+			seen[s] = struct{}{}
+			out = append(out, s)
+		}
+	}
+	for _, t := range loaded {
+		add(w.cachedTokenSlot(t.Key().ID(), t))
+	}
+	for _, ps := range w.prevGained[id] {
+		add(w.cachedTokenSlot(ps.id, nil))
+	}
+	for _, s := range w.gained[id] {
+		add(s)
+	}
+	return out, nil
+}
+
+// cachedTokenSlot returns the slot of token id: cached, else made from
+// prev's changes, else from loaded (its state in the loader).
+func (w *Workset) cachedTokenSlot(id TokenID, loaded *Token) *tokenSlot {
+	if s, ok := w.tokens[id]; ok {
+		return s
+	}
+	t := loaded
+	if w.prev != nil {
+		if ps, ok := w.prev.tokens[id]; ok && (ps.hotDirty || ps.detailsDirty) {
+			t = ps.t
+		}
+	}
+	s := w.newTokenSlot(id, t)
+	w.tokens[id] = s
+	return s
+}
+
+// indexGains builds gained and prevGained once.
+func (w *Workset) indexGains() {
+	if w.gained != nil {
+		return
+	}
+	w.gained, w.prevGained = map[ID][]*tokenSlot{}, map[ID][]*tokenSlot{}
+	indexGains(w.gained, &w.tokenSlots, false)
+	if w.prev != nil {
+		indexGains(w.prevGained, &w.prev.tokenSlots, true)
+	}
+}
+
+// indexGains adds to index the slots of slab holding a token stored under
+// another profile or not at all (only changed ones when changed): a token
+// created or moved.
+func indexGains(index map[ID][]*tokenSlot, slab *slab[tokenSlot], changed bool) {
+	for _, chunk := range slab.chunks {
+		for i := range chunk {
+			s := &chunk[i]
+			if changed && !s.hotDirty && !s.detailsDirty {
+				continue
+			}
+			if s.t != nil && (!s.stored || s.storedOwner != s.t.Owner) {
+				index[s.t.Owner] = append(index[s.t.Owner], s)
+			}
+		}
+	}
+}
+
+// gain notes that profile id now owns the token in s, for
+// profileTokenSlots (once gained is built).
+func (w *Workset) gain(id ID, s *tokenSlot) {
+	if w.gained != nil {
+		w.gained[id] = append(w.gained[id], s)
+	}
 }
 
 // addTokens changes the count of the profile in s by d (+1 or -1).
@@ -884,7 +1042,7 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 	st := r.stamp()
 	res := RegisterResult{Outcome: OutcomeUnchanged, Owner: target}
 	if s.t == nil {
-		owner, err := w.canGainToken(target, "token")
+		owner, err := w.makeRoomForToken(target, "token")
 		if err != nil {
 			return RegisterResult{}, err
 		}
@@ -907,6 +1065,7 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 			t.DeviceID, t.Device, t.DeviceFP, t.DeviceStamp = r.DeviceID, r.Device, r.deviceFP(), st
 		}
 		s.t, s.hotDirty, s.detailsDirty = t, true, true
+		w.gain(target, s)
 		res.Outcome = OutcomeCreated
 		if t.DeviceID != "" {
 			if res.Replaced, err = w.joinDevice(s, t.DeviceID); err != nil {
@@ -917,18 +1076,19 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 	}
 
 	t := s.t
-	wasActive := t.Active()
 	wins := t.SourceStamp.Less(st)
 	move := wins && t.Owner != target
 	var gainer, loser *profileSlot
 	if move {
-		if gainer, err = w.canGainToken(target, "token"); err != nil {
+		if gainer, err = w.makeRoomForToken(target, "token"); err != nil {
 			return RegisterResult{}, err
 		}
 		if loser, err = w.tokenSlotCount(t.Owner); err != nil {
 			return RegisterResult{}, err
 		}
 	}
+	// Read after an eviction, which may settle this token's device again.
+	wasActive := t.Active()
 	envAdvance := r.Env != EnvUnspecified && t.EnvStamp.Less(st)
 	deviceAdvance := r.hasDevice() && t.DeviceStamp.Less(st)
 	deviceChange := deviceAdvance && r.deviceFP() != t.DeviceFP
@@ -952,6 +1112,7 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 			t.Owner = target
 			gainer.addTokens(1)
 			loser.addTokens(-1)
+			w.gain(target, s)
 			res.Outcome = OutcomeMoved
 		}
 	}
@@ -1195,12 +1356,8 @@ func (w *Workset) Delete(p *Profile) (int, error) {
 			s = w.newTokenSlot(id, t)
 			w.tokens[id] = s
 		}
-		s.t = nil
-		s.hotDirty, s.detailsDirty = true, true
-		if t.DeviceID != "" {
-			if err := w.leaveDevice(DeviceKey{t.Platform, t.AppID, t.DeviceID}, s, t.Token); err != nil {
-				return 0, err
-			}
+		if err := w.dropToken(s, t); err != nil {
+			return 0, err
 		}
 	}
 	w.setProfileSlot(profileSlot{id: p.ID, loaded: true, known: true, exists: false, dirty: true})

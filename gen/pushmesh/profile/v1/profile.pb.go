@@ -14,7 +14,8 @@
 // A profile has caps, so that no reply about it grows past what a client
 // accepts (gRPC's 4 MiB by default): at most 100 tokens (active and
 // inactive: the service keeps every token a profile registered until it
-// moves to another profile or the profile is deleted), 64 KiB of
+// moves to another profile, the profile is deleted, or a new token evicts
+// it, see RegisterPushToken), 64 KiB of
 // attributes (the keys' lengths plus their values' encoded sizes, deleted
 // keys not counted) and 100 identities; a token's history keeps its newest
 // 32 moves. A call that would take a profile past a cap fails with
@@ -23,8 +24,8 @@
 // "attributes", "identities") and a PreconditionFailure whose type names the
 // cap ("MaxProfileTokens", "MaxProfileAttributesBytes",
 // "MaxProfileIdentities") with that field as subject. Retrying does not
-// help until the profile changes (attributes deleted, a token moved away,
-// the profile deleted). With every field at its longest, a profile at its
+// help until the profile changes (attributes deleted, a token moved away
+// or made inactive, the profile deleted). With every field at its longest, a profile at its
 // caps takes under 1 MiB in ListPushTokens (inactive tokens and histories
 // included) and as an audience member, under 0.4 MiB in GetProfile.
 

@@ -14,7 +14,8 @@
 // A profile has caps, so that no reply about it grows past what a client
 // accepts (gRPC's 4 MiB by default): at most 100 tokens (active and
 // inactive: the service keeps every token a profile registered until it
-// moves to another profile or the profile is deleted), 64 KiB of
+// moves to another profile, the profile is deleted, or a new token evicts
+// it, see RegisterPushToken), 64 KiB of
 // attributes (the keys' lengths plus their values' encoded sizes, deleted
 // keys not counted) and 100 identities; a token's history keeps its newest
 // 32 moves. A call that would take a profile past a cap fails with
@@ -23,8 +24,8 @@
 // "attributes", "identities") and a PreconditionFailure whose type names the
 // cap ("MaxProfileTokens", "MaxProfileAttributesBytes",
 // "MaxProfileIdentities") with that field as subject. Retrying does not
-// help until the profile changes (attributes deleted, a token moved away,
-// the profile deleted). With every field at its longest, a profile at its
+// help until the profile changes (attributes deleted, a token moved away
+// or made inactive, the profile deleted). With every field at its longest, a profile at its
 // caps takes under 1 MiB in ListPushTokens (inactive tokens and histories
 // included) and as an audience member, under 0.4 MiB in GetProfile.
 
@@ -72,7 +73,12 @@ type ProfileServiceClient interface {
 	// RegisterPushToken attaches a device's push token to a profile. The
 	// source's timestamp decides conflicts: the newest registration wins. A
 	// token new to the profile (created, or moved from another profile) when
-	// the profile already has 100 tokens fails with FAILED_PRECONDITION.
+	// the profile already has 100 tokens evicts the profile's least recently
+	// seen inactive token (the oldest last_seen_time), which is deleted as if
+	// it had never been registered: its gateway_invalid_time is forgotten, so
+	// a later registration of it, even one older than that time, creates it
+	// afresh. Only when all of the profile's tokens are active does the
+	// registration fail with FAILED_PRECONDITION.
 	RegisterPushToken(ctx context.Context, in *RegisterPushTokenRequest, opts ...grpc.CallOption) (*RegisterPushTokenResponse, error)
 	// UnregisterPushToken marks a token inactive (uninstalled, logged out).
 	UnregisterPushToken(ctx context.Context, in *UnregisterPushTokenRequest, opts ...grpc.CallOption) (*UnregisterPushTokenResponse, error)
@@ -82,8 +88,11 @@ type ProfileServiceClient interface {
 	// ImportTokens takes a stream of CRM rows (token, timestamp, customer id).
 	// It is idempotent: the same rows, in any order and any number of times,
 	// converge to the same state, as long as no profile reaches a cap (which
-	// rows reach it first depends on their order). A bad row, or one that
-	// would take its profile past a cap, is counted and reported, never fatal.
+	// rows reach it first, and which inactive tokens a full profile evicts,
+	// depends on their order). A row bringing a token to a profile that has
+	// 100 evicts one of its inactive tokens as RegisterPushToken does. A bad
+	// row, or one that would take its profile past a cap (all of its tokens
+	// active), is counted and reported, never fatal.
 	ImportTokens(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportTokensRequest, ImportTokensResponse], error)
 	// QueryAudience streams every profile that meets a CEL condition, with its
 	// active tokens, in profile id order. Qualified profiles that cannot be
@@ -222,7 +231,12 @@ type ProfileServiceServer interface {
 	// RegisterPushToken attaches a device's push token to a profile. The
 	// source's timestamp decides conflicts: the newest registration wins. A
 	// token new to the profile (created, or moved from another profile) when
-	// the profile already has 100 tokens fails with FAILED_PRECONDITION.
+	// the profile already has 100 tokens evicts the profile's least recently
+	// seen inactive token (the oldest last_seen_time), which is deleted as if
+	// it had never been registered: its gateway_invalid_time is forgotten, so
+	// a later registration of it, even one older than that time, creates it
+	// afresh. Only when all of the profile's tokens are active does the
+	// registration fail with FAILED_PRECONDITION.
 	RegisterPushToken(context.Context, *RegisterPushTokenRequest) (*RegisterPushTokenResponse, error)
 	// UnregisterPushToken marks a token inactive (uninstalled, logged out).
 	UnregisterPushToken(context.Context, *UnregisterPushTokenRequest) (*UnregisterPushTokenResponse, error)
@@ -232,8 +246,11 @@ type ProfileServiceServer interface {
 	// ImportTokens takes a stream of CRM rows (token, timestamp, customer id).
 	// It is idempotent: the same rows, in any order and any number of times,
 	// converge to the same state, as long as no profile reaches a cap (which
-	// rows reach it first depends on their order). A bad row, or one that
-	// would take its profile past a cap, is counted and reported, never fatal.
+	// rows reach it first, and which inactive tokens a full profile evicts,
+	// depends on their order). A row bringing a token to a profile that has
+	// 100 evicts one of its inactive tokens as RegisterPushToken does. A bad
+	// row, or one that would take its profile past a cap (all of its tokens
+	// active), is counted and reported, never fatal.
 	ImportTokens(grpc.ClientStreamingServer[ImportTokensRequest, ImportTokensResponse]) error
 	// QueryAudience streams every profile that meets a CEL condition, with its
 	// active tokens, in profile id order. Qualified profiles that cannot be

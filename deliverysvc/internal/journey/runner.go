@@ -153,6 +153,9 @@ type runner struct {
 	// enough profiles completed since the last checkpoint.
 	space         chan struct{}
 	checkpointNow chan struct{}
+	// logCheckpointFailure keeps a failing disk (checkpoints every 500 ms)
+	// to a line per checkpointLogInterval.
+	logCheckpointFailure rate.Sometimes
 
 	// writeMu orders the journey's writes to the store (checkpoints, the
 	// final state, a cancel): each stores the progress as it is when it
@@ -187,7 +190,8 @@ func newRunner(m *Manager, ref Ref, j *deliveryv1.Journey, content *Content, can
 		m: m, ref: ref, content: content, cancel: cancel, journey: j,
 		finished: make(chan struct{}), keyPrefix: ref.ID + "/", audienceSize: -1,
 		space: make(chan struct{}, 1), checkpointNow: make(chan struct{}, 1),
-		apps: appCache{known: map[delivery.AppKey]bool{}},
+		logCheckpointFailure: rate.Sometimes{Interval: checkpointLogInterval},
+		apps:                 appCache{known: map[delivery.AppKey]bool{}},
 	}
 }
 
@@ -487,8 +491,14 @@ func (r *runner) checkpointFailed(log interface {
 		r.requestCancel()
 		return
 	}
-	log.Warn("journey checkpoint", "err", err)
+	r.logCheckpointFailure.Do(func() {
+		log.Warn("journey checkpoint failed; progress since the last one would be sent again after a crash", "err", err)
+	})
 }
+
+// checkpointLogInterval is the least time between two log lines about
+// failed checkpoints of one journey.
+const checkpointLogInterval = 10 * time.Second
 
 // countAudience counts the whole audience once, for the ETA, beside the
 // run: an AudienceCounter when the audience is one, else the same query as

@@ -235,12 +235,40 @@ func (s *apnsSender) push(ctx context.Context, p *delivery.Push) delivery.Attemp
 	if ttlBound {
 		reqCtx, cancel = context.WithDeadline(reqCtx, p.Deadline)
 	}
-	res, err := s.pool(p.Target.APNsEnvironment).pick().PushWithContext(context.WithValue(reqCtx, retryAfterKey{}, ra), &n)
+	client := s.pool(p.Target.APNsEnvironment).pick()
+	issued := s.tokenIssuedAt()
+	res, err := client.PushWithContext(context.WithValue(reqCtx, retryAfterKey{}, ra), &n)
+	if err == nil && res.Reason == apns2.ReasonExpiredProviderToken {
+		// Apple judges a provider token's age by its own clock: with ours
+		// minutes behind, apns2's 50-minute reuse reaches the hour Apple
+		// allows. A fresh token, once, before the app is suspended over it.
+		s.renewToken(issued)
+		res, err = client.PushWithContext(context.WithValue(reqCtx, retryAfterKey{}, ra), &n)
+	}
 	cancel()
 	if err != nil && ttlBound && errors.Is(err, context.DeadlineExceeded) {
 		return delivery.Attempt{Reason: commonv1.FailureReason_FAILURE_REASON_TTL_EXPIRED, Detail: "the message's TTL ran out while APNs had not answered"}
 	}
 	return apnsAttempt(res, err, ra.value())
+}
+
+// tokenIssuedAt is when the provider token now in use was signed.
+func (s *apnsSender) tokenIssuedAt() int64 {
+	s.token.Lock()
+	defer s.token.Unlock()
+	return s.token.IssuedAt
+}
+
+// renewToken makes the next push sign a new provider token, unless the one
+// signed at issued was already replaced (by a concurrent push that was
+// refused too: one renewal serves them all, and Apple refuses more than one
+// new token per 20 minutes).
+func (s *apnsSender) renewToken(issued int64) {
+	s.token.Lock()
+	defer s.token.Unlock()
+	if s.token.IssuedAt == issued {
+		s.token.IssuedAt = 0 // expired for GenerateIfExpired
+	}
 }
 
 // acquire takes a slot of the sender's concurrency bound, or fails when ctx

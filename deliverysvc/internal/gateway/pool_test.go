@@ -2,6 +2,9 @@ package gateway
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -132,5 +135,57 @@ func TestAPNsConnectionPool(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// signES256 signs an APNs provider token (ES256 JWT) issued at iat.
+func signES256(t *testing.T, key *ecdsa.PrivateKey, team, kid string, iat time.Time) string {
+	t.Helper()
+	enc := base64.RawURLEncoding
+	header, _ := json.Marshal(map[string]string{"alg": "ES256", "kid": kid})
+	claims, _ := json.Marshal(map[string]any{"iss": team, "iat": iat.Unix()})
+	signed := enc.EncodeToString(header) + "." + enc.EncodeToString(claims)
+	sum := sha256.Sum256([]byte(signed))
+	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signed + "." + enc.EncodeToString(sig)
+}
+
+// Apple judges a provider token's age by its own clock. With ours behind
+// it, apns2's 50-minute reuse reaches the hour Apple allows and Apple
+// answers ExpiredProviderToken: the sender signs a fresh token once and
+// resends, rather than the app being suspended over a clock.
+func TestAPNsRenewsAProviderTokenAppleFindsExpired(t *testing.T) {
+	e := start(t)
+	c := e.apnsCreds(t, teamID, keyID, bundleID)
+	s := openSender(t, e.gw, apnsKey, sandbox, c).(*apnsSender)
+	// A token Apple finds 61 minutes old, which apns2 believes fresh.
+	s.token.Lock()
+	s.token.Bearer = signES256(t, c.APNs.Key, teamID, keyID, time.Now().Add(-61*time.Minute))
+	s.token.IssuedAt = time.Now().Unix()
+	s.token.Unlock()
+
+	tok := fmt.Sprintf("%064x", 42)
+	a := s.Send(context.Background(), []delivery.Push{apnsPush(tok)})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+		t.Fatalf("push: %v %s, want sent with a fresh provider token", a.Reason, a.Detail)
+	}
+	got := e.apns.ReceivedFor(tok)
+	if len(got) != 2 || got[0].Reason != apns.ReasonExpiredProviderToken || got[1].Status != http.StatusOK {
+		t.Errorf("APNs saw %+v, want one ExpiredProviderToken then one 200", got)
+	}
+	// Still expired with a fresh token: a credential error, once.
+	e.apns.Reset()
+	if err := e.apns.SetTokenOutcome(tok, apns.ReasonExpiredProviderToken); err != nil {
+		t.Fatal(err)
+	}
+	a = s.Send(context.Background(), []delivery.Push{apnsPush(tok)})[0]
+	if a.Reason != commonv1.FailureReason_FAILURE_REASON_INVALID_CREDENTIALS || len(e.apns.ReceivedFor(tok)) != 2 {
+		t.Errorf("refused again with a fresh token: %v after %d requests, want INVALID_CREDENTIALS after 2", a.Reason, len(e.apns.ReceivedFor(tok)))
 	}
 }

@@ -296,7 +296,13 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	})
 	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
 		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
-	closers = append(closers, func() error { return stopJourneys(journeys, closeOutboxes, cfg.StopTimeout, log) })
+	closers = append(closers, func() error {
+		return stopJourneys(journeys, func() error {
+			err := closeOutboxes()
+			pipeline.RecordersClosed() // outcome writes still retrying give up now
+			return err
+		}, cfg.StopTimeout, log)
+	})
 	if err := journeys.Resume(); err != nil {
 		return nil, fmt.Errorf("resume journeys: %w", err)
 	}

@@ -108,9 +108,13 @@ type Pipeline struct {
 
 	// Failed writes of outcomes are retried per message; these keep a
 	// failing disk from logging a line per message and retry.
-	writesRetrying  atomic.Int64   // messages waiting to write their records again
-	logWriteRetry   rate.Sometimes // at most one line per writeLogInterval
-	logWriteGivenUp rate.Sometimes
+	writesRetrying atomic.Int64 // messages waiting to write their records again
+	// recordersClosed is closed by RecordersClosed: retries waiting out
+	// their backoff then try at once, find the outbox closed and give up.
+	recordersClosed     chan struct{}
+	recordersClosedOnce sync.Once
+	logWriteRetry       rate.Sometimes // at most one line per writeLogInterval
+	logWriteGivenUp     rate.Sometimes
 
 	mu       sync.Mutex
 	inflight map[string]*flight // tenant \x00 idempotency key → its flight
@@ -148,6 +152,7 @@ func New(cfg Config, deps Deps) *Pipeline {
 		jobs:     make(chan *task),
 		inflight: make(map[string]*flight),
 
+		recordersClosed: make(chan struct{}),
 		logWriteRetry:   rate.Sometimes{Interval: writeLogInterval},
 		logWriteGivenUp: rate.Sometimes{Interval: writeLogInterval},
 	}
@@ -794,8 +799,24 @@ func (mr *messageRun) retryWrite(ctx context.Context, what string, err error, ag
 		p.log.ErrorContext(ctx, what+" failed; holding the message, with its in-flight weight, until a retry succeeds",
 			"message_id", mr.tr.messageID, "messages_waiting", p.writesRetrying.Load(), "err", err)
 	})
-	time.AfterFunc(p.backoff(mr.writeFailures, 0), again)
+	wait := p.backoff(mr.writeFailures, 0)
+	go func() {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-p.recordersClosed:
+		}
+		again()
+	}()
 	return true
+}
+
+// RecordersClosed tells the pipeline that the Recorder and Feedback outboxes
+// are closed: writes waiting to be retried try at once (and give up), so a
+// stop on a failing disk does not wait out their backoff (up to RetryMax).
+func (p *Pipeline) RecordersClosed() {
+	p.recordersClosedOnce.Do(func() { close(p.recordersClosed) })
 }
 
 // written ends the retries of a write.

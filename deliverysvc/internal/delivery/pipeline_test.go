@@ -775,6 +775,48 @@ func TestRecordAfterTheOutboxClosed(t *testing.T) {
 	}
 }
 
+// TestRecordersClosedEndsRetriesAtOnce: a write waiting out a long
+// backoff when the outboxes close tries at once, finds them closed and
+// reports, so a stop on a failing disk does not wait for the backoff.
+func TestRecordersClosedEndsRetriesAtOnce(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.RetryInitial, h.cfg.RetryMax = time.Hour, time.Hour
+	var closed atomic.Bool
+	var calls atomic.Int32
+	h.recorder.RecordFunc = func(context.Context, []Result) error {
+		calls.Add(1)
+		if closed.Load() {
+			return ErrRecorderClosed
+		}
+		return errors.New("disk I/O error")
+	}
+	p := h.pipeline()
+	done := make(chan struct{})
+	s := p.Open(context.Background(), func(Result) {})
+	go func() {
+		defer close(done)
+		if err := s.Submit([]Message{msg("k", apnsTarget(1))}); err != nil {
+			t.Error(err)
+		}
+		s.Close()
+	}()
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() < 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no record call in 5s")
+		}
+	}
+	closed.Store(true)
+	p.RecordersClosed()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session still waits 5s after RecordersClosed, for a retry an hour away")
+	}
+	if calls.Load() != 2 {
+		t.Errorf("got %d record calls, want 2 (the failure, then the retry that found the outbox closed)", calls.Load())
+	}
+}
+
 // syncBuffer is a bytes.Buffer for concurrent writers.
 type syncBuffer struct {
 	mu  sync.Mutex

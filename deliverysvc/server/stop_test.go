@@ -1,37 +1,19 @@
 package server_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // breakDisk makes every write to the named file fail (EBADF) by replacing
 // this process's descriptors of it with read-only ones; reads through
@@ -71,7 +53,7 @@ func breakDisk(t *testing.T, name string) {
 // the outboxes close) does not hang the stop: journeys get StopTimeout,
 // then the outboxes close, and the stop returns.
 func TestStopWithAJourneyMidRunAndADeadDisk(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	m := journeytest.Start(t, journeytest.Options{JourneyWindow: 300, MaxInFlight: 500,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	const stopTimeout = time.Second

@@ -1,7 +1,6 @@
 package grpcserver_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
@@ -254,29 +253,11 @@ func TestShutdownTimeoutStopsHard(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A handler that never returns, not even once its context is cancelled (a
 // write stuck on a dead disk), must not hold the shutdown: Serve returns
 // ShutdownTimeout + AbandonAfter after its context ends, and says so.
 func TestShutdownAbandonsStuckHandlers(t *testing.T) {
-	var logs syncBuffer
+	var logs logtest.Buffer
 	const timeout, abandonAfter = 200 * time.Millisecond, 300 * time.Millisecond
 	srv, err := grpcserver.New(grpcserver.Config{
 		Name: "stuck", Listen: "127.0.0.1:0",

@@ -7,7 +7,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +15,9 @@ import (
 
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/service"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -64,7 +46,7 @@ func TestRunServesUntilCancelledThenStops(t *testing.T) {
 	t.Setenv("TESTSVC_DATA_DIR", dataDir)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
+	var logs logtest.Buffer
 	done := make(chan error, 1)
 	go func() { done <- service.Run(ctx, spec, []string{"--listen", addr, "--log-format", "json"}, &logs) }()
 

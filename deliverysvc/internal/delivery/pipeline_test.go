@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +19,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
@@ -641,7 +641,7 @@ func TestWorkersDoNotWaitForTheCommit(t *testing.T) {
 func TestFailedRecordIsWrittenAgain(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.MaxInFlight = 1
-	var logs syncBuffer
+	var logs logtest.Buffer
 	h.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	failing := make(chan struct{})
 	var calls atomic.Int32
@@ -747,7 +747,7 @@ func TestFailedDeadTokenReportIsWrittenAgain(t *testing.T) {
 // but not remembered, as trackingsvc will not hear of it.
 func TestRecordAfterTheOutboxClosed(t *testing.T) {
 	h := newHarness(t)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	h.cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	var calls atomic.Int32
 	h.recorder.RecordFunc = func(context.Context, []Result) error {
@@ -815,24 +815,6 @@ func TestRecordersClosedEndsRetriesAtOnce(t *testing.T) {
 	if calls.Load() != 2 {
 		t.Errorf("got %d record calls, want 2 (the failure, then the retry that found the outbox closed)", calls.Load())
 	}
-}
-
-// syncBuffer is a bytes.Buffer for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestCallerCheckpointsSkipTheIdempotencyStore(t *testing.T) {

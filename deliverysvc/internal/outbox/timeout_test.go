@@ -4,30 +4,13 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/buckets"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A Deliver that never answers is cut off at DeliverTimeout: the failure is
 // logged, retried with backoff, and the records go once the remote answers.
@@ -46,7 +29,7 @@ func TestDeliverTimeout(t *testing.T) {
 		}
 		return r.deliver(ctx, tenantID, records)
 	}
-	var logs syncBuffer
+	var logs logtest.Buffer
 	cfg := fastConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	cfg.DeliverTimeout = 50 * time.Millisecond

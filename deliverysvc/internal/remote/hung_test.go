@@ -1,7 +1,6 @@
 package remote
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -20,6 +19,7 @@ import (
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
@@ -65,30 +65,13 @@ func (f *hungTracking) received() int {
 	return f.events
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // A trackingsvc that accepts the Ingest stream and never answers does not
 // stall the outbox: each batch times out, is logged and retried, and the
 // events arrive once the peer answers.
 func TestForwardingTimesOutOnAHungTrackingsvc(t *testing.T) {
 	fake := &hungTracking{}
 	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 
 	db, err := boltdb.Open(t.TempDir(), "test.db")

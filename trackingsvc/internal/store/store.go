@@ -201,6 +201,13 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	if err := s.loadIDs(); err != nil {
 		return nil, err
 	}
+	// A day with a run lost its partition when an earlier sweep wrote the
+	// run. After a longer --dedupe-window than then (or a clock set back),
+	// memory would claim days whose ids it does not hold: it covers only
+	// the days after the last run.
+	if runs := s.cover.Load().runs; len(runs) > 0 {
+		memFrom = max(memFrom, slices.Max(runs)+1)
+	}
 	s.cover.Store(newCoverage(memFrom, s.cover.Load().runs))
 	return s, nil
 }

@@ -179,6 +179,34 @@ func TestLateCopyAfterTheWindowIsADuplicate(t *testing.T) {
 	}
 }
 
+// Days that left memory for runs stay covered by their runs when the
+// service restarts with a longer dedupe window (or a clock set back): their
+// partitions are gone, so memory cannot answer for them.
+func TestLongerWindowAfterARestartStillFindsRunIDs(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	st, db := testStore(t, dir, c)
+	orig := event("late", trackingv1.EventType_EVENT_TYPE_SENT, t0.Add(-time.Hour))
+	mustAppend(t, st, "acme", orig)
+	c.Set(t0.Add(9 * 24 * time.Hour))
+	if _, err := st.Sweep(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db, err := boltdb.Open(dir, "trackingsvc.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, err = Open(db, Options{Now: c.Now, DedupeWindow: 14 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := mustAppend(t, st, "acme", proto.Clone(orig).(*trackingv1.Event)); res.Duplicates != 1 {
+		t.Errorf("a copy after the window grew: got %+v, want a duplicate", res)
+	}
+}
+
 // A day whose batch is still committing is not moved out of memory until
 // that batch is done, so its ids reach the day's run.
 func TestDayLeavesMemoryOnlyWhenItsBatchesAreDone(t *testing.T) {

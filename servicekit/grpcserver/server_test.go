@@ -173,14 +173,7 @@ func TestGracefulShutdownDrainsThenStops(t *testing.T) {
 		<-release
 		return nil
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	conn, err := grpcclient.Dial(srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	cancel, served, conn := serveAndDial(t, srv)
 
 	// A health watch opened before the shutdown sees the flip to
 	// NOT_SERVING: new calls are refused once GracefulStop begins.
@@ -228,14 +221,7 @@ func TestShutdownTimeoutStopsHard(t *testing.T) {
 		<-ctx.Done() // never finishes on its own
 		return ctx.Err()
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	conn, err := grpcclient.Dial(srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	cancel, served, conn := serveAndDial(t, srv)
 	inflight := make(chan error, 1)
 	go func() { inflight <- callProbe(context.Background(), conn) }()
 	<-started
@@ -276,14 +262,7 @@ func TestShutdownAbandonsStuckHandlers(t *testing.T) {
 		<-stuck // ignores ctx: only the test's end releases it
 		return nil
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	conn, err := grpcclient.Dial(srv.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	cancel, served, conn := serveAndDial(t, srv)
 	inflight := make(chan error, 2)
 	for range 2 {
 		go func() { inflight <- callProbe(context.Background(), conn) }()
@@ -385,4 +364,20 @@ func badRequestFields(err error) []string {
 		}
 	}
 	return fields
+}
+
+// serveAndDial serves srv until cancel and returns a connection to it
+// (closed with the test) and the channel Serve's result arrives on.
+func serveAndDial(t *testing.T, srv *grpcserver.Server) (cancel context.CancelFunc, served <-chan error, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	conn, err := grpcclient.Dial(srv.Addr().String())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return cancel, done, conn
 }

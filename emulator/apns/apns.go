@@ -53,6 +53,13 @@ type Options struct {
 	// renews its token every 50 minutes and never hits it; a client that
 	// signs a new token per request does, as it would with Apple.
 	MaxTokenUpdates int
+	// MaxConcurrentStreams is the SETTINGS_MAX_CONCURRENT_STREAMS each
+	// connection advertises; 0 means httpsrv.MaxConcurrentStreams (1,000,
+	// Apple's usual value). Apple lowers it to 1 on a connection after a
+	// rejected push, until a push is accepted; Go's HTTP/2 server cannot
+	// change it on an open connection, so this emulator does not model
+	// that, but a low value here tests how a client queues for streams.
+	MaxConcurrentStreams int
 }
 
 // Delivery is one request received on /3/device/, accepted or not.
@@ -169,6 +176,8 @@ func Start(opts Options) (*Server, error) {
 		Handler:  s,
 		Logger:   s.logger,
 		NewLocal: func() any { return new(connState) },
+
+		MaxConcurrentStreams: opts.MaxConcurrentStreams,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apns: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/net/http2"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
@@ -100,9 +100,9 @@ func (g *Gateways) apnsHost(env commonv1.ApnsEnvironment) string {
 	return APNsProductionURL
 }
 
-// newAPNsClient returns an apns2 token client for env. Its transport trusts
-// the configured roots and records Retry-After, which apns2's Response does
-// not carry.
+// newAPNsClient returns an apns2 token client for env, on one HTTP/2
+// connection of its own (h2Conn). Its transport trusts the configured roots
+// and records Retry-After, which apns2's Response does not carry.
 func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token) *apns2.Client {
 	c := apns2.NewTokenClient(tok)
 	c.Host = g.apnsHost(env)
@@ -110,16 +110,18 @@ func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token)
 	// for transports it does not know (this wrapper); push sets a context
 	// deadline instead.
 	c.HTTPClient = &http.Client{
-		Transport: &retryAfterTransport{base: &http2.Transport{
-			TLSClientConfig: g.tlsConfig(),
-			DialTLSContext:  dialTLSBatched,
-			// As apns2: ping a connection that has been silent for 15 s,
-			// so a dead one is noticed and replaced.
-			ReadIdleTimeout: apns2.ReadIdleTimeout,
-			PingTimeout:     5 * time.Second,
-		}},
+		Transport: &retryAfterTransport{base: &h2Conn{t: g.h2, addr: hostPort(c.Host)}},
 	}
 	return c
+}
+
+// hostPort is the host:port of an https URL, 443 if it names no port.
+func hostPort(rawURL string) string {
+	host := strings.TrimPrefix(rawURL, "https://")
+	if _, _, err := net.SplitHostPort(host); err != nil {
+		return net.JoinHostPort(host, "443")
+	}
+	return host
 }
 
 func newToken(c *creds.APNs) *token.Token {
@@ -377,7 +379,7 @@ func (r *retryAfter) value() time.Duration {
 // retryAfterTransport records the Retry-After header of 429 and 5xx answers
 // for the request's push.
 type retryAfterTransport struct {
-	base *http2.Transport
+	base *h2Conn
 }
 
 func (t *retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -391,5 +393,5 @@ func (t *retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, erro
 }
 
 // CloseIdleConnections lets apns2's Client.CloseIdleConnections reach the
-// HTTP/2 transport.
+// connection.
 func (t *retryAfterTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }

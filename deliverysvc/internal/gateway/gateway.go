@@ -75,6 +75,7 @@ type Gateways struct {
 	roots     *x509.CertPool
 	tracer    trace.Tracer
 	deadlines *sharedDeadline // bounds APNs and FCM requests by cfg.RequestTimeout
+	h2        *http.Transport // dials the APNs connections (h2Conn)
 }
 
 // New returns the gateways for cfg.
@@ -115,7 +116,9 @@ func New(cfg Config) (*Gateways, error) {
 	if len(cfg.ExtraCAPEM) > 0 && !roots.AppendCertsFromPEM(cfg.ExtraCAPEM) {
 		return nil, errors.New("gateway CA: no PEM certificate found")
 	}
-	return &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName), deadlines: newSharedDeadline(cfg.RequestTimeout)}, nil
+	g := &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName), deadlines: newSharedDeadline(cfg.RequestTimeout)}
+	g.h2 = newH2Transport(g.tlsConfig())
+	return g, nil
 }
 
 // LoadCAFile reads the PEM certificates of --gateway-ca-file, to trust on
@@ -149,7 +152,7 @@ func dialBatched(ctx context.Context, network, addr string) (net.Conn, error) {
 	return writebatch.NewConn(c), nil
 }
 
-// dialTLSBatched is dialBatched under TLS, for an http2.Transport.
+// dialTLSBatched is dialBatched under TLS.
 func dialTLSBatched(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
 	c, err := dialBatched(ctx, network, addr)
 	if err != nil {

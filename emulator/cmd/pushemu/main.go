@@ -48,6 +48,7 @@ type config struct {
 	seed              int64
 	quota             int
 	maxLog            int
+	apnsMaxStreams    int
 	logLevel          string
 	faults            fault.Faults
 	dropMode          string
@@ -67,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Int64Var(&c.seed, "seed", 1, "seed for deterministic fault injection")
 	fs.IntVar(&c.quota, "quota", fcm.DefaultQuotaPerMinute, "FCM sends per project per minute")
 	fs.IntVar(&c.maxLog, "max-log", 1_000_000, "requests kept for inspection per emulator (oldest dropped)")
+	fs.IntVar(&c.apnsMaxStreams, "apns-max-streams", 1000, "SETTINGS_MAX_CONCURRENT_STREAMS per APNs connection (Apple: 1,000, or 1 after a rejected push)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "info or debug (debug logs every rejected request)")
 
 	fs.Float64Var(&c.faults.TooManyRequestsRate, "error-429", 0, "fraction of valid requests answered 429 (APNs TooManyRequests, FCM QUOTA_EXCEEDED)")
@@ -166,7 +168,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 
 	if c.apnsAddr != "off" {
-		srv, err := apns.Start(apns.Options{Addr: c.apnsAddr, CA: ca, Seed: c.seed, Logger: logger, MaxLog: c.maxLog})
+		srv, err := apns.Start(apns.Options{Addr: c.apnsAddr, CA: ca, Seed: c.seed, Logger: logger, MaxLog: c.maxLog, MaxConcurrentStreams: c.apnsMaxStreams})
 		if err != nil {
 			return err
 		}

@@ -69,6 +69,8 @@ type Config struct {
 	Handler  http.Handler
 	Logger   *slog.Logger
 	NewLocal func() any // optional per-connection state constructor
+	// MaxConcurrentStreams per connection; 0 means MaxConcurrentStreams.
+	MaxConcurrentStreams int
 }
 
 // Server is a running HTTPS server.
@@ -101,6 +103,10 @@ func Start(cfg Config) (*Server, error) {
 	// fewer system calls, as a real gateway's front end does; the emulator
 	// then costs the machine less next to the service under test.
 	ln = writebatch.Listener{Listener: ln}
+	maxStreams := cfg.MaxConcurrentStreams
+	if maxStreams <= 0 {
+		maxStreams = MaxConcurrentStreams
+	}
 	s := &Server{ln: ln, done: make(chan struct{})}
 	s.url = "https://" + ln.Addr().String()
 
@@ -109,7 +115,7 @@ func Start(cfg Config) (*Server, error) {
 		TLSConfig:         cfg.CA.ServerTLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       10 * time.Minute, // APNs keeps idle connections for a long time
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: MaxConcurrentStreams},
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreams},
 		// Handshake failures and resets caused by clients going away are
 		// expected here (fault injection causes them on purpose): log them
 		// at debug level instead of on stderr.

@@ -1,0 +1,209 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sideshow/apns2"
+)
+
+// h2Conn is one HTTP/2 connection to an APNs host, dialed on first use and
+// again after it breaks. It is an http.RoundTripper for an apns2 client.
+//
+// Why not an http2.Transport with its connection pool: APNs lowers a
+// connection's SETTINGS_MAX_CONCURRENT_STREAMS to 1 after a rejected push
+// (a dead token is routine) and raises it again after an accepted one. The
+// pooled transports of golang.org/x/net/http2 (v0.62) and net/http (Go 1.26)
+// count requests queued for a connection against its limit, so once more
+// requests are queued than the lowered limit allows, none of them is ever
+// sent and all wait for their deadline; without StrictMaxConcurrentStreams
+// they also open more connections. A single http.ClientConn has no such
+// queue accounting: a request waits for a free stream and is sent when one
+// frees up, so a connection always honours the server's current limit.
+// TestAPNsHonoursALowStreamLimit shows both.
+type h2Conn struct {
+	t    *http.Transport
+	addr string // host:port
+
+	mu      sync.Mutex
+	cur     *h2Link   // nil until dialed, and after a failure or close
+	retired []*h2Link // refused new requests (GOAWAY); closed once idle
+}
+
+// h2Link is one dialed connection and the requests using it.
+type h2Link struct {
+	cc    *http.ClientConn
+	users int // requests between get and release
+}
+
+// newH2Transport is the transport h2Conns dial with: HTTP/2 only, over TLS
+// with tlsConfig, writes merged (dialBatched).
+func newH2Transport(tlsConfig *tls.Config) *http.Transport {
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	cfg := tlsConfig.Clone()
+	cfg.NextProtos = []string{"h2"}
+	return &http.Transport{
+		Protocols:       &protocols,
+		TLSClientConfig: cfg,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			dialCfg := cfg.Clone()
+			dialCfg.ServerName = host
+			return dialTLSBatched(ctx, network, addr, dialCfg)
+		},
+		HTTP2: &http.HTTP2Config{
+			// As apns2: ping a connection that has been silent for 15 s,
+			// so a dead one is noticed and replaced.
+			SendPingTimeout: apns2.ReadIdleTimeout,
+			PingTimeout:     5 * time.Second,
+		},
+	}
+}
+
+// h2DialTimeout bounds a dial, which other requests to the connection wait
+// for.
+const h2DialTimeout = 10 * time.Second
+
+// h2MaxSends bounds how often one request is sent that the server never
+// processed; golang.org/x/net/http2 allows 7.
+const h2MaxSends = 4
+
+// RoundTrip implements http.RoundTripper. A request the server never
+// processed is sent again, up to h2MaxSends times in all: on the same
+// connection if the server refused its stream, on a fresh one if the
+// connection had stopped taking requests.
+func (c *h2Conn) RoundTrip(req *http.Request) (*http.Response, error) {
+	for attempt := 1; ; attempt++ {
+		l, err := c.get(req.Context())
+		if err != nil {
+			return nil, err
+		}
+		res, err := l.cc.RoundTrip(req)
+		retry := err != nil && attempt < h2MaxSends
+		fate := unsentNo
+		if err != nil {
+			fate = unsent(err)
+		}
+		c.release(l, fate == unsentConnUnusable)
+		if !retry || fate == unsentNo {
+			return res, err
+		}
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, err
+			}
+			body, berr := req.GetBody()
+			if berr != nil {
+				return nil, err
+			}
+			req = req.Clone(req.Context())
+			req.Body = body
+		}
+	}
+}
+
+// get returns the current connection, dialing it if there is none or it
+// broke. Requests wait for a dial in progress; the lock is held for it
+// because a dial per waiting request is what this type exists to avoid.
+func (c *h2Conn) get(ctx context.Context) (*h2Link, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != nil && c.cur.cc.Err() != nil {
+		_ = c.cur.cc.Close()
+		c.cur = nil
+	}
+	if c.cur == nil {
+		dctx, cancel := context.WithTimeout(ctx, h2DialTimeout)
+		defer cancel()
+		cc, err := c.t.NewClientConn(dctx, "https", c.addr)
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s: %w", c.addr, err)
+		}
+		c.cur = &h2Link{cc: cc}
+	}
+	c.cur.users++
+	return c.cur, nil
+}
+
+// release ends a request's use of l. unusable says l turned the request
+// away because it takes no new ones (the server sent GOAWAY): l is retired,
+// and closed once its last request is done. A broken connection is dropped
+// now rather than by the next request, so an idle pool keeps no dead socket.
+func (c *h2Conn) release(l *h2Link, unusable bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l.users--
+	if c.cur == l && (unusable || l.cc.Err() != nil) {
+		c.cur = nil
+		c.retired = append(c.retired, l)
+	}
+	c.closeIdleRetiredLocked()
+}
+
+func (c *h2Conn) closeIdleRetiredLocked() {
+	kept := c.retired[:0]
+	for _, l := range c.retired {
+		if (l.users == 0 && l.cc.InFlight() == 0) || l.cc.Err() != nil {
+			_ = l.cc.Close()
+			continue
+		}
+		kept = append(kept, l)
+	}
+	clear(c.retired[len(kept):])
+	c.retired = kept
+}
+
+// CloseIdleConnections closes the connection if no request is using it; the
+// next request dials again. apns2's Client.CloseIdleConnections reaches it.
+func (c *h2Conn) CloseIdleConnections() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.cur; l != nil && l.users == 0 && l.cc.InFlight() == 0 {
+		_ = l.cc.Close()
+		c.cur = nil
+	}
+	c.closeIdleRetiredLocked()
+}
+
+// unsentFate says whether a failed request reached the server.
+type unsentFate int
+
+const (
+	unsentNo           unsentFate = iota // it may have been processed
+	unsentRefused                        // the server refused its stream (RFC 9113 §8.7)
+	unsentConnUnusable                   // the connection takes no new requests
+)
+
+// unsent tells from a RoundTrip error whether the server never processed
+// the request, so that sending it again cannot deliver a push twice: the
+// connection was unusable (closed, or after a GOAWAY) before the request
+// was written, the server's graceful GOAWAY named a last stream below it,
+// or the server refused the stream. net/http does not export these errors;
+// their texts are matched, and TestH2ConnRetriesUnsentRequests fails if
+// they change.
+func unsent(err error) unsentFate {
+	msg := err.Error()
+	if strings.Contains(msg, "REFUSED_STREAM") {
+		return unsentRefused
+	}
+	for _, s := range []string{
+		"http2: client conn not usable",
+		"http2: client conn could not be established",
+		"http2: Transport received Server's graceful shutdown GOAWAY",
+	} {
+		if strings.Contains(msg, s) {
+			return unsentConnUnusable
+		}
+	}
+	return unsentNo
+}

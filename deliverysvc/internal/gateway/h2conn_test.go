@@ -1,0 +1,119 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/emulator/apns"
+	"github.com/pushmesh/pushmesh/emulator/fault"
+	"github.com/pushmesh/pushmesh/emulator/tlsca"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+)
+
+// APNs lowers a connection's stream limit to 1 after a rejected push. With
+// more pushes queued than the limit allows, the pooled Go HTTP/2 transports
+// sent none of them until their deadline (and opened more connections);
+// every push must instead go out on the app's one connection, a stream
+// at a time.
+func TestAPNsHonoursALowStreamLimit(t *testing.T) {
+	ca, err := tlsca.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 2
+	emu, err := apns.Start(apns.Options{CA: ca, MaxConcurrentStreams: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	if err := emu.SetFaults(apns.Faults{Latency: 5 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	// A deadline that fails the test's pushes if they wait for it, yet
+	// leaves a loaded race-detector run time to send them two at a time.
+	gw, err := New(Config{APNsURL: emu.URL(), ExtraCAPEM: ca.CertPEM(), APNsConnections: 1, RequestTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &emulators{apns: emu, gw: gw}
+	s := openSender(t, gw, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
+
+	// Three callers of 64 pushes each: 192 requests queue for 2 streams.
+	const callers, perCaller = 3, 64
+	sendConcurrently(t, s, callers, perCaller)
+	conns := map[uint64]bool{}
+	received := emu.Received()
+	for _, d := range received {
+		conns[d.ConnID] = true
+	}
+	if len(received) != callers*perCaller || len(conns) != 1 {
+		t.Errorf("APNs received %d pushes on %d connections, want %d on 1", len(received), len(conns), callers*perCaller)
+	}
+}
+
+// sendConcurrently makes callers Send calls of perCaller pushes each at
+// once, to distinct tokens, and fails the test unless every push is sent.
+func sendConcurrently(t *testing.T, s apps.Sender, callers, perCaller int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	failures := make(chan string, callers*perCaller)
+	for c := 0; c < callers; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pushes := make([]delivery.Push, perCaller)
+			for i := range pushes {
+				pushes[i] = apnsPush(fmt.Sprintf("%064x", 0xc0000000+c*perCaller+i))
+			}
+			for _, a := range s.Send(context.Background(), pushes) {
+				if a.Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+					failures <- fmt.Sprintf("%v %s", a.Reason, a.Detail)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(failures)
+	for f := range failures {
+		t.Fatalf("a push failed: %s; want every push sent", f)
+	}
+}
+
+// A connection the server closes gracefully (GOAWAY) while requests are in
+// flight and queued: requests the server never processed go out again on a
+// new connection, once each, and none is received twice.
+func TestH2ConnRetriesUnsentRequests(t *testing.T) {
+	e := start(t)
+	gw, err := New(Config{APNsURL: e.apns.URL(), ExtraCAPEM: e.gw.cfg.ExtraCAPEM, APNsConnections: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openSender(t, gw, apnsKey, sandbox, e.apnsCreds(t, teamID, keyID, bundleID))
+	if err := e.apns.SetFaults(apns.Faults{DropEvery: 100, DropMode: fault.DropGoAway}); err != nil {
+		t.Fatal(err)
+	}
+	// One Send of 400: 64 requests in flight (apnsFanOut), so the requests
+	// a GOAWAY turns away are all processed on the next connection before
+	// the 100th request after it is dropped in turn.
+	const callers, perCaller = 1, 400
+	sendConcurrently(t, s, callers, perCaller)
+	conns := map[uint64]bool{}
+	byToken := map[string]int{}
+	for _, d := range e.apns.Received() {
+		conns[d.ConnID] = true
+		byToken[d.Token]++
+	}
+	for tok, n := range byToken {
+		if n != 1 {
+			t.Errorf("APNs received the push to %s… %d times, want once", tok[:8], n)
+		}
+	}
+	if len(byToken) != callers*perCaller || len(conns) < 2 {
+		t.Errorf("APNs received %d pushes on %d connections, want %d on several", len(byToken), len(conns), callers*perCaller)
+	}
+}

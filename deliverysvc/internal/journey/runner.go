@@ -525,13 +525,33 @@ func (r *runner) countAudience(ctx context.Context, log interface{ Debug(string,
 	r.mu.Unlock()
 }
 
-// finish records the final (or, on shutdown, the resumable) state. It
-// decides under r.writeMu, so a cancel either comes first and the journey
-// ends CANCELLED, or comes after the stored final state and is refused.
+// finish records the final (or, on shutdown, the resumable) state. A
+// failed write of a final state is tried again every CheckpointEvery while
+// the service runs: a journey whose end is not stored would show RUNNING,
+// with no runner, until a restart resumed it. Once the service stops, the
+// journey is left to resume from its last durable checkpoint.
 func (r *runner) finish(ctx context.Context, log interface {
 	Info(string, ...any)
 	Error(string, ...any)
 }, err error) {
+	for r.finishOnce(ctx, log, err) {
+		t := time.NewTimer(r.m.cfg.CheckpointEvery)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+}
+
+// finishOnce makes one attempt at finish's write and reports whether to
+// try again. It decides under r.writeMu, so a cancel either comes first and
+// the journey ends CANCELLED, or comes after the stored final state and is
+// refused.
+func (r *runner) finishOnce(ctx context.Context, log interface {
+	Info(string, ...any)
+	Error(string, ...any)
+}, err error) (again bool) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	r.mu.Lock()
@@ -539,6 +559,7 @@ func (r *runner) finish(ctx context.Context, log interface {
 	state := r.journey.GetState()
 	r.mu.Unlock()
 	errText, liveCounts := "", true
+	stopping := false
 	switch {
 	case err == nil && ctx.Err() == nil:
 		state = deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED
@@ -548,19 +569,27 @@ func (r *runner) finish(ctx context.Context, log interface {
 		// The service is stopping: keep the state and the committed
 		// progress, so the journey resumes from its cursor on the next
 		// start.
-		liveCounts = false
+		liveCounts, stopping = false, true
 	default:
 		state, errText = deliveryv1.JourneyState_JOURNEY_STATE_FAILED, err.Error()
 	}
 	// The final write must happen even though ctx is done.
-	if cerr := r.checkpointLocked(context.WithoutCancel(ctx), state, errText, liveCounts); errors.Is(cerr, ErrFinished) {
+	cerr := r.checkpointLocked(context.WithoutCancel(ctx), state, errText, liveCounts)
+	switch {
+	case errors.Is(cerr, ErrFinished):
 		// Cancelled in the store before this runner knew; that stands.
 		log.Info("journey already ended", "err", cerr)
-		return
-	} else if cerr != nil {
-		log.Error("journey checkpoint", "err", cerr)
+		return false
+	case cerr != nil && !stopping && ctx.Err() == nil:
+		r.logCheckpointFailure.Do(func() {
+			log.Error("journey's final state not stored; trying again", "state", strings.TrimPrefix(state.String(), "JOURNEY_STATE_"), "err", cerr)
+		})
+		return true
+	case cerr != nil:
+		log.Error("journey checkpoint; the journey resumes from its last checkpoint on the next start", "err", cerr)
 	}
 	log.Info("journey stopped", "state", strings.TrimPrefix(state.String(), "JOURNEY_STATE_"), "err", errText)
+	return false
 }
 
 // send streams the audience and submits every message; it returns once all

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 )
 
 // Stop waits for the runners only until its context ends, and names the
@@ -68,5 +69,62 @@ func TestStopWaitsForRunners(t *testing.T) {
 	h.m.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("%d runners still registered", n)
+	}
+}
+
+// A final state the disk refuses to store is written again until it is
+// stored: the journey does not stay RUNNING in the store with no runner.
+func TestFinalStateStoredAfterFailedWrites(t *testing.T) {
+	h := newHarness(t)
+	h.setMembers(population(t, 20)...)
+	var refused atomic.Int32
+	h.store.failCheckpoint = func(j *deliveryv1.Journey) error {
+		if j.GetState() == deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED && refused.Load() < 3 {
+			refused.Add(1)
+			return errors.New("write deliverysvc.db: input/output error")
+		}
+		return nil
+	}
+	h.start()
+	defer h.stop()
+	id := h.publish(journey("final write fails"))
+	h.wait(id)
+	stored, err := h.store.Get("acme", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refused.Load() != 3 || stored.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
+		t.Fatalf("after %d refused writes the store holds %v, want COMPLETED after 3", refused.Load(), stored.GetState())
+	}
+	if got := stored.GetProgress().GetProfilesDone(); got != 20 {
+		t.Errorf("stored progress: %d profiles done, want 20", got)
+	}
+}
+
+// Once the service stops, a final state that cannot be stored is left: the
+// journey resumes from its last checkpoint on the next start.
+func TestFinalWriteGivesUpWhenStopping(t *testing.T) {
+	h := newHarness(t)
+	h.setMembers(population(t, 20)...)
+	h.store.failCheckpoint = func(j *deliveryv1.Journey) error {
+		if j.GetState() == deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
+			return errors.New("write deliverysvc.db: input/output error")
+		}
+		return nil
+	}
+	h.start()
+	id := h.publish(journey("final write never succeeds"))
+	waitUntil(t, 10*time.Second, "all sent", func() bool { return h.pushCount() >= 20 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if left := h.m.Stop(ctx); len(left) != 0 {
+		t.Fatalf("Stop left %v, want the runner to give up its final write", left)
+	}
+	stored, err := h.store.Get("acme", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_RUNNING {
+		t.Errorf("stored state %v, want RUNNING (resumed on the next start)", stored.GetState())
 	}
 }

@@ -37,7 +37,12 @@ const (
 )
 
 // Store keeps journeys in bbolt.
-type Store struct{ db *bolt.DB }
+type Store struct {
+	db *bolt.DB
+	// failCheckpoint, set by tests, makes Checkpoint fail as a bad disk
+	// would when it returns an error.
+	failCheckpoint func(j *deliveryv1.Journey) error
+}
 
 // NewStore uses db; the bucket is created by buckets.Create.
 func NewStore(db *bolt.DB) *Store { return &Store{db: db} }
@@ -132,6 +137,11 @@ func (s *Store) Cursor(tenant, id string) (cursor string, err error) {
 // cancelled one. The same final state may be written again (a cancelled
 // runner stores its final counts). A refusal is ErrFinished.
 func (s *Store) Checkpoint(tenant string, j *deliveryv1.Journey, cursor string) error {
+	if s.failCheckpoint != nil {
+		if err := s.failCheckpoint(j); err != nil {
+			return err
+		}
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(buckets.Journeys)
 		prev, err := get(b, tenant, j.GetJourneyId())

@@ -57,8 +57,10 @@ type Config struct {
 	TrackingAddr string
 
 	// APNsURL replaces Apple's hosts (sandbox and production), e.g. the
-	// emulator's https://127.0.0.1:PORT.
+	// emulator's https://127.0.0.1:PORT; with APNsSandboxURL, production's.
 	APNsURL string
+	// APNsSandboxURL replaces Apple's sandbox host.
+	APNsSandboxURL string
 	// FCMEndpoint replaces FCM's endpoint, e.g. https://127.0.0.1:PORT/v1.
 	FCMEndpoint string
 	// GatewayCAFile is a PEM file of extra CAs to trust for the gateways.
@@ -156,7 +158,8 @@ func Spec() service.Spec {
 func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProfileAddr, "profile-addr", "127.0.0.1:7101", "profilesvc gRPC address (token resolution and dead-token feedback)")
 	fs.StringVar(&c.TrackingAddr, "tracking-addr", "127.0.0.1:7103", "trackingsvc gRPC address (send outcomes)")
-	fs.StringVar(&c.APNsURL, "apns-url", "", "APNs base URL replacing Apple's sandbox and production hosts (e.g. an emulator's https://127.0.0.1:PORT)")
+	fs.StringVar(&c.APNsURL, "apns-url", "", "APNs base URL replacing Apple's sandbox and production hosts (e.g. an emulator's https://127.0.0.1:PORT); with --apns-sandbox-url, the production host only")
+	fs.StringVar(&c.APNsSandboxURL, "apns-sandbox-url", "", "APNs base URL replacing Apple's sandbox host")
 	fs.StringVar(&c.FCMEndpoint, "fcm-endpoint", "", "FCM endpoint replacing Google's (e.g. an emulator's https://127.0.0.1:PORT/v1)")
 	fs.StringVar(&c.GatewayCAFile, "gateway-ca-file", "", "PEM file of extra CA certificates to trust for the gateways (e.g. the emulators' CA)")
 	fs.StringVar(&c.CredentialsKeyFile, "credentials-key-file", "", "file holding the base64 AES-256 key that encrypts app credentials at rest (or set "+CredentialsKeyEnv+")")
@@ -233,6 +236,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}
 	gw, err := gateway.New(gateway.Config{
 		APNsURL:         cfg.APNsURL,
+		APNsSandboxURL:  cfg.APNsSandboxURL,
 		FCMEndpoint:     cfg.FCMEndpoint,
 		ExtraCAPEM:      caPEM,
 		APNsConnections: cfg.APNsConnections,

@@ -91,10 +91,13 @@ func (p *apnsPool) closeIdle() {
 }
 
 func (g *Gateways) apnsHost(env commonv1.ApnsEnvironment) string {
+	sandbox := env == commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX
 	switch {
+	case sandbox && g.cfg.APNsSandboxURL != "":
+		return strings.TrimSuffix(g.cfg.APNsSandboxURL, "/")
 	case g.cfg.APNsURL != "":
 		return strings.TrimSuffix(g.cfg.APNsURL, "/")
-	case env == commonv1.ApnsEnvironment_APNS_ENVIRONMENT_SANDBOX:
+	case sandbox:
 		return APNsSandboxURL
 	}
 	return APNsProductionURL

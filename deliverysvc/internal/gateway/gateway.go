@@ -43,8 +43,13 @@ const (
 // Config configures the gateways. The zero value talks to Apple and Google.
 type Config struct {
 	// APNsURL replaces both Apple hosts (sandbox and production), e.g.
-	// https://127.0.0.1:PORT for the emulator.
+	// https://127.0.0.1:PORT for the emulator; with APNsSandboxURL set, the
+	// production host only.
 	APNsURL string
+	// APNsSandboxURL replaces Apple's sandbox host, so that tests and local
+	// runs can tell the environments apart (a token of one environment is
+	// BadDeviceToken in the other, and Unregistered there deactivates it).
+	APNsSandboxURL string
 	// FCMEndpoint replaces FCM's endpoint, e.g. https://127.0.0.1:PORT/v1.
 	FCMEndpoint string
 	// ExtraCAPEM holds PEM certificates trusted on top of the system roots
@@ -101,7 +106,7 @@ func New(cfg Config) (*Gateways, error) {
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
-	for name, raw := range map[string]string{"APNs URL": cfg.APNsURL, "FCM endpoint": cfg.FCMEndpoint} {
+	for name, raw := range map[string]string{"APNs URL": cfg.APNsURL, "APNs sandbox URL": cfg.APNsSandboxURL, "FCM endpoint": cfg.FCMEndpoint} {
 		if raw == "" {
 			continue
 		}

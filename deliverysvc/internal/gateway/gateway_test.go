@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -451,5 +453,55 @@ func TestFCMRequestTimeout(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the send waited for a gateway that does not answer")
+	}
+}
+
+// With a sandbox URL of its own, each push goes to the host of its token's
+// environment (the app's when the token names none), and the live check to
+// the app's.
+func TestAPNsEnvironmentsGoToTheirHosts(t *testing.T) {
+	e := start(t) // e.apns serves production
+	sandboxEmu, err := apns.Start(apns.Options{CA: e.apns.CA()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sandboxEmu.Close() })
+	c := e.apnsCreds(t, teamID, keyID, bundleID)
+	sandboxEmu.RegisterKey(teamID, keyID, &c.APNs.Key.PublicKey)
+	sandboxEmu.RegisterTopic(teamID, bundleID)
+	gw, err := New(Config{APNsURL: e.apns.URL(), APNsSandboxURL: sandboxEmu.URL(), ExtraCAPEM: e.gw.cfg.ExtraCAPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	production := commonv1.ApnsEnvironment_APNS_ENVIRONMENT_PRODUCTION
+	if err := gw.Check(context.Background(), apnsKey, sandbox, c); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	if n := len(sandboxEmu.Received()); n != 1 || len(e.apns.Received()) != 0 {
+		t.Fatalf("the sandbox app's check reached the sandbox host %d times and production %d, want 1 and 0", n, len(e.apns.Received()))
+	}
+	sandboxEmu.Reset()
+
+	s := openSender(t, gw, apnsKey, sandbox, c)
+	pushes := []delivery.Push{apnsPush(fmt.Sprintf("%064x", 1)), apnsPush(fmt.Sprintf("%064x", 2)), apnsPush(fmt.Sprintf("%064x", 3))}
+	pushes[1].Target.APNsEnvironment = production
+	pushes[2].Target.APNsEnvironment = sandbox
+	for _, a := range s.Send(context.Background(), pushes) {
+		if a.Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
+			t.Fatalf("push failed: %v %s", a.Reason, a.Detail)
+		}
+	}
+	tokens := func(srv *apns.Server) (out []string) {
+		for _, d := range srv.Received() {
+			out = append(out, d.Token[62:])
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := tokens(sandboxEmu); !slices.Equal(got, []string{"01", "03"}) {
+		t.Errorf("the sandbox host got tokens …%v, want …01 (the app's environment) and …03", got)
+	}
+	if got := tokens(e.apns); !slices.Equal(got, []string{"02"}) {
+		t.Errorf("the production host got tokens …%v, want …02", got)
 	}
 }

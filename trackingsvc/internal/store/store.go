@@ -137,6 +137,9 @@ type Store struct {
 	// beforeCommit, set only by tests, runs in a batch's turn before its
 	// transaction; an error fails the batch as a failed commit would.
 	beforeCommit func() error
+	// afterLookup, set only by tests, runs between a batch's look-up of
+	// late ids on disk and its check.
+	afterLookup func()
 }
 
 // batch is one Append between its check and its commit.
@@ -283,6 +286,9 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 		if err != nil {
 			span.RecordError(err)
 			return AppendResult{}, fmt.Errorf("look up the ids of late events: %w", err)
+		}
+		if s.afterLookup != nil {
+			s.afterLookup()
 		}
 		b = s.check(fps, onDisk, cov, now, &res)
 	}

@@ -179,6 +179,38 @@ func TestLateCopyAfterTheWindowIsADuplicate(t *testing.T) {
 	}
 }
 
+// A sweep that moves a day from memory to a run on disk between a batch's
+// look-up on disk (which memory then made unnecessary) and its check must
+// not let a copy of that day's event through: the batch looks again.
+func TestSweepBetweenLookupAndCheck(t *testing.T) {
+	c := &clock{now: t0}
+	st := newStore(t, c)
+	orig := event("e1", trackingv1.EventType_EVENT_TYPE_SENT, t0.Add(-time.Hour))
+	mustAppend(t, st, "acme", orig)
+
+	// Nine days on, before any sweep, memory still holds the first day.
+	c.Set(t0.Add(9 * 24 * time.Hour))
+	lookups := 0
+	st.afterLookup = func() {
+		lookups++
+		if lookups == 1 {
+			if _, err := st.Sweep(context.Background()); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	res := mustAppend(t, st, "acme", proto.Clone(orig).(*trackingv1.Event))
+	if res.Accepted != 0 || res.Duplicates != 1 {
+		t.Errorf("copy checked across a sweep: got %+v, want a duplicate", res)
+	}
+	if lookups != 2 {
+		t.Errorf("looked up %d times, want 2 (again after the sweep)", lookups)
+	}
+	if got := st.RememberedIDs(); got != 0 {
+		t.Errorf("ids in memory after the sweep: %d, want 0 (the day is in a run)", got)
+	}
+}
+
 // Days that left memory for runs stay covered by their runs when the
 // service restarts with a longer dedupe window (or a clock set back): their
 // partitions are gone, so memory cannot answer for them.

@@ -74,12 +74,12 @@ func newH2Transport(tlsConfig *tls.Config) *http.Transport {
 // for.
 const h2DialTimeout = 10 * time.Second
 
-// h2MaxSends bounds how often one request is sent that the server never
-// processed; golang.org/x/net/http2 allows 7.
+// h2MaxSends bounds how often one request is sent when the server turns it
+// away; golang.org/x/net/http2 allows 7.
 const h2MaxSends = 4
 
-// RoundTrip implements http.RoundTripper. A request the server never
-// processed is sent again, up to h2MaxSends times in all: on the same
+// RoundTrip implements http.RoundTripper. A request the server turned away
+// (resendOf) is sent again, up to h2MaxSends times in all: on the same
 // connection if the server refused its stream, on a fresh one if the
 // connection had stopped taking requests.
 func (c *h2Conn) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -90,12 +90,12 @@ func (c *h2Conn) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		res, err := l.cc.RoundTrip(req)
 		retry := err != nil && attempt < h2MaxSends
-		fate := unsentNo
+		fate := resendNo
 		if err != nil {
-			fate = unsent(err)
+			fate = resendOf(err)
 		}
-		c.release(l, fate == unsentConnUnusable)
-		if !retry || fate == unsentNo {
+		c.release(l, fate == resendNewConn)
+		if !retry || fate == resendNo {
 			return res, err
 		}
 		if req.Body != nil && req.Body != http.NoBody {
@@ -175,26 +175,33 @@ func (c *h2Conn) CloseIdleConnections() {
 	c.closeIdleRetiredLocked()
 }
 
-// unsentFate says whether a failed request reached the server.
-type unsentFate int
+// resendFate says whether a failed request is sent again at once, and where.
+type resendFate int
 
 const (
-	unsentNo           unsentFate = iota // it may have been processed
-	unsentRefused                        // the server refused its stream (RFC 9113 §8.7)
-	unsentConnUnusable                   // the connection takes no new requests
+	resendNo       resendFate = iota // the error classes decide (it may have been processed)
+	resendSameConn                   // the server turned its stream away
+	resendNewConn                    // the connection takes no new requests
 )
 
-// unsent tells from a RoundTrip error whether the server never processed
-// the request, so that sending it again cannot deliver a push twice: the
-// connection was unusable (closed, or after a GOAWAY) before the request
-// was written, the server's graceful GOAWAY named a last stream below it,
-// or the server refused the stream. net/http does not export these errors;
-// their texts are matched, and TestH2ConnRetriesUnsentRequests fails if
-// they change.
-func unsent(err error) unsentFate {
+// resendOf tells from a RoundTrip error whether to send the request again
+// at once. The connection was unusable (closed, or after a GOAWAY) before
+// the request was written, or the server's graceful GOAWAY named a last
+// stream below it: the server never saw it (RFC 9113 §8.7), and a new
+// connection takes it. The server refused the stream (REFUSED_STREAM, the
+// same guarantee) or reset it with PROTOCOL_ERROR, which is how Go's server
+// answers a stream beyond its limit: Go's client can open one such stream
+// when a SETTINGS frame lowering the limit arrives between taking a stream
+// slot and writing the HEADERS. PROTOCOL_ERROR promises nothing, but a push
+// sent twice shows once (its collapse id), and the retryable error class
+// would send it again anyway, only later. net/http does not export these
+// errors; their texts are matched, and TestH2ConnRetriesUnsentRequests and
+// TestAPNsHonoursALowStreamLimit fail if they change.
+func resendOf(err error) resendFate {
 	msg := err.Error()
-	if strings.Contains(msg, "REFUSED_STREAM") {
-		return unsentRefused
+	if strings.Contains(msg, "REFUSED_STREAM") ||
+		strings.HasPrefix(msg, "stream error: ") && strings.HasSuffix(msg, "; PROTOCOL_ERROR; received from peer") {
+		return resendSameConn
 	}
 	for _, s := range []string{
 		"http2: client conn not usable",
@@ -202,8 +209,8 @@ func unsent(err error) unsentFate {
 		"http2: Transport received Server's graceful shutdown GOAWAY",
 	} {
 		if strings.Contains(msg, s) {
-			return unsentConnUnusable
+			return resendNewConn
 		}
 	}
-	return unsentNo
+	return resendNo
 }

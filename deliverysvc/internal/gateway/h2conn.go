@@ -189,19 +189,23 @@ const (
 // the request was written, or the server's graceful GOAWAY named a last
 // stream below it: the server never saw it (RFC 9113 §8.7), and a new
 // connection takes it. The server refused the stream (REFUSED_STREAM, the
-// same guarantee) or reset it with PROTOCOL_ERROR, which is how Go's server
-// answers a stream beyond its limit: Go's client can open one such stream
-// when a SETTINGS frame lowering the limit arrives between taking a stream
-// slot and writing the HEADERS. PROTOCOL_ERROR promises nothing, but a push
-// sent twice shows once (its collapse id), and the retryable error class
-// would send it again anyway, only later. net/http does not export these
-// errors; their texts are matched, and TestH2ConnRetriesUnsentRequests and
+// same guarantee): the same connection takes it. The server reset the
+// stream with PROTOCOL_ERROR, which is how Go's server answers a stream
+// beyond its limit (Go's client can open one such stream when a SETTINGS
+// frame lowering the limit arrives between taking a stream slot and writing
+// the HEADERS); Go's client then takes no more requests on the connection,
+// so a new one takes it. PROTOCOL_ERROR promises nothing, but a push sent
+// twice shows once (its collapse id), and the retryable error class would
+// send it again anyway, only later. net/http does not export these errors;
+// their texts are matched, and TestH2ConnRetriesUnsentRequests and
 // TestAPNsHonoursALowStreamLimit fail if they change.
 func resendOf(err error) resendFate {
 	msg := err.Error()
-	if strings.Contains(msg, "REFUSED_STREAM") ||
-		strings.HasPrefix(msg, "stream error: ") && strings.HasSuffix(msg, "; PROTOCOL_ERROR; received from peer") {
+	if strings.Contains(msg, "REFUSED_STREAM") {
 		return resendSameConn
+	}
+	if strings.HasPrefix(msg, "stream error: ") && strings.HasSuffix(msg, "; PROTOCOL_ERROR; received from peer") {
+		return resendNewConn
 	}
 	for _, s := range []string{
 		"http2: client conn not usable",

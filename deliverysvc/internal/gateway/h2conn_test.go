@@ -18,8 +18,10 @@ import (
 // APNs lowers a connection's stream limit to 1 after a rejected push. With
 // more pushes queued than the limit allows, the pooled Go HTTP/2 transports
 // sent none of them until their deadline (and opened more connections);
-// every push must instead go out on the app's one connection, a stream
-// at a time.
+// every push must instead go out, once, on the app's connection, a stream
+// at a time. (Rarely a second connection: Go's client can open one stream
+// beyond the limit just after the server's SETTINGS, Go's server resets it
+// with PROTOCOL_ERROR, and the client then retires the connection.)
 func TestAPNsHonoursALowStreamLimit(t *testing.T) {
 	ca, err := tlsca.New()
 	if err != nil {
@@ -47,12 +49,18 @@ func TestAPNsHonoursALowStreamLimit(t *testing.T) {
 	const callers, perCaller = 3, 64
 	sendConcurrently(t, s, callers, perCaller)
 	conns := map[uint64]bool{}
-	received := emu.Received()
-	for _, d := range received {
+	byToken := map[string]int{}
+	for _, d := range emu.Received() {
 		conns[d.ConnID] = true
+		byToken[d.Token]++
 	}
-	if len(received) != callers*perCaller || len(conns) != 1 {
-		t.Errorf("APNs received %d pushes on %d connections, want %d on 1", len(received), len(conns), callers*perCaller)
+	if len(byToken) != callers*perCaller || len(conns) > 2 {
+		t.Errorf("APNs received pushes to %d tokens on %d connections, want %d on 1 (or 2)", len(byToken), len(conns), callers*perCaller)
+	}
+	for tok, n := range byToken {
+		if n != 1 {
+			t.Errorf("APNs received the push to %s… %d times, want once", tok[:8], n)
+		}
 	}
 }
 

@@ -125,6 +125,13 @@ type Workset struct {
 	// (nil until then) and gained is kept up to date from then on.
 	gained, prevGained map[ID][]*tokenSlot
 
+	// storedSlots caches, for profileTokenSlots, the slots of the tokens
+	// LoadProfileTokens lists: the loader's view does not change while the
+	// workset lives and a key's slot is never replaced, and an import can
+	// bring many rows for one full profile, each of which would otherwise
+	// load and hash all of its tokens again to look for one to evict.
+	storedSlots map[ID][]*tokenSlot
+
 	// Slots come from slabs: a batch makes hundreds of thousands of them.
 	// A key's slot is never replaced, only updated in place, so Changes can
 	// walk the slabs (in the order the slots were made, which for a batch
@@ -509,12 +516,23 @@ func (w *Workset) dropToken(s *tokenSlot, t *Token) error {
 // or moved to it, each taken from this workset, else prev, else as
 // loaded, and kept when it is still the profile's.
 func (w *Workset) profileTokenSlots(id ID) ([]*tokenSlot, error) {
-	loaded, err := w.load.LoadProfileTokens(id)
-	if err != nil {
-		return nil, err
+	stored, ok := w.storedSlots[id]
+	if !ok {
+		loaded, err := w.load.LoadProfileTokens(id)
+		if err != nil {
+			return nil, err
+		}
+		stored = make([]*tokenSlot, len(loaded))
+		for i, t := range loaded {
+			stored[i] = w.cachedTokenSlot(t.Key().ID(), t)
+		}
+		if w.storedSlots == nil {
+			w.storedSlots = map[ID][]*tokenSlot{}
+		}
+		w.storedSlots[id] = stored
 	}
 	w.indexGains()
-	seen := make(map[*tokenSlot]struct{}, len(loaded))
+	seen := make(map[*tokenSlot]struct{}, len(stored))
 	var out []*tokenSlot
 	add := func(s *tokenSlot) {
 		if s.t == nil || s.t.Owner != id {
@@ -525,8 +543,8 @@ func (w *Workset) profileTokenSlots(id ID) ([]*tokenSlot, error) {
 			out = append(out, s)
 		}
 	}
-	for _, t := range loaded {
-		add(w.cachedTokenSlot(t.Key().ID(), t))
+	for _, s := range stored {
+		add(s)
 	}
 	for _, ps := range w.prevGained[id] {
 		add(w.cachedTokenSlot(ps.id, nil))

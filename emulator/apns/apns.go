@@ -224,10 +224,21 @@ func (s *Server) RegisterTopic(teamID, bundleID string) {
 	s.logger.Info("registered topic", "team", teamID, "topic", bundleID)
 }
 
-// NewProviderKey generates a P-256 signing key, registers it for teamID and
-// keyID, and returns it with its .p8 (PKCS #8 PEM) encoding, which
-// apns2's token.AuthKeyFromBytes reads.
+// NewProviderKey generates a P-256 signing key (GenerateProviderKey),
+// registers it for teamID and keyID, and returns it with its .p8 encoding.
 func (s *Server) NewProviderKey(teamID, keyID string) (p8 []byte, key *ecdsa.PrivateKey, err error) {
+	p8, key, err = GenerateProviderKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	s.RegisterKey(teamID, keyID, &key.PublicKey)
+	return p8, key, nil
+}
+
+// GenerateProviderKey generates a P-256 signing key and returns it with its
+// .p8 (PKCS #8 PEM) encoding, which apns2's token.AuthKeyFromBytes reads:
+// what Apple's developer portal hands out.
+func GenerateProviderKey() (p8 []byte, key *ecdsa.PrivateKey, err error) {
 	key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("apns: generate key: %w", err)
@@ -236,7 +247,6 @@ func (s *Server) NewProviderKey(teamID, keyID string) (p8 []byte, key *ecdsa.Pri
 	if err != nil {
 		return nil, nil, fmt.Errorf("apns: encode key: %w", err)
 	}
-	s.RegisterKey(teamID, keyID, &key.PublicKey)
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), key, nil
 }
 

@@ -2,13 +2,7 @@ package gateway
 
 import (
 	"bytes"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -21,7 +15,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
-	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/emulator/apns"
 	"github.com/pushmesh/pushmesh/emulator/tlsca"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
@@ -218,15 +212,11 @@ func (sc *swingConn) answer(id uint32, path string) {
 // newAPNsCreds returns credentials with a new P-256 key.
 func newAPNsCreds(t *testing.T) creds.Credentials {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p8, _, err := apns.GenerateProviderKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := creds.ParseAPNs(string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), keyID, teamID, "c")
+	c, err := creds.ParseAPNs(string(p8), keyID, teamID, "c")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,38 +246,17 @@ func TestAPNsFollowsApplesSwingingStreamLimit(t *testing.T) {
 	// Every fourth token is dead: the limit falls to 1 and climbs back
 	// again and again while up to 3 x 64 pushes are queued.
 	const callers, perCaller = 3, 200
-	var wg sync.WaitGroup
-	errs := make(chan string, callers*perCaller)
-	for c := 0; c < callers; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pushes := make([]delivery.Push, perCaller)
-			for i := range pushes {
-				n := c*perCaller + i
-				if n%4 == 0 {
-					pushes[i] = apnsPush(fmt.Sprintf("d%063x", n))
-				} else {
-					pushes[i] = apnsPush(fmt.Sprintf("%064x", n))
-				}
-			}
-			for i, a := range s.Send(context.Background(), pushes) {
-				dead := strings.HasPrefix(pushes[i].Target.Token, "d")
-				want := commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED
-				if dead {
-					want = commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN
-				}
-				if a.Reason != want {
-					errs <- fmt.Sprintf("push %d: %v %s, want %v", c*perCaller+i, a.Reason, a.Detail, want)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Fatal(e)
-	}
+	sendConcurrently(t, s, callers, perCaller, func(n int) string {
+		if n%4 == 0 {
+			return fmt.Sprintf("d%063x", n)
+		}
+		return fmt.Sprintf("%064x", n)
+	}, func(token string) commonv1.FailureReason {
+		if strings.HasPrefix(token, "d") {
+			return commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN
+		}
+		return commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED
+	})
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	t.Logf("%d accepted, %d rejected on %d connections; limit lowered %d times; %d streams refused beyond it", srv.accepted, srv.rejected, srv.conns, srv.lowered, srv.violations)

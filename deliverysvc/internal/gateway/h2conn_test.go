@@ -47,7 +47,7 @@ func TestAPNsHonoursALowStreamLimit(t *testing.T) {
 
 	// Three callers of 64 pushes each: 192 requests queue for 2 streams.
 	const callers, perCaller = 3, 64
-	sendConcurrently(t, s, callers, perCaller)
+	sendConcurrently(t, s, callers, perCaller, distinctToken, allSent)
 	conns := map[uint64]bool{}
 	byToken := map[string]int{}
 	for _, d := range emu.Received() {
@@ -65,8 +65,9 @@ func TestAPNsHonoursALowStreamLimit(t *testing.T) {
 }
 
 // sendConcurrently makes callers Send calls of perCaller pushes each at
-// once, to distinct tokens, and fails the test unless every push is sent.
-func sendConcurrently(t *testing.T, s apps.Sender, callers, perCaller int) {
+// once, push n to tokenOf(n), and fails the test unless each push's outcome
+// is want(its token).
+func sendConcurrently(t *testing.T, s apps.Sender, callers, perCaller int, tokenOf func(n int) string, want func(token string) commonv1.FailureReason) {
 	t.Helper()
 	var wg sync.WaitGroup
 	failures := make(chan string, callers*perCaller)
@@ -76,11 +77,11 @@ func sendConcurrently(t *testing.T, s apps.Sender, callers, perCaller int) {
 			defer wg.Done()
 			pushes := make([]delivery.Push, perCaller)
 			for i := range pushes {
-				pushes[i] = apnsPush(fmt.Sprintf("%064x", 0xc0000000+c*perCaller+i))
+				pushes[i] = apnsPush(tokenOf(c*perCaller + i))
 			}
-			for _, a := range s.Send(context.Background(), pushes) {
-				if a.Reason != commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED {
-					failures <- fmt.Sprintf("%v %s", a.Reason, a.Detail)
+			for i, a := range s.Send(context.Background(), pushes) {
+				if w := want(pushes[i].Target.Token); a.Reason != w {
+					failures <- fmt.Sprintf("push %d: %v %s, want %v", c*perCaller+i, a.Reason, a.Detail, w)
 				}
 			}
 		}()
@@ -88,9 +89,14 @@ func sendConcurrently(t *testing.T, s apps.Sender, callers, perCaller int) {
 	wg.Wait()
 	close(failures)
 	for f := range failures {
-		t.Fatalf("a push failed: %s; want every push sent", f)
+		t.Fatal(f)
 	}
 }
+
+// distinctToken and allSent are sendConcurrently's usual arguments.
+func distinctToken(n int) string { return fmt.Sprintf("%064x", 0xc0000000+n) }
+
+func allSent(string) commonv1.FailureReason { return commonv1.FailureReason_FAILURE_REASON_UNSPECIFIED }
 
 // A connection the server closes gracefully (GOAWAY) while requests are in
 // flight and queued: requests the server never processed go out again on a
@@ -109,7 +115,7 @@ func TestH2ConnRetriesUnsentRequests(t *testing.T) {
 	// a GOAWAY turns away are all processed on the next connection before
 	// the 100th request after it is dropped in turn.
 	const callers, perCaller = 1, 400
-	sendConcurrently(t, s, callers, perCaller)
+	sendConcurrently(t, s, callers, perCaller, distinctToken, allSent)
 	conns := map[uint64]bool{}
 	byToken := map[string]int{}
 	for _, d := range e.apns.Received() {

@@ -2,11 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/pushmesh/pushmesh/emulator/apns"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 )
@@ -26,15 +22,11 @@ import (
 // writeP8 writes a real .p8 key (PKCS#8 ECDSA P-256 PEM) and returns its path.
 func writeP8(t *testing.T) (path string, pemText string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p8, _, err := apns.GenerateProviderKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemText = string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	pemText = string(p8)
 	path = filepath.Join(t.TempDir(), "AuthKey_ABC123DEFG.p8")
 	if err := os.WriteFile(path, []byte(pemText), 0o600); err != nil {
 		t.Fatal(err)

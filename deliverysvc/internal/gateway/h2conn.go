@@ -33,7 +33,14 @@ type h2Conn struct {
 
 	mu      sync.Mutex
 	cur     *h2Link   // nil until dialed, and after a failure or close
+	dial    *h2Dial   // the dial in progress, if any
 	retired []*h2Link // refused new requests (GOAWAY); closed once idle
+}
+
+// h2Dial is a dial every request waiting for the connection shares.
+type h2Dial struct {
+	done chan struct{} // closed once the dial ended and cur is set
+	err  error         // the dial's error, set before done is closed
 }
 
 // h2Link is one dialed connection and the requests using it.
@@ -70,8 +77,8 @@ func newH2Transport(tlsConfig *tls.Config) *http.Transport {
 	}
 }
 
-// h2DialTimeout bounds a dial, which other requests to the connection wait
-// for.
+// h2DialTimeout bounds a dial, which every request to the connection waits
+// for (each at most until its own deadline).
 const h2DialTimeout = 10 * time.Second
 
 // h2MaxSends bounds how often one request is sent when the server turns it
@@ -113,26 +120,53 @@ func (c *h2Conn) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // get returns the current connection, dialing it if there is none or it
-// broke. Requests wait for a dial in progress; the lock is held for it
-// because a dial per waiting request is what this type exists to avoid.
+// broke. One dial serves every request that needs it: a dial per waiting
+// request is what this type exists to avoid. It runs on its own goroutine,
+// so each request waits only as long as its own context allows, and no lock
+// is held meanwhile (requests finishing on a retired connection release it).
 func (c *h2Conn) get(ctx context.Context) (*h2Link, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.cur != nil && c.cur.cc.Err() != nil {
 		_ = c.cur.cc.Close()
 		c.cur = nil
 	}
-	if c.cur == nil {
-		dctx, cancel := context.WithTimeout(ctx, h2DialTimeout)
-		defer cancel()
-		cc, err := c.t.NewClientConn(dctx, "https", c.addr)
-		if err != nil {
-			return nil, fmt.Errorf("connect to %s: %w", c.addr, err)
-		}
+	if l := c.cur; l != nil {
+		l.users++
+		c.mu.Unlock()
+		return l, nil
+	}
+	d := c.dial
+	if d == nil {
+		d = &h2Dial{done: make(chan struct{})}
+		c.dial = d
+		go c.dialNow(d)
+	}
+	c.mu.Unlock()
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return c.get(ctx)
+}
+
+// dialNow makes the connection for d, bounded by h2DialTimeout.
+func (c *h2Conn) dialNow(d *h2Dial) {
+	ctx, cancel := context.WithTimeout(context.Background(), h2DialTimeout)
+	defer cancel()
+	cc, err := c.t.NewClientConn(ctx, "https", c.addr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dial = nil
+	if err != nil {
+		d.err = fmt.Errorf("connect to %s: %w", c.addr, err)
+	} else {
 		c.cur = &h2Link{cc: cc}
 	}
-	c.cur.users++
-	return c.cur, nil
+	close(d.done)
 }
 
 // release ends a request's use of l. unusable says l turned the request

@@ -2,7 +2,10 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -129,5 +132,57 @@ func TestH2ConnRetriesUnsentRequests(t *testing.T) {
 	}
 	if len(byToken) != callers*perCaller || len(conns) < 2 {
 		t.Errorf("APNs received %d pushes on %d connections, want %d on several", len(byToken), len(conns), callers*perCaller)
+	}
+}
+
+// Requests that find no connection share one dial, and each waits for it
+// only until its own deadline: here a server that accepts TCP and never
+// answers the TLS handshake.
+func TestH2ConnSharesOneDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 100)
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c // held open, silent
+		}
+	}()
+	gw, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &h2Conn{t: gw.h2, addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+ln.Addr().String()+"/3/device/x", nil)
+			if _, err := c.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("RoundTrip: %v, want the request's deadline", err)
+			}
+		}()
+	}
+	wg.Wait()
+	ln.Close()
+	<-acceptDone
+	close(accepted)
+	n := 0
+	for conn := range accepted {
+		conn.Close()
+		n++
+	}
+	if n != 1 {
+		t.Errorf("%d connections dialed for 50 requests, want 1", n)
 	}
 }

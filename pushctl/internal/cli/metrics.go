@@ -27,7 +27,7 @@ func metricsCommand() *Command {
 		Args:    "--journey ID [--message ID] [--app ID] [--platform apns|fcm] [--since DUR | --from T --to T] [--granularity minute|hour|day]",
 		Summary: "show delivery and engagement metrics as a table",
 		Help: `Totals (targeted, sent, failed and excluded by reason, received, opened,
-unique opens, dismissed, actions by id, open and action rates) for the
+unique opens, dismissed, actions by id, unique actions, open and action rates) for the
 filter, and one row per time bucket with --granularity. Filters left out
 match everything. Times are event times: --since 24h, or --from/--to in RFC
 3339 or unix time (--to defaults to now).`,
@@ -116,20 +116,22 @@ func metricsText(req *trackingv1.GetMetricsRequest, resp *trackingv1.GetMetricsR
 	for _, a := range m.GetActionsById() {
 		kv.Number(1, a.GetActionId(), render.Count(a.GetCount()))
 	}
+	kv.Number(0, "unique actions", render.Count(m.GetUniqueActions()))
 	kv.Number(0, "open rate", render.Percent(m.GetOpenRate()))
 	kv.Number(0, "action rate", render.Percent(m.GetActionRate()))
+	kv.Number(0, "unique action rate", render.Percent(m.GetUniqueActionRate()))
 	b.WriteString(kv.String())
 	if len(resp.GetBuckets()) > 0 {
 		b.WriteString("\n")
-		t := render.NewTable("BUCKET", "TARGETED", "SENT", "FAILED", "EXCLUDED", "RECEIVED", "OPENED", "UNIQUE OPENS", "DISMISSED", "ACTIONS", "OPEN RATE", "ACTION RATE").
-			AlignRight(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+		t := render.NewTable("BUCKET", "TARGETED", "SENT", "FAILED", "EXCLUDED", "RECEIVED", "OPENED", "UNIQUE OPENS", "DISMISSED", "ACTIONS", "UNIQUE ACTIONS", "OPEN RATE", "ACTION RATE").
+			AlignRight(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 		for _, bk := range resp.GetBuckets() {
 			bm := bk.GetMetrics()
 			t.Row(render.Time(bk.GetStartTime()),
 				render.Count(bm.GetTargeted()), render.Count(bm.GetSent()), render.Count(bm.GetFailed()),
 				render.Count(bm.GetExcluded()), render.Count(bm.GetReceived()), render.Count(bm.GetOpened()),
 				render.Count(bm.GetUniqueOpens()), render.Count(bm.GetDismissed()), render.Count(bm.GetActions()),
-				render.Percent(bm.GetOpenRate()), render.Percent(bm.GetActionRate()))
+				render.Count(bm.GetUniqueActions()), render.Percent(bm.GetOpenRate()), render.Percent(bm.GetActionRate()))
 		}
 		b.WriteString(t.String())
 	}

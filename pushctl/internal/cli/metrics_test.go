@@ -24,13 +24,13 @@ func sampleMetrics() *trackingv1.GetMetricsResponse {
 			},
 			Excluded:         40,
 			ExcludedByReason: []*commonv1.ExclusionCount{{Reason: commonv1.ExclusionReason_EXCLUSION_REASON_NO_ACTIVE_TOKEN, Count: 40}},
-			Received:         11000, Opened: 2000, UniqueOpens: 1800, Dismissed: 500, Actions: 300,
+			Received:         11000, Opened: 2000, UniqueOpens: 1800, Dismissed: 500, Actions: 300, UniqueActions: 280,
 			ActionsById: []*trackingv1.ActionCount{{ActionId: "reply", Count: 200}, {ActionId: "like", Count: 100}},
-			OpenRate:    2000.0 / 12300, ActionRate: 300.0 / 12300,
+			OpenRate:    2000.0 / 12300, ActionRate: 300.0 / 12300, UniqueActionRate: 280.0 / 12300,
 		},
 		Buckets: []*trackingv1.MetricsBucket{
-			{StartTime: timestamppb.New(mustTime("2024-05-01T10:00:00Z")), Metrics: &trackingv1.Metrics{Targeted: 12400, Sent: 12300, Failed: 100, Excluded: 40, Received: 10000, Opened: 1500, UniqueOpens: 1400, Dismissed: 400, Actions: 250, OpenRate: 1500.0 / 12300, ActionRate: 250.0 / 12300}},
-			{StartTime: timestamppb.New(mustTime("2024-05-01T11:00:00Z")), Metrics: &trackingv1.Metrics{Received: 1000, Opened: 500, UniqueOpens: 400, Dismissed: 100, Actions: 50}},
+			{StartTime: timestamppb.New(mustTime("2024-05-01T10:00:00Z")), Metrics: &trackingv1.Metrics{Targeted: 12400, Sent: 12300, Failed: 100, Excluded: 40, Received: 10000, Opened: 1500, UniqueOpens: 1400, Dismissed: 400, Actions: 250, UniqueActions: 230, OpenRate: 1500.0 / 12300, ActionRate: 250.0 / 12300}},
+			{StartTime: timestamppb.New(mustTime("2024-05-01T11:00:00Z")), Metrics: &trackingv1.Metrics{Received: 1000, Opened: 500, UniqueOpens: 400, Dismissed: 100, Actions: 50, UniqueActions: 45}},
 		},
 	}
 }
@@ -72,12 +72,14 @@ dismissed              500
 actions                300
   reply                200
   like                 100
+unique actions         280
 open rate           16.26%
 action rate          2.44%
+unique action rate   2.28%
 
-BUCKET                TARGETED    SENT  FAILED  EXCLUDED  RECEIVED  OPENED  UNIQUE OPENS  DISMISSED  ACTIONS  OPEN RATE  ACTION RATE
-2024-05-01T10:00:00Z    12,400  12,300     100        40    10,000   1,500         1,400        400      250     12.20%        2.03%
-2024-05-01T11:00:00Z         0       0       0         0     1,000     500           400        100       50      0.00%        0.00%
+BUCKET                TARGETED    SENT  FAILED  EXCLUDED  RECEIVED  OPENED  UNIQUE OPENS  DISMISSED  ACTIONS  UNIQUE ACTIONS  OPEN RATE  ACTION RATE
+2024-05-01T10:00:00Z    12,400  12,300     100        40    10,000   1,500         1,400        400      250             230     12.20%        2.03%
+2024-05-01T11:00:00Z         0       0       0         0     1,000     500           400        100       50              45      0.00%        0.00%
 `
 	if res.stdout != want {
 		t.Errorf("stdout:\n got %s\nwant %s", res.stdout, want)

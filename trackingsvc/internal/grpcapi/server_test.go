@@ -235,18 +235,19 @@ func randomEvents(n int, seed uint64) []*trackingv1.Event {
 	return out
 }
 
-// firstOpens marks the earliest open by event time of each (journey,
-// message, profile), whatever order the opens arrived in: the one that
-// counts as a unique open. It also counts the profiles whose earliest open
-// was not the first to arrive.
+// firstOpens marks the earliest open, and the earliest action tap, by
+// event time of each (journey, message, profile), whatever order they
+// arrived in: the ones that count as a unique open and a unique action. It
+// also counts the profiles whose earliest open or tap was not the first to
+// arrive.
 func firstOpens(stored []*trackingv1.Event) (first map[*trackingv1.Event]bool, lateFirsts int) {
 	earliest := map[string]*trackingv1.Event{}
 	arrived := map[string]*trackingv1.Event{}
 	for _, e := range stored {
-		if e.GetType() != trackingv1.EventType_EVENT_TYPE_OPENED {
+		if e.GetType() != trackingv1.EventType_EVENT_TYPE_OPENED && e.GetType() != trackingv1.EventType_EVENT_TYPE_ACTION {
 			continue
 		}
-		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
+		k := e.GetType().String() + "\x00" + e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
 		if arrived[k] == nil {
 			arrived[k] = e
 		}
@@ -293,6 +294,9 @@ func recompute(evs []*trackingv1.Event, first map[*trackingv1.Event]bool) *track
 		case trackingv1.EventType_EVENT_TYPE_ACTION:
 			m.Actions++
 			actions[e.GetActionId()]++
+			if first[e] {
+				m.UniqueActions++
+			}
 		}
 	}
 	m.Targeted = m.Sent + m.Failed
@@ -311,6 +315,7 @@ func recompute(evs []*trackingv1.Event, first map[*trackingv1.Event]bool) *track
 	if m.Sent > 0 {
 		m.OpenRate = float64(min(m.UniqueOpens, m.Sent)) / float64(m.Sent)
 		m.ActionRate = float64(min(m.Actions, m.Sent)) / float64(m.Sent)
+		m.UniqueActionRate = float64(min(m.UniqueActions, m.Sent)) / float64(m.Sent)
 	}
 	return m
 }
@@ -735,11 +740,11 @@ func TestGetMetricsOverGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &trackingv1.Metrics{
-		Targeted: 5, Sent: 4, Failed: 1, Excluded: 1, Received: 1, Opened: 2, UniqueOpens: 1, Dismissed: 1, Actions: 1,
+		Targeted: 5, Sent: 4, Failed: 1, Excluded: 1, Received: 1, Opened: 2, UniqueOpens: 1, Dismissed: 1, Actions: 1, UniqueActions: 1,
 		FailedByReason:   []*commonv1.FailureCount{{Reason: commonv1.FailureReason_FAILURE_REASON_UNREGISTERED, Count: 1}},
 		ExcludedByReason: []*commonv1.ExclusionCount{{Reason: commonv1.ExclusionReason_EXCLUSION_REASON_NO_CONSENT, Count: 1}},
 		ActionsById:      []*trackingv1.ActionCount{{ActionId: "buy", Count: 1}},
-		OpenRate:         0.25, ActionRate: 0.25, // one unique open and one action of four sent
+		OpenRate:         0.25, ActionRate: 0.25, UniqueActionRate: 0.25, // one unique open and one action of four sent
 	}
 	if !proto.Equal(got.GetTotal(), want) {
 		t.Errorf("total:\n got %v\nwant %v", got.GetTotal(), want)

@@ -91,29 +91,37 @@ type cell struct {
 	minute int64
 }
 
-// countBatch counts the new events per cell. unique (may be nil) marks the
-// unique opens (see openerCache.mark).
-func countBatch(evs []*trackingv1.Event, isNew, unique []bool) map[cell]*tally {
-	out := map[cell]*tally{}
+// cellCounts are a batch's counts per cell.
+type cellCounts map[cell]*tally
+
+// at returns the tally of c, made if new.
+func (cc cellCounts) at(c cell) *tally {
+	t := cc[c]
+	if t == nil {
+		t = &tally{}
+		cc[c] = t
+	}
+	return t
+}
+
+// countBatch counts the new events per cell. opens and actions (either may
+// be nil) mark the unique opens and unique actions (see openerCache.mark).
+func countBatch(evs []*trackingv1.Event, isNew, opens, actions []bool) cellCounts {
+	out := cellCounts{}
 	for i, e := range evs {
 		if !isNew[i] {
 			continue
 		}
 		sec := e.GetEventTime().GetSeconds()
 		c := cell{dims{e.GetJourneyId(), e.GetMessageId(), e.GetAppId(), e.GetPlatform()}, sec - sec%60}
-		t := out[c]
-		if t == nil {
-			t = &tally{}
-			out[c] = t
-		}
-		t.count(e, unique != nil && unique[i])
+		out.at(c).count(e, (opens != nil && opens[i]) || (actions != nil && actions[i]))
 	}
 	return out
 }
 
 // mergeRollups adds a batch's counts into every rollup and level they
 // belong to, reading and writing each stored aggregate once, in key order.
-func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*tally) error {
+func mergeRollups(b *bolt.Bucket, tenant string, counts cellCounts) error {
 	deltas := map[string]*tally{}
 	var key []byte
 	for c, t := range counts {
@@ -146,6 +154,7 @@ func mergeRollups(b *bolt.Bucket, tenant string, counts map[cell]*tally) error {
 		// A unique open moved out of this cell was counted in it: the sum
 		// cannot go below zero but for a corrupt store, and must not wrap.
 		d.uniqueOpens = max(d.uniqueOpens, 0)
+		d.uniqueActions = max(d.uniqueActions, 0)
 		// bbolt keeps values until commit: carve them from a shared arena.
 		if cap(arena)-len(arena) < 512 {
 			arena = make([]byte, 0, 256<<10)

@@ -39,7 +39,11 @@ type messageKey struct{ tenant, journey, message string }
 // rollups of the old open's cell (minute, app, platform), a +1 in the new
 // one's. On disk a move is one more record for the profile; the earliest
 // record wins on load.
+//
+// The same type serves action taps (the actors bucket): typ is the event
+// type it counts.
 type openerCache struct {
+	typ  trackingv1.EventType
 	sets map[messageKey]*openerSet
 	// pending are the openers of the transaction in progress, added to
 	// their sets only once it committed.
@@ -64,6 +68,10 @@ type openerSet struct {
 	apps     []string
 	appIndex map[string]uint32
 	lastUsed time.Time
+}
+
+func newOpenerCache(typ trackingv1.EventType) openerCache {
+	return openerCache{typ: typ, sets: map[messageKey]*openerSet{}}
 }
 
 func newOpenerSet() *openerSet {
@@ -116,7 +124,7 @@ func (c *openerCache) mark(b *bolt.Bucket, tenant string, evs []*trackingv1.Even
 	batch := map[messageKey]int{} // index in c.pending
 	var buf []byte
 	for i, e := range evs {
-		if !isNew[i] || e.GetType() != trackingv1.EventType_EVENT_TYPE_OPENED {
+		if !isNew[i] || e.GetType() != c.typ {
 			continue
 		}
 		k := messageKey{tenant, e.GetJourneyId(), e.GetMessageId()}

@@ -13,6 +13,7 @@
 //	openers     tenant|journey|message|first seq of the batch(8)|2
 //	                                                   → profile fingerprints with their first
 //	                                                     open's time, app, platform (openers.go)
+//	actors      the same for action taps
 //
 // Ingest writes sequential keys only: events append in blocks under a
 // sequence, and a batch's event-id fingerprints append as one value in the
@@ -29,7 +30,8 @@
 // range scan whatever the filter and never reads events. Unique opens need
 // to know who already opened a message, forever: each message's openers are
 // one contiguous, append-only key range, held in memory while the message
-// receives opens (openerCache).
+// receives opens (openerCache). Unique actions are counted alike, from the
+// actors bucket.
 package store
 
 import (
@@ -60,11 +62,12 @@ var (
 	bucketDedupe     = []byte("dedupe")
 	bucketAggregates = []byte("aggregates")
 	bucketOpeners    = []byte("openers")
+	bucketActors     = []byte("actors")
 	// bucketDedupeRuns holds the sorted ids of the receive days that left
 	// memory; bucketDedupeStaging those being written (see runs.go).
 	bucketDedupeRuns    = []byte("dedupe-runs")
 	bucketDedupeStaging = []byte("dedupe-staging")
-	allBuckets          = [][]byte{bucketEvents, bucketDedupe, bucketAggregates, bucketOpeners, bucketDedupeRuns, bucketDedupeStaging}
+	allBuckets          = [][]byte{bucketEvents, bucketDedupe, bucketAggregates, bucketOpeners, bucketActors, bucketDedupeRuns, bucketDedupeStaging}
 )
 
 // ErrBadPageToken is a page token this store did not issue.
@@ -130,9 +133,11 @@ type Store struct {
 	turn   *sync.Cond
 	done   uint64 // tickets finished
 
-	// openersMu guards openers; held across a transaction that uses them.
+	// openersMu guards openers and actors; held across a transaction that
+	// uses them.
 	openersMu sync.Mutex
-	openers   openerCache
+	openers   openerCache // who opened which message, first
+	actors    openerCache // who tapped an action of which message, first
 
 	// beforeCommit, set only by tests, runs in a batch's turn before its
 	// transaction; an error fails the batch as a failed commit would.
@@ -171,7 +176,10 @@ func Open(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Store{db: db, opts: opts, openers: openerCache{sets: map[messageKey]*openerSet{}}}
+	s := &Store{db: db, opts: opts,
+		openers: newOpenerCache(trackingv1.EventType_EVENT_TYPE_OPENED),
+		actors:  newOpenerCache(trackingv1.EventType_EVENT_TYPE_ACTION),
+	}
 	s.turn = sync.NewCond(&s.turnMu)
 	var runs []int64
 	err := db.Update(func(tx *bolt.Tx) error {
@@ -318,26 +326,32 @@ func (s *Store) Append(ctx context.Context, tenant string, evs []*trackingv1.Eve
 			if err := appendFingerprints(tx.Bucket(bucketDedupe), b.day, tenant, firstSeq, b.fresh); err != nil {
 				return err
 			}
-			unique, moves, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
+			opens, openMoves, err := s.openers.mark(tx.Bucket(bucketOpeners), tenant, evs, res.New, firstSeq, now)
 			if err != nil {
 				return err
 			}
-			counts := countBatch(evs, res.New, unique)
-			for _, c := range moves {
-				t := counts[c]
-				if t == nil {
-					t = &tally{}
-					counts[c] = t
-				}
-				t.uniqueOpens-- // counted again where the earlier open happened
+			actions, actionMoves, err := s.actors.mark(tx.Bucket(bucketActors), tenant, evs, res.New, firstSeq, now)
+			if err != nil {
+				return err
+			}
+			counts := countBatch(evs, res.New, opens, actions)
+			// A unique open or action is counted again where the earlier
+			// event happened: taken back from where it was.
+			for _, c := range openMoves {
+				counts.at(c).uniqueOpens--
+			}
+			for _, c := range actionMoves {
+				counts.at(c).uniqueActions--
 			}
 			return mergeRollups(tx.Bucket(bucketAggregates), tenant, counts)
 		})
 		if err != nil {
 			s.openers.rollback()
+			s.actors.rollback()
 			return fmt.Errorf("append events: %w", err)
 		}
 		s.openers.commit()
+		s.actors.commit()
 		return nil
 	})
 	if err != nil {

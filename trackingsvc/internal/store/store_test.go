@@ -424,6 +424,43 @@ func TestUniqueOpensPerProfileAndMessage(t *testing.T) {
 	}
 }
 
+// Unique actions count a profile once per message, whatever it tapped and
+// how often, apart from its opens, and survive a restart; an earlier tap
+// arriving later moves the count to its minute.
+func TestUniqueActionsPerProfileAndMessage(t *testing.T) {
+	c := &clock{now: t0}
+	dir := t.TempDir()
+	st, db := testStore(t, dir, c)
+	tap := func(id, profile, action string, at time.Time) *trackingv1.Event {
+		e := event(id, trackingv1.EventType_EVENT_TYPE_ACTION, at)
+		e.ProfileId, e.ActionId = profile, action
+		return e
+	}
+	opened := event("o1", trackingv1.EventType_EVENT_TYPE_OPENED, t0)
+	opened.ProfileId = "alice"
+	mustAppend(t, st, "acme", event("s1", trackingv1.EventType_EVENT_TYPE_SENT, t0), event("s2", trackingv1.EventType_EVENT_TYPE_SENT, t0),
+		opened, tap("1", "alice", "buy", t0), tap("2", "alice", "buy", t0), tap("3", "alice", "later", t0))
+	db.Close()
+	st, db = testStore(t, dir, c)
+	defer func() { db.Close() }()
+	mustAppend(t, st, "acme", tap("4", "bob", "buy", t0), tap("5", "alice", "buy", t0.Add(-10*time.Minute)))
+	total, buckets, err := st.Metrics(context.Background(), "acme", Filter{JourneyID: "j1", MessageID: "m1"}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total.GetActions() != 5 || total.GetUniqueActions() != 2 || total.GetUniqueOpens() != 1 || total.GetUniqueActionRate() != 1 {
+		t.Errorf("got actions %d, unique actions %d, unique opens %d, unique action rate %v; want 5, 2 (alice, bob), 1, 1",
+			total.GetActions(), total.GetUniqueActions(), total.GetUniqueOpens(), total.GetUniqueActionRate())
+	}
+	byMinute := map[time.Time]int64{}
+	for _, b := range buckets {
+		byMinute[b.GetStartTime().AsTime()] = b.GetMetrics().GetUniqueActions()
+	}
+	if early, late := byMinute[t0.Add(-10*time.Minute)], byMinute[t0]; early != 1 || late != 1 {
+		t.Errorf("unique actions by minute: %d ten minutes early, %d at t0; want 1 (alice, moved) and 1 (bob)", early, late)
+	}
+}
+
 func TestUniqueOpensSurviveRestartAndEviction(t *testing.T) {
 	c := &clock{now: t0}
 	dir := t.TempDir()
@@ -657,13 +694,16 @@ func TestMetricsMatchBruteForce(t *testing.T) {
 		mustAppend(t, st, "acme", batch...)
 		all = append(all, batch...)
 	}
-	// A unique open is a profile's earliest open of a message by event
-	// time (to the nanosecond: no ties here), whichever batch brought it.
+	// A unique open (action) is a profile's earliest open (action tap) of a
+	// message by event time (to the nanosecond: no ties here), whichever
+	// batch brought it.
 	firstOpen := map[string]*trackingv1.Event{}
 	for _, e := range all {
-		k := e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
-		if cur := firstOpen[k]; e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED &&
-			(cur == nil || e.GetEventTime().AsTime().Before(cur.GetEventTime().AsTime())) {
+		if e.GetType() != trackingv1.EventType_EVENT_TYPE_OPENED && e.GetType() != trackingv1.EventType_EVENT_TYPE_ACTION {
+			continue
+		}
+		k := e.GetType().String() + "\x00" + e.GetJourneyId() + "\x00" + e.GetMessageId() + "\x00" + e.GetProfileId()
+		if cur := firstOpen[k]; cur == nil || e.GetEventTime().AsTime().Before(cur.GetEventTime().AsTime()) {
 			firstOpen[k] = e
 		}
 	}
@@ -796,7 +836,7 @@ func TestListPagesAcrossBlocksAndBatches(t *testing.T) {
 
 // countProto adds one event to m the slow, obvious way, independently of
 // tally: the brute-force side of the comparisons.
-func countProto(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
+func countProto(m *trackingv1.Metrics, e *trackingv1.Event, unique bool) {
 	switch e.GetType() {
 	case trackingv1.EventType_EVENT_TYPE_SENT:
 		m.Sent++
@@ -824,13 +864,16 @@ func countProto(m *trackingv1.Metrics, e *trackingv1.Event, uniqueOpen bool) {
 		m.Received++
 	case trackingv1.EventType_EVENT_TYPE_OPENED:
 		m.Opened++
-		if uniqueOpen {
+		if unique {
 			m.UniqueOpens++
 		}
 	case trackingv1.EventType_EVENT_TYPE_DISMISSED:
 		m.Dismissed++
 	case trackingv1.EventType_EVENT_TYPE_ACTION:
 		m.Actions++
+		if unique {
+			m.UniqueActions++
+		}
 		for _, a := range m.ActionsById {
 			if a.ActionId == e.GetActionId() {
 				a.Count++
@@ -846,6 +889,7 @@ func finishProto(m *trackingv1.Metrics) {
 	if m.Sent > 0 {
 		m.OpenRate = float64(min(m.UniqueOpens, m.Sent)) / float64(m.Sent)
 		m.ActionRate = float64(min(m.Actions, m.Sent)) / float64(m.Sent)
+		m.UniqueActionRate = float64(min(m.UniqueActions, m.Sent)) / float64(m.Sent)
 	}
 	sort.Slice(m.FailedByReason, func(i, j int) bool { return m.FailedByReason[i].Reason < m.FailedByReason[j].Reason })
 	sort.Slice(m.ExcludedByReason, func(i, j int) bool { return m.ExcludedByReason[i].Reason < m.ExcludedByReason[j].Reason })

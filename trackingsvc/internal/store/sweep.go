@@ -181,6 +181,7 @@ func (s *Store) sweepDedupe() (int64, error) {
 
 	s.openersMu.Lock()
 	s.openers.evictIdle(now.Add(-openerIdle))
+	s.actors.evictIdle(now.Add(-openerIdle))
 	s.openersMu.Unlock()
 
 	s.mu.Lock()

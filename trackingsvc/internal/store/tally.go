@@ -18,7 +18,7 @@ import (
 // ingest rewrites thousands, and protobuf's generic code spends most of that
 // time allocating and reflecting.
 type tally struct {
-	sent, failed, excluded, received, opened, uniqueOpens, dismissed, actions int64
+	sent, failed, excluded, received, opened, uniqueOpens, dismissed, actions, uniqueActions int64
 	// The breakdowns hold a handful of entries: a slice beats a map.
 	failedBy   []reasonCount
 	excludedBy []reasonCount
@@ -35,8 +35,9 @@ type actionCount struct {
 	n  int64
 }
 
-// count adds one event: the rules behind every counter.
-func (t *tally) count(e *trackingv1.Event, uniqueOpen bool) {
+// count adds one event: the rules behind every counter. unique says the
+// event is a profile's unique open or unique action of its message.
+func (t *tally) count(e *trackingv1.Event, unique bool) {
 	switch e.GetType() {
 	case trackingv1.EventType_EVENT_TYPE_SENT:
 		t.sent++
@@ -50,7 +51,7 @@ func (t *tally) count(e *trackingv1.Event, uniqueOpen bool) {
 		t.received++
 	case trackingv1.EventType_EVENT_TYPE_OPENED:
 		t.opened++
-		if uniqueOpen {
+		if unique {
 			t.uniqueOpens++
 		}
 	case trackingv1.EventType_EVENT_TYPE_DISMISSED:
@@ -58,6 +59,9 @@ func (t *tally) count(e *trackingv1.Event, uniqueOpen bool) {
 	case trackingv1.EventType_EVENT_TYPE_ACTION:
 		t.actions++
 		t.actionsBy = addAction(t.actionsBy, e.GetActionId(), 1)
+		if unique {
+			t.uniqueActions++
+		}
 	}
 }
 
@@ -71,6 +75,7 @@ func (t *tally) add(o *tally) {
 	t.uniqueOpens += o.uniqueOpens
 	t.dismissed += o.dismissed
 	t.actions += o.actions
+	t.uniqueActions += o.uniqueActions
 	for _, r := range o.failedBy {
 		t.failedBy = addReason(t.failedBy, r.reason, r.n)
 	}
@@ -128,6 +133,7 @@ const (
 	fDismissed        = 10
 	fActions          = 11
 	fActionsByID      = 12
+	fUniqueActions    = 15
 	// In FailureCount, ExclusionCount and ActionCount alike.
 	fEntryKey   = 1
 	fEntryCount = 2
@@ -165,7 +171,7 @@ func (t *tally) appendTo(b []byte) []byte {
 		b = appendStringField(b, fEntryKey, a.id)
 		b = appendVarintField(b, fEntryCount, uint64(a.n))
 	}
-	return b
+	return appendVarintField(b, fUniqueActions, uint64(t.uniqueActions))
 }
 
 func appendReasonEntry(b []byte, num protowire.Number, r reasonCount) []byte {
@@ -217,6 +223,8 @@ func (t *tally) addEncoded(b []byte) error {
 				t.dismissed += int64(v)
 			case fActions:
 				t.actions += int64(v)
+			case fUniqueActions:
+				t.uniqueActions += int64(v)
 			}
 		case typ == protowire.BytesType && (num == fFailedByReason || num == fExcludedByReason || num == fActionsByID):
 			entry, n := protowire.ConsumeBytes(b)
@@ -283,7 +291,8 @@ func (t *tally) sort() {
 }
 
 // metrics is t as the API returns it: targeted = sent + failed, open rate =
-// unique opens / sent, action rate = actions / sent, each at most 1 (0 when
+// unique opens / sent, action rate = actions / sent, unique action rate =
+// unique actions / sent, each at most 1 (0 when
 // nothing was sent), breakdowns in key order. Counted by event time, the
 // opens of a bucket may answer the sends of an earlier one, and a device may
 // tap twice: the caps keep a rate a share.
@@ -292,10 +301,12 @@ func (t *tally) metrics() *trackingv1.Metrics {
 	m := &trackingv1.Metrics{
 		Targeted: t.sent + t.failed, Sent: t.sent, Failed: t.failed, Excluded: t.excluded,
 		Received: t.received, Opened: t.opened, UniqueOpens: t.uniqueOpens, Dismissed: t.dismissed, Actions: t.actions,
+		UniqueActions: t.uniqueActions,
 	}
 	if t.sent > 0 {
 		m.OpenRate = float64(min(t.uniqueOpens, t.sent)) / float64(t.sent)
 		m.ActionRate = float64(min(t.actions, t.sent)) / float64(t.sent)
+		m.UniqueActionRate = float64(min(t.uniqueActions, t.sent)) / float64(t.sent)
 	}
 	for _, r := range t.failedBy {
 		m.FailedByReason = append(m.FailedByReason, &commonv1.FailureCount{Reason: commonv1.FailureReason(r.reason), Count: r.n})

@@ -12,7 +12,7 @@ import (
 
 func TestTallyEncodingIsProtobufMetrics(t *testing.T) {
 	full := &trackingv1.Metrics{
-		Targeted: 7, Sent: 5, Failed: 2, Excluded: 3, Received: 4, Opened: 3, UniqueOpens: 2, Dismissed: 1, Actions: 2,
+		Targeted: 7, Sent: 5, Failed: 2, Excluded: 3, Received: 4, Opened: 3, UniqueOpens: 2, Dismissed: 1, Actions: 2, UniqueActions: 1,
 		FailedByReason: []*commonv1.FailureCount{
 			{Reason: commonv1.FailureReason_FAILURE_REASON_BAD_DEVICE_TOKEN, Count: 1},
 			{Reason: commonv1.FailureReason_FAILURE_REASON_INTERNAL, Count: 1},
@@ -38,7 +38,7 @@ func TestTallyEncodingIsProtobufMetrics(t *testing.T) {
 	}
 	want := proto.Clone(full).(*trackingv1.Metrics)
 	want.Targeted, want.Sent, want.Failed, want.Excluded, want.Received = 14, 10, 4, 6, 8
-	want.Opened, want.UniqueOpens, want.Dismissed, want.Actions = 6, 4, 2, 4
+	want.Opened, want.UniqueOpens, want.Dismissed, want.Actions, want.UniqueActions = 6, 4, 2, 4, 2
 	for _, f := range want.FailedByReason {
 		f.Count *= 2
 	}
@@ -46,7 +46,7 @@ func TestTallyEncodingIsProtobufMetrics(t *testing.T) {
 	for _, a := range want.ActionsById {
 		a.Count *= 2
 	}
-	want.OpenRate, want.ActionRate = 0.4, 0.4 // unique opens / sent, actions / sent
+	want.OpenRate, want.ActionRate, want.UniqueActionRate = 0.4, 0.4, 0.2 // unique opens, actions, unique actions / sent
 	if got := tl.metrics(); !proto.Equal(got, want) {
 		t.Errorf("metrics:\n got %v\nwant %v", got, want)
 	}

@@ -812,10 +812,18 @@ type Metrics struct {
 	// rate is capped at 1 rather than exceed it.
 	OpenRate float64 `protobuf:"fixed64,13,opt,name=open_rate,json=openRate,proto3" json:"open_rate,omitempty"`
 	// actions / sent, at most 1; 0 when nothing was sent. Every tap counts,
-	// so it is the share of sends acted on only where a device taps once.
-	ActionRate    float64 `protobuf:"fixed64,14,opt,name=action_rate,json=actionRate,proto3" json:"action_rate,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// so it is the share of sends acted on only where a device taps once; see
+	// unique_action_rate.
+	ActionRate float64 `protobuf:"fixed64,14,opt,name=action_rate,json=actionRate,proto3" json:"action_rate,omitempty"`
+	// Distinct (journey, message, profile) that tapped an action, counted as
+	// unique_opens are (once, where the earliest tap happened). Counted from
+	// the trackingsvc version that added it: earlier taps are not in it.
+	UniqueActions int64 `protobuf:"varint,15,opt,name=unique_actions,json=uniqueActions,proto3" json:"unique_actions,omitempty"`
+	// unique_actions / sent, at most 1; 0 when nothing was sent: the share of
+	// sends acted on.
+	UniqueActionRate float64 `protobuf:"fixed64,16,opt,name=unique_action_rate,json=uniqueActionRate,proto3" json:"unique_action_rate,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Metrics) Reset() {
@@ -942,6 +950,20 @@ func (x *Metrics) GetOpenRate() float64 {
 func (x *Metrics) GetActionRate() float64 {
 	if x != nil {
 		return x.ActionRate
+	}
+	return 0
+}
+
+func (x *Metrics) GetUniqueActions() int64 {
+	if x != nil {
+		return x.UniqueActions
+	}
+	return 0
+}
+
+func (x *Metrics) GetUniqueActionRate() float64 {
+	if x != nil {
+		return x.UniqueActionRate
 	}
 	return 0
 }
@@ -1338,7 +1360,7 @@ const file_pushmesh_tracking_v1_tracking_proto_rawDesc = "" +
 	"\bplatform\x18\x04 \x01(\x0e2\x1c.pushmesh.common.v1.PlatformR\bplatform\"@\n" +
 	"\vActionCount\x12\x1b\n" +
 	"\taction_id\x18\x01 \x01(\tR\bactionId\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x03R\x05count\"\x9f\x04\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count\"\xf4\x04\n" +
 	"\aMetrics\x12\x1a\n" +
 	"\btargeted\x18\x01 \x01(\x03R\btargeted\x12\x12\n" +
 	"\x04sent\x18\x02 \x01(\x03R\x04sent\x12\x16\n" +
@@ -1355,7 +1377,9 @@ const file_pushmesh_tracking_v1_tracking_proto_rawDesc = "" +
 	"\ractions_by_id\x18\f \x03(\v2!.pushmesh.tracking.v1.ActionCountR\vactionsById\x12\x1b\n" +
 	"\topen_rate\x18\r \x01(\x01R\bopenRate\x12\x1f\n" +
 	"\vaction_rate\x18\x0e \x01(\x01R\n" +
-	"actionRate\"\x83\x01\n" +
+	"actionRate\x12%\n" +
+	"\x0eunique_actions\x18\x0f \x01(\x03R\runiqueActions\x12,\n" +
+	"\x12unique_action_rate\x18\x10 \x01(\x01R\x10uniqueActionRate\"\x83\x01\n" +
 	"\rMetricsBucket\x129\n" +
 	"\n" +
 	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x127\n" +

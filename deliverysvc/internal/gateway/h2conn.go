@@ -82,8 +82,10 @@ func newH2Transport(tlsConfig *tls.Config) *http.Transport {
 const h2DialTimeout = 10 * time.Second
 
 // h2MaxSends bounds how often one request is sent when the server turns it
-// away; golang.org/x/net/http2 allows 7.
-const h2MaxSends = 4
+// away: 8, as golang.org/x/net/http2 allows a request 7 retries. A
+// refused stream waits for a free slot before it goes again, so a server
+// that keeps changing its limit costs a few attempts, not a busy loop.
+const h2MaxSends = 8
 
 // RoundTrip implements http.RoundTripper. A request the server turned away
 // (resendOf) is sent again, up to h2MaxSends times in all: on the same

@@ -42,12 +42,21 @@ func tenantUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler 
 	return handler(ctx, req)
 }
 
-func tenantStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx, err := tenantFromMetadata(ss.Context())
-	if err != nil {
-		return err
+// tenantStream scopes a stream to its tenant and gives it the server's drain
+// context (see EndOnShutdown); the health and reflection watch streams end
+// when the shutdown begins.
+func tenantStream(drain context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := tenantFromMetadata(ss.Context())
+		if err != nil {
+			return err
+		}
+		cs := &contextStream{ServerStream: ss, ctx: context.WithValue(ctx, drainKey{}, drain)}
+		if handled, err := watchStream(srv, cs, info.FullMethod, handler); handled {
+			return err
+		}
+		return handler(srv, cs)
 	}
-	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 }
 
 // contextStream replaces a stream's context.

@@ -150,6 +150,10 @@ type Server struct {
 	health *health.Server
 	// running counts the handlers in progress, for the abandon log.
 	running atomic.Int64
+	// drain is cancelled when the shutdown begins: the watch streams end
+	// (EndOnShutdown).
+	drain      context.Context
+	startDrain context.CancelFunc
 }
 
 // New listens on cfg.Listen and builds the server; it does not serve yet, so
@@ -167,10 +171,11 @@ func New(cfg Config) (*Server, error) {
 		lis:    lis,
 		health: health.NewServer(),
 	}
+	s.drain, s.startDrain = context.WithCancel(context.Background())
 	opts := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 		grpc.ChainUnaryInterceptor(countUnary(&s.running), recoverUnary(log), tenantUnary),
-		grpc.ChainStreamInterceptor(countStream(&s.running), recoverStream(log), tenantStream),
+		grpc.ChainStreamInterceptor(countStream(&s.running), recoverStream(log), tenantStream(s.drain)),
 	}
 	opts = append(opts, cfg.limitOptions()...)
 	opts = append(opts, cfg.ServerOptions...)
@@ -218,6 +223,9 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Shutdown stops the server gracefully within ShutdownTimeout, then hard.
+// Streams that only watch (health, reflection, and those whose handlers use
+// EndOnShutdown) end at once with Unavailable; a health watch first gets
+// NOT_SERVING.
 // The hard stop closes every connection, which cancels every call's context;
 // handlers still running AbandonAfter later are abandoned (logged) and
 // Shutdown returns anyway: it never takes longer than ShutdownTimeout +
@@ -226,6 +234,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Shutdown() bool {
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
 	s.health.Shutdown() // every service NOT_SERVING, so balancers drain us
+	s.startDrain()      // watch streams end: GracefulStop would wait for them
 	done := make(chan struct{})
 	go func() {
 		// GracefulStop returns only once every handler has returned, even

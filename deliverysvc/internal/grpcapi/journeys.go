@@ -6,6 +6,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journey"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
 // JourneyServer implements JourneyService over journey.Manager.
@@ -67,10 +68,15 @@ func (s *JourneyServer) WatchJourney(req *deliveryv1.WatchJourneyRequest, stream
 		return Status(ctx, s.Log, tooManyStreams("WatchJourney", limit))
 	}
 	defer s.watches.release()
+	// A watch never ends by itself while the journey runs (or waits for
+	// its start): it ends when the service begins to shut down, which would
+	// otherwise wait its whole timeout for it.
+	ctx, cancel := grpcserver.EndOnShutdown(ctx)
+	defer cancel()
 	err := s.Journeys.Watch(ctx, req.GetJourneyId(), req.GetInterval().AsDuration(), func(j *deliveryv1.Journey) error {
 		return stream.Send(&deliveryv1.WatchJourneyResponse{Journey: j})
 	})
-	return Status(ctx, s.Log, err)
+	return Status(ctx, s.Log, grpcserver.ShutdownStatus(ctx, err))
 }
 
 // CancelJourney stops a journey.

@@ -153,3 +153,48 @@ func TestWatchStreamsAreBounded(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A WatchJourney stream ends when deliverysvc begins to shut down, with
+// Unavailable: it would otherwise hold the graceful stop for its whole
+// timeout (5 s in journeytest) and then be cut off by the hard stop, along
+// with the Send streams still draining.
+func TestWatchEndsWhenTheServiceStops(t *testing.T) {
+	m := journeytest.Start(t, journeytest.Options{})
+	if err := m.StartDelivery(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := m.RegisterApps(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A journey scheduled an hour ahead: its watch stays open.
+	resp, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
+		Name: "later", AppIds: []string{journeytest.ShopApp},
+		Audience:  &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
+		Template:  &deliveryv1.MessageTemplate{Title: "Hi", Body: "x"},
+		StartTime: timestamppb.New(time.Now().Add(time.Hour)),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	watch, err := m.Journeys.WatchJourney(watchCtx, &deliveryv1.WatchJourneyRequest{JourneyId: resp.GetJourney().GetJourneyId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	begin := time.Now()
+	if err := m.StopDelivery(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Errorf("stop took %v: the graceful stop waited for the watch", took)
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		t.Errorf("watch: got %v, want Unavailable saying the service is shutting down", err)
+	}
+}

@@ -30,6 +30,7 @@ var errorCodes = []grpcserver.ErrorCode{
 	{Err: journey.ErrFinished, Code: codes.FailedPrecondition},
 	{Err: journey.ErrAppUnavailable, Code: codes.FailedPrecondition},
 	{Err: journey.ErrBadPageToken, Code: codes.InvalidArgument},
+	{Err: errShuttingDown, Code: codes.Unavailable},
 }
 
 // Status converts a domain error into the gRPC status the client sees. It

@@ -16,6 +16,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
 // DeliveryServer implements deliveryv1.DeliveryServiceServer over the
@@ -88,7 +89,11 @@ const maxResultsPerResponse = 500
 // admits it into the pipeline (which blocks while the pipeline is full, so
 // the next batch is only read when there is room), and a writer streams the
 // results back. When the client closes its side, Send waits for every
-// admitted message and ends.
+// admitted message and ends. When the service begins to shut down, it stops
+// reading, and ends with Unavailable once the messages it admitted have
+// completed and their results are sent: a stream kept open between batches
+// would otherwise hold the graceful stop for its whole timeout, and then be
+// cut off with the others.
 func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) error {
 	limit := s.MaxStreams
 	if limit == 0 {
@@ -99,9 +104,14 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 	}
 	defer s.streams.release()
 
+	drain, stopDrain := grpcserver.EndOnShutdown(stream.Context())
+	defer stopDrain()
+	requests := newRequestReader(stream)
+	defer requests.close()
+
 	// Nothing more is allocated until the client sends its first batch: an
-	// idle stream costs only its goroutine and gRPC's buffers.
-	first, err := stream.Recv()
+	// idle stream costs only its goroutines and gRPC's buffers.
+	first, err := requests.next(stream.Context(), drain)
 	if errors.Is(err, io.EOF) {
 		return nil
 	}
@@ -156,8 +166,12 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 			streamErr = err
 			break
 		}
-		req, err = stream.Recv()
+		req, err = requests.next(stream.Context(), drain)
 		if errors.Is(err, io.EOF) {
+			break
+		}
+		if errors.Is(err, errShuttingDown) {
+			streamErr = err // what was admitted completes first
 			break
 		}
 		if err != nil {
@@ -184,6 +198,60 @@ func (s *DeliveryServer) Send(stream deliveryv1.DeliveryService_SendServer) erro
 	}
 	return nil
 }
+
+// errShuttingDown ends a Send stream when the service begins to shut down.
+var errShuttingDown = errors.New("deliverysvc is shutting down: the messages admitted on this stream completed and their results were sent; send the others on a new stream (their idempotency keys make a resend safe)")
+
+// requestReader reads a Send stream's requests on a goroutine of its own,
+// one when asked, so that waiting for the next batch can also end when the
+// service begins to shut down. Reading only when asked keeps gRPC's flow
+// control: the next batch is read when the pipeline had room for the last.
+type requestReader struct {
+	ask chan struct{}
+	got chan recvResult
+}
+
+type recvResult struct {
+	req *deliveryv1.SendRequest
+	err error
+}
+
+func newRequestReader(stream deliveryv1.DeliveryService_SendServer) *requestReader {
+	r := &requestReader{ask: make(chan struct{}), got: make(chan recvResult, 1)}
+	go func() {
+		for range r.ask {
+			req, err := stream.Recv()
+			r.got <- recvResult{req, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return r
+}
+
+// next returns the next request, or errShuttingDown if drain ends first
+// while the stream itself (streamCtx) goes on. Once next returned an error
+// it must not be called again. A request the reader takes after a shutdown
+// began is dropped, unanswered: the client sends it again elsewhere.
+func (r *requestReader) next(streamCtx, drain context.Context) (*deliveryv1.SendRequest, error) {
+	r.ask <- struct{}{}
+	select {
+	case g := <-r.got:
+		return g.req, g.err
+	case <-drain.Done():
+		if streamCtx.Err() != nil {
+			// The client went away (drain ends with the stream too):
+			// Recv reports it at once.
+			g := <-r.got
+			return g.req, g.err
+		}
+		return nil, errShuttingDown
+	}
+}
+
+// close ends the reader; one blocked in Recv returns when the stream ends.
+func (r *requestReader) close() { close(r.ask) }
 
 // writeResults streams results until the channel closes, packing the ones
 // already waiting into one response. A response the client has not taken

@@ -16,7 +16,9 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/testenv"
+	"github.com/pushmesh/pushmesh/emulator/apns"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 )
 
 // openSend opens a Send stream, sends one message and reads the first
@@ -196,5 +198,85 @@ func TestWatchEndsWhenTheServiceStops(t *testing.T) {
 	}
 	if _, err := watch.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
 		t.Errorf("watch: got %v, want Unavailable saying the service is shutting down", err)
+	}
+}
+
+// A Send stream ends when deliverysvc begins to shut down, with
+// Unavailable, once the messages it admitted have their results: kept open
+// between batches, it would otherwise hold the graceful stop for its whole
+// timeout (5 s in testenv) and then be cut off.
+func TestSendEndsWhenTheServiceStops(t *testing.T) {
+	env := testenv.Start(t, testenv.Options{})
+	ctx := context.Background()
+	if _, err := env.RegisterAPNsApp(ctx, bundleID, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A connection of the test's own: testenv closes its client's first.
+	conn, err := grpcclient.Dial(env.Conn.Target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := deliveryv1.NewDeliveryServiceClient(conn)
+	streamCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	send := func(keys ...string) deliveryv1.DeliveryService_SendClient {
+		t.Helper()
+		stream, err := client.Send(streamCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []*deliveryv1.Message
+		for i, k := range keys {
+			msgs = append(msgs, testenv.TokensMessage(k, note(), testenv.APNsTarget(testenv.APNsToken(100+i), bundleID)))
+		}
+		if err := stream.Send(&deliveryv1.SendRequest{Messages: msgs}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+	// An idle stream: one batch answered, then nothing.
+	idle := send("idle")
+	if _, err := idle.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// A busy one: 20 messages the gateway holds for 300 ms each.
+	if err := env.APNs.SetFaults(apns.Faults{Latency: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for i := range 20 {
+		keys = append(keys, fmt.Sprint("busy", i))
+	}
+	busy := send(keys...)
+	time.Sleep(100 * time.Millisecond) // admitted and at the gateway
+
+	begin := time.Now()
+	if err := env.StopService(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Errorf("stop took %v: the graceful stop waited for the open Send streams", took)
+	}
+	if _, err := idle.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		t.Errorf("idle stream: got %v, want Unavailable saying deliverysvc is shutting down", err)
+	}
+	sent := 0
+	for {
+		resp, err := busy.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+				t.Errorf("busy stream: ended with %v, want Unavailable saying deliverysvc is shutting down", err)
+			}
+			break
+		}
+		for _, r := range resp.GetResults() {
+			if r.GetStatus() == deliveryv1.SendStatus_SEND_STATUS_SENT {
+				sent++
+			}
+		}
+	}
+	if sent != 20 {
+		t.Errorf("busy stream: %d of 20 admitted messages reported sent before the stream ended", sent)
 	}
 }

@@ -36,17 +36,30 @@ type Spec struct {
 }
 
 // Run parses args, starts the service and serves until ctx ends, then shuts
-// down gracefully and flushes telemetry. Logs go to stderr.
+// down gracefully and flushes telemetry. Logs go to stderr. --help prints
+// the flags to stderr and returns nil; a bad flag or an argument that is not
+// a flag is a one-line error pointing at --help.
 func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet(spec.Name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var common config.Common
 	common.Register(fs, spec.DefaultListen, spec.Name+"-data")
 	if spec.Flags != nil {
 		spec.Flags(fs)
 	}
+	// The flag package would print the whole usage after every mistake; the
+	// caller prints the error once, and the usage only on request.
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintf(stderr, "Usage of %s:\n", spec.Name)
+			fs.PrintDefaults()
+			return nil
+		}
+		return fmt.Errorf("%w (see %s --help)", err, spec.Name)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: %s takes only flags (see %s --help)", fs.Arg(0), spec.Name, spec.Name)
 	}
 	if err := config.ApplyEnv(fs, spec.Name, os.LookupEnv); err != nil {
 		return err

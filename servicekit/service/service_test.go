@@ -101,3 +101,47 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		t.Error("got nil, want an error for an unknown flag")
 	}
 }
+
+func TestRunHelpPrintsFlagsAndSucceeds(t *testing.T) {
+	spec := service.Spec{Name: "testsvc", DefaultListen: "127.0.0.1:0",
+		Start: func(context.Context, *grpc.Server, config.Common, *slog.Logger) (func() error, error) {
+			t.Error("Start called for --help")
+			return nil, nil
+		}}
+	for _, arg := range []string{"--help", "-h"} {
+		var out bytes.Buffer
+		if err := service.Run(context.Background(), spec, []string{arg}, &out); err != nil {
+			t.Errorf("%s: got %v, want nil (asking for help is not an error)", arg, err)
+		}
+		if !strings.Contains(out.String(), "-data-dir") || !strings.Contains(out.String(), "Usage of testsvc") {
+			t.Errorf("%s: got output %q, want the usage with every flag", arg, out.String())
+		}
+	}
+}
+
+func TestRunBadFlagIsOneLine(t *testing.T) {
+	spec := service.Spec{Name: "testsvc", DefaultListen: "127.0.0.1:0",
+		Start: func(context.Context, *grpc.Server, config.Common, *slog.Logger) (func() error, error) {
+			t.Error("Start called despite a bad argument")
+			return nil, nil
+		}}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--shutdown-timeout", "10"}, `invalid value "10" for flag -shutdown-timeout`},
+		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		// Flag parsing stops at the first argument that is not a flag: the
+		// flags after it must not be silently ignored.
+		{[]string{"data", "--listen", "127.0.0.1:0"}, `unexpected argument "data"`},
+	} {
+		var out bytes.Buffer
+		err := service.Run(context.Background(), spec, tc.args, &out)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "testsvc --help") {
+			t.Errorf("%q: got %v, want an error containing %q and pointing at --help", tc.args, err, tc.want)
+		}
+		if out.Len() > 0 {
+			t.Errorf("%q: got output %q, want none (the caller prints the error once)", tc.args, out.String())
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -83,6 +84,10 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 
 	srv, err := grpcserver.New(common.Server(spec.Name, log))
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: is another %s running? --listen (or %s) chooses another address",
+				err, spec.Name, config.EnvName(spec.Name, "listen"))
+		}
 		return err
 	}
 	stop, err := spec.Start(ctx, srv.GRPC(), common, log)

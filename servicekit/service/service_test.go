@@ -3,6 +3,7 @@ package service_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -143,5 +144,22 @@ func TestRunBadFlagIsOneLine(t *testing.T) {
 		if out.Len() > 0 {
 			t.Errorf("%q: got output %q, want none (the caller prints the error once)", tc.args, out.String())
 		}
+	}
+}
+
+func TestRunBusyPortNamesTheFlag(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	spec := service.Spec{Name: "testsvc", DefaultListen: busy.Addr().String(),
+		Start: func(context.Context, *grpc.Server, config.Common, *slog.Logger) (func() error, error) {
+			t.Error("Start called on a busy port")
+			return nil, nil
+		}}
+	err = service.Run(context.Background(), spec, []string{"--data-dir", t.TempDir()}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), busy.Addr().String()) || !strings.Contains(err.Error(), "--listen") {
+		t.Errorf("got %v, want an error naming %s and --listen", err, busy.Addr())
 	}
 }

@@ -60,7 +60,8 @@ func (e *Env) conn(s service) (*grpc.ClientConn, error) {
 	if c, ok := e.conns[s]; ok {
 		return c, nil
 	}
-	c, err := grpcclient.Dial(e.addr(s))
+	c, err := grpcclient.Dial(e.addr(s),
+		grpc.WithChainUnaryInterceptor(answeredUnary), grpc.WithChainStreamInterceptor(answeredStream))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s, err)
 	}

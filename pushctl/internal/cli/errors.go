@@ -160,6 +160,11 @@ func describeRPC(b *strings.Builder, re *rpcError) {
 	st, _ := status.FromError(re.err)
 	switch st.Code() {
 	case codes.Unavailable:
+		if answeredByServer(re.err) {
+			// The service is up; what it depends on is not (another
+			// service, a gateway): its message says which.
+			break
+		}
 		fmt.Fprintf(b, "pushctl: cannot reach %s at %s: is it running? (`pushctl dev` starts everything)\n", re.service, re.addr)
 		fmt.Fprintf(b, "  cause: %s\n", st.Message())
 		return

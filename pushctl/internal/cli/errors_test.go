@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -260,5 +261,28 @@ func TestCodeIsNotRepeated(t *testing.T) {
 	res := h.run(t, "journey", "get", "x")
 	if want := "pushctl: deliverysvc: invalid argument: journey_id: must not be empty\n"; res.stderr != want {
 		t.Errorf("stderr: got %q, want %q", res.stderr, want)
+	}
+}
+
+// A service that is up but answers Unavailable (deliverysvc when profilesvc
+// or a gateway is down) is not reported as unreachable itself: its message,
+// naming what is down, is.
+func TestUnavailableAnsweredByTheServiceKeepsItsMessage(t *testing.T) {
+	h := newHarness(t)
+	const msg = "cannot reach profilesvc at 127.0.0.1:7101 (--profile-addr of deliverysvc): connection refused"
+	h.journeys.get = func(context.Context, *deliveryv1.GetJourneyRequest) (*deliveryv1.GetJourneyResponse, error) {
+		return nil, status.Error(codes.Unavailable, msg)
+	}
+	res := h.run(t, "journey", "get", "j-1")
+	want := "pushctl: deliverysvc: unavailable: " + msg + "\n"
+	if res.stderr != want || res.code != ExitUnavailable {
+		t.Errorf("unary: got exit %d, stderr %q; want %d, %q", res.code, res.stderr, ExitUnavailable, want)
+	}
+	h.journeys.watch = func(*deliveryv1.WatchJourneyRequest, grpc.ServerStreamingServer[deliveryv1.WatchJourneyResponse]) error {
+		return status.Error(codes.Unavailable, msg)
+	}
+	res = h.run(t, "journey", "watch", "j-1")
+	if res.stderr != want || res.code != ExitUnavailable {
+		t.Errorf("stream: got exit %d, stderr %q; want %d, %q", res.code, res.stderr, ExitUnavailable, want)
 	}
 }

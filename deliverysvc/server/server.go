@@ -299,7 +299,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		MaxStreams: cfg.MaxSendStreams,
 	})
 	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
-		&remote.Audience{Client: profiles}, appService, pipeline, deps.Recorder)
+		&remote.Audience{Client: profiles, Addr: cfg.ProfileAddr}, appService, pipeline, deps.Recorder)
 	closers = append(closers, func() error {
 		return stopJourneys(journeys, func() error {
 			err := closeOutboxes()

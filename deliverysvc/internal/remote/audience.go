@@ -19,6 +19,9 @@ import (
 // (journey.Audience).
 type Audience struct {
 	Client profilev1.ProfileServiceClient
+	// Addr is profilesvc's address (--profile-addr), named in the error when
+	// profilesvc cannot be reached.
+	Addr string
 }
 
 // Query calls each for every response batch. profilesvc's verdict on the
@@ -29,7 +32,7 @@ func (a *Audience) Query(ctx context.Context, q *profilev1.QueryAudienceRequest,
 	defer cancel() // stops the stream when each gives up early
 	stream, err := a.Client.QueryAudience(ctx, q)
 	if err != nil {
-		return audienceError(err)
+		return a.error(err)
 	}
 	for {
 		resp, err := stream.Recv()
@@ -37,7 +40,7 @@ func (a *Audience) Query(ctx context.Context, q *profilev1.QueryAudienceRequest,
 			return nil
 		}
 		if err != nil {
-			return audienceError(err)
+			return a.error(err)
 		}
 		if err := each(resp); err != nil {
 			return err
@@ -75,8 +78,16 @@ func journeyField(f string) string {
 	return f
 }
 
-func audienceError(err error) error {
+// error converts a failed query. profilesvc's verdict on the request
+// becomes a validation error on the journey's fields. profilesvc out of
+// reach stays Unavailable (a retry may pass), but says so: passed through
+// as is, gRPC's "connection error … dial tcp 127.0.0.1:7101" would read to
+// deliverysvc's caller as its own failure to reach deliverysvc.
+func (a *Audience) error(err error) error {
 	st, ok := status.FromError(err)
+	if ok && st.Code() == codes.Unavailable {
+		return status.Errorf(codes.Unavailable, "cannot reach profilesvc at %s (deliverysvc --profile-addr): %s", a.Addr, st.Message())
+	}
 	if !ok || st.Code() != codes.InvalidArgument {
 		return err
 	}

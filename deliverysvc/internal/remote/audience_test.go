@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -16,6 +18,7 @@ import (
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
+	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
@@ -128,7 +131,29 @@ func TestAudienceErrors(t *testing.T) {
 		return status.Error(codes.Unavailable, "restarting")
 	}
 	err := a.Query(ctx, &profilev1.QueryAudienceRequest{}, func(*profilev1.QueryAudienceResponse) error { return nil })
-	if status.Code(err) != codes.Unavailable {
-		t.Errorf("unavailable: got %v, want the status itself", err)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "profilesvc") || !strings.Contains(err.Error(), "restarting") {
+		t.Errorf("unavailable: got %v, want Unavailable naming profilesvc, with its message", err)
+	}
+}
+
+// profilesvc out of reach is Unavailable naming profilesvc and its address,
+// so that deliverysvc's caller is not told deliverysvc is unreachable.
+func TestAudienceProfilesvcDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	conn, err := grpcclient.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	a := &Audience{Client: profilev1.NewProfileServiceClient(conn), Addr: addr}
+	_, err = a.Count(context.Background(), &profilev1.QueryAudienceRequest{})
+	want := "cannot reach profilesvc at " + addr + " (deliverysvc --profile-addr)"
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), want) {
+		t.Errorf("got %v, want Unavailable with %q", err, want)
 	}
 }

@@ -32,6 +32,10 @@ type Config struct {
 	// HTTPListen is the address of the HTTP/JSON endpoint for mobile SDKs
 	// (POST /v1/events); empty disables it.
 	HTTPListen string
+	// HTTPListener, when set, serves the HTTP/JSON endpoint instead of
+	// HTTPListen (a caller that needs the address of a :0 port listens
+	// itself); the service closes it when it stops.
+	HTTPListener net.Listener
 	// Retention is how long events are kept after they were received
 	// (aggregates stay forever); events with an event time older than this
 	// are rejected, and event ids are remembered that long after the event
@@ -113,11 +117,12 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 
 	var httpSrv *http.Server
 	httpDone := make(chan error, 1)
-	if cfg.HTTPListen != "" {
-		lis, err := net.Listen("tcp", cfg.HTTPListen)
-		if err != nil {
-			db.Close()
-			return nil, fmt.Errorf("http listen on %q: %w", cfg.HTTPListen, err)
+	if lis := cfg.HTTPListener; lis != nil || cfg.HTTPListen != "" {
+		if lis == nil {
+			if lis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+				db.Close()
+				return nil, fmt.Errorf("http listen on %q: %w", cfg.HTTPListen, err)
+			}
 		}
 		httpSrv = &http.Server{
 			Handler:           api.HTTPHandler(),

@@ -21,6 +21,7 @@ import (
 	"github.com/pushmesh/pushmesh/pushctl/internal/demo"
 	"github.com/pushmesh/pushmesh/pushctl/internal/mesh"
 	"github.com/pushmesh/pushmesh/pushctl/internal/render"
+	trackingserver "github.com/pushmesh/pushmesh/trackingsvc/server"
 )
 
 // devOptions are the flags of `pushctl dev`.
@@ -30,6 +31,7 @@ type devOptions struct {
 	seed      uint64
 	apnsAddr  string
 	fcmAddr   string
+	httpAddr  string
 	keepAlive bool
 }
 
@@ -37,11 +39,12 @@ func devCommand() *Command {
 	var o devOptions
 	cmd := &Command{
 		Name:    "dev",
-		Args:    "[--data-dir DIR] [--profiles N] [--seed N] [--keep-running=false]",
+		Args:    "[--data-dir DIR] [--profiles N] [--seed N] [--keep-running=false] [--tracking-http-addr ADDR]",
 		Summary: "run all of pushmesh locally with the gateway emulators and a demo journey",
 		Help: `Starts profilesvc, deliverysvc and trackingsvc on the --profile-addr,
---delivery-addr and --tracking-addr addresses, and the APNs and FCM gateway
-emulators on loopback, with their data in --data-dir. That folder is emptied
+--delivery-addr and --tracking-addr addresses (trackingsvc's HTTP endpoint
+for SDKs, POST /v1/events, on --tracking-http-addr), and the APNs and FCM
+gateway emulators on loopback, with their data in --data-dir. That folder is emptied
 at each start, but only if pushctl dev made it (it holds a .pushctl-dev file):
 a non-empty folder without that file is refused (exit 2), never wiped.
 It registers three demo apps with generated credentials, imports a demo CRM
@@ -57,6 +60,7 @@ Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
 			fs.Uint64Var(&o.seed, "seed", 1, "seed of the demo population")
 			fs.StringVar(&o.apnsAddr, "apns-addr", "127.0.0.1:7443", "APNs emulator address")
 			fs.StringVar(&o.fcmAddr, "fcm-addr", "127.0.0.1:7444", "FCM emulator address")
+			fs.StringVar(&o.httpAddr, "tracking-http-addr", trackingserver.DefaultHTTPListen, "trackingsvc's HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it")
 			fs.BoolVar(&o.keepAlive, "keep-running", true, "keep serving after the demo journey until Ctrl-C; --keep-running=false exits")
 		},
 	}
@@ -81,26 +85,30 @@ func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
 
 	started := time.Now()
 	m, err := mesh.Start(ctx, mesh.Options{
-		DataDir:        o.dataDir,
-		ProfileListen:  e.Global.ProfileAddr,
-		DeliveryListen: e.Global.DeliveryAddr,
-		TrackingListen: e.Global.TrackingAddr,
-		APNsListen:     o.apnsAddr,
-		FCMListen:      o.fcmAddr,
-		Logger:         slog.New(slog.NewTextHandler(logFile, nil)),
-		Seed:           int64(o.seed),
+		DataDir:            o.dataDir,
+		ProfileListen:      e.Global.ProfileAddr,
+		DeliveryListen:     e.Global.DeliveryAddr,
+		TrackingListen:     e.Global.TrackingAddr,
+		APNsListen:         o.apnsAddr,
+		FCMListen:          o.fcmAddr,
+		TrackingHTTPListen: o.httpAddr,
+		Logger:             slog.New(slog.NewTextHandler(logFile, nil)),
+		Seed:               int64(o.seed),
 	})
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("start the mesh: %w\n  is another pushctl dev running? Free addresses can be given with --profile-addr, --delivery-addr, --tracking-addr, --apns-addr and --fcm-addr", err)
+			return fmt.Errorf("start the mesh: %w\n  is another pushctl dev running? Free addresses can be given with --profile-addr, --delivery-addr, --tracking-addr, --tracking-http-addr, --apns-addr and --fcm-addr", err)
 		}
 		return fmt.Errorf("start the mesh: %w", err)
 	}
 	defer func() {
 		e.print("\nstopping…")
 		if err := m.Close(); err != nil {
+			e.print("\n")
 			fmt.Fprintf(e.Stderr, "pushctl dev: stop: %v\n", err)
+			return
 		}
+		e.print(" stopped\n")
 	}()
 	// The addresses the services really listen on (a :0 port is chosen at
 	// start): the watch below and error messages dial through e.
@@ -110,7 +118,11 @@ func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
 		return err
 	}
 	fmt.Fprintf(e.Stdout, "pushmesh is up in %s\n", render.Duration(time.Since(started)))
-	fmt.Fprintf(e.Stdout, "  profilesvc   %s\n  deliverysvc  %s\n  trackingsvc  %s\n", m.ProfileAddr, m.DeliveryAddr, m.TrackingAddr)
+	fmt.Fprintf(e.Stdout, "  profilesvc   %s\n  deliverysvc  %s\n  trackingsvc  %s", m.ProfileAddr, m.DeliveryAddr, m.TrackingAddr)
+	if m.TrackingHTTPAddr != "" {
+		fmt.Fprintf(e.Stdout, "   HTTP %s (POST /v1/events)", m.TrackingHTTPAddr)
+	}
+	fmt.Fprintln(e.Stdout)
 	fmt.Fprintf(e.Stdout, "  APNs emulator %s   FCM emulator %s   CA %s\n\n", m.APNs.URL(), m.FCM.URL(), caFile)
 
 	if err := seedDemo(ctx, e, m, o); err != nil {

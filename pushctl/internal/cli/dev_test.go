@@ -16,7 +16,7 @@ func devArgs(t *testing.T, dataDir string, extra ...string) []string {
 	t.Helper()
 	args := []string{"dev", "--data-dir", dataDir, "--keep-running=false", "--profiles", "20",
 		"--profile-addr", "127.0.0.1:0", "--delivery-addr", "127.0.0.1:0", "--tracking-addr", "127.0.0.1:0",
-		"--apns-addr", "127.0.0.1:0", "--fcm-addr", "127.0.0.1:0"}
+		"--apns-addr", "127.0.0.1:0", "--fcm-addr", "127.0.0.1:0", "--tracking-http-addr", "127.0.0.1:0"}
 	return append(args, extra...)
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"time"
 
@@ -36,6 +37,9 @@ type Options struct {
 	// Listen addresses of the services and emulators.
 	ProfileListen, DeliveryListen, TrackingListen string
 	APNsListen, FCMListen                         string
+	// TrackingHTTPListen is trackingsvc's HTTP/JSON endpoint for mobile
+	// SDKs (POST /v1/events); empty leaves it off.
+	TrackingHTTPListen string
 	// Logger receives the services' logs; discarded when nil.
 	Logger *slog.Logger
 	// Seed makes the emulators' fault injection reproducible.
@@ -49,6 +53,8 @@ type Mesh struct {
 	CA   *tlsca.CA
 
 	ProfileAddr, DeliveryAddr, TrackingAddr string
+	// TrackingHTTPAddr is trackingsvc's HTTP/JSON endpoint; empty when off.
+	TrackingHTTPAddr string
 
 	Profiles profilev1.ProfileServiceClient
 	Apps     deliveryv1.AppServiceClient
@@ -103,7 +109,20 @@ func (m *Mesh) start(ctx context.Context, opts Options) error {
 	}
 	m.ProfileAddr = profile
 	tracking, err := m.serve(ctx, "trackingsvc", opts.TrackingListen, log, func(ctx context.Context, s *grpc.Server, log *slog.Logger) (func() error, error) {
-		return trackingserver.Start(ctx, s, filepath.Join(opts.DataDir, "trackingsvc"), trackingserver.Config{}, log)
+		var cfg trackingserver.Config
+		if opts.TrackingHTTPListen != "" {
+			lis, err := net.Listen("tcp", opts.TrackingHTTPListen)
+			if err != nil {
+				return nil, fmt.Errorf("http listen on %q: %w", opts.TrackingHTTPListen, err)
+			}
+			cfg.HTTPListener = lis
+			m.TrackingHTTPAddr = lis.Addr().String()
+		}
+		stop, err := trackingserver.Start(ctx, s, filepath.Join(opts.DataDir, "trackingsvc"), cfg, log)
+		if err != nil && cfg.HTTPListener != nil {
+			cfg.HTTPListener.Close()
+		}
+		return stop, err
 	})
 	if err != nil {
 		return err

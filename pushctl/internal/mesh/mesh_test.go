@@ -2,9 +2,12 @@ package mesh
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // freeAddr is a loopback address that was free a moment ago.
@@ -62,5 +65,39 @@ func TestStartWithABusyPortFailsAndStopsWhatStarted(t *testing.T) {
 	}
 	if err := m.Close(); err != nil {
 		t.Errorf("close: %v", err)
+	}
+}
+
+// With TrackingHTTPListen, trackingsvc's HTTP endpoint for SDKs serves too
+// (the READMEs' curl example runs against `pushctl dev`), on the port
+// reported in TrackingHTTPAddr; without it, nothing listens for HTTP.
+func TestTrackingHTTPEndpoint(t *testing.T) {
+	m, err := Start(context.Background(), Options{DataDir: t.TempDir(), TrackingHTTPListen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if m.TrackingHTTPAddr == "" || strings.HasSuffix(m.TrackingHTTPAddr, ":0") {
+		t.Fatalf("TrackingHTTPAddr: got %q, want the port listened on", m.TrackingHTTPAddr)
+	}
+	body := `{"events":[{"eventId":"e-1","type":"EVENT_TYPE_OPENED","eventTime":"` +
+		time.Now().UTC().Format(time.RFC3339) + `","profileId":"p-1","journeyId":"jrn_1","messageId":"msg_1"}]}`
+	resp, err := http.Post("http://"+m.TrackingHTTPAddr+"/v1/events", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(got), `"accepted":"1"`) {
+		t.Errorf("POST /v1/events: got %d %s, want 200 with one event accepted", resp.StatusCode, got)
+	}
+
+	off, err := Start(context.Background(), Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	if off.TrackingHTTPAddr != "" {
+		t.Errorf("TrackingHTTPAddr without TrackingHTTPListen: got %q, want none", off.TrackingHTTPAddr)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -180,7 +181,15 @@ func (c *Config) register(fs *flag.FlagSet) {
 func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error) {
 	switch {
 	case cfg.CredentialsKeyFile != "":
-		return secret.ReadKeyFile(cfg.CredentialsKeyFile)
+		key, err := secret.ReadKeyFile(cfg.CredentialsKeyFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("--credentials-key-file %s does not exist: restore the key the data was sealed with, or make a new one for a new data dir (`openssl rand -base64 32 > %s`)",
+				cfg.CredentialsKeyFile, cfg.CredentialsKeyFile)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--credentials-key-file: %w", err)
+		}
+		return key, nil
 	case cfg.CredentialsKey != "":
 		key, err := secret.ParseKey([]byte(cfg.CredentialsKey))
 		if err != nil {

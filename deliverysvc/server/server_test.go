@@ -64,4 +64,10 @@ func TestCredentialsKey(t *testing.T) {
 	if _, err := start(t, t.TempDir(), Config{CredentialsKey: "short"}); err == nil {
 		t.Error("malformed key: got nil error, want one")
 	}
+	// A missing key file names the flag and says how to make a key.
+	missing := filepath.Join(t.TempDir(), "nokey")
+	if _, err := start(t, t.TempDir(), Config{CredentialsKeyFile: missing}); err == nil ||
+		!strings.Contains(err.Error(), "--credentials-key-file "+missing+" does not exist") || !strings.Contains(err.Error(), "openssl rand") {
+		t.Errorf("missing key file: got %v, want the flag, the path and how to make a key", err)
+	}
 }

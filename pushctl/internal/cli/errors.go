@@ -36,7 +36,7 @@ var exitCodes = []struct {
 	{ExitOK, "success"},
 	{ExitFailed, "a call failed, or partly failed: rejected import rows, a journey that ended failed or cancelled, invalid app credentials"},
 	{ExitUsage, "usage error: unknown command, bad flag, unreadable or invalid input file"},
-	{ExitUnavailable, "cannot reach a service (Unavailable)"},
+	{ExitUnavailable, "cannot reach a service, or it cannot reach another service or a gateway (Unavailable)"},
 	{ExitNotFound, "not found (NotFound)"},
 	{ExitInvalid, "the service rejected the request as invalid (InvalidArgument, OutOfRange)"},
 	{ExitConflict, "conflict with the current state (AlreadyExists, FailedPrecondition, Aborted)"},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journeytest"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/testenv"
+	"github.com/pushmesh/pushmesh/deliverysvc/server"
 	"github.com/pushmesh/pushmesh/emulator/apns"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
@@ -91,10 +92,13 @@ func TestSendStreamsAreBounded(t *testing.T) {
 	_ = s.CloseSend()
 }
 
-// The WatchJourney streams open at once are bounded the same way.
-func TestWatchStreamsAreBounded(t *testing.T) {
+// scheduledJourney starts a mesh whose deliverysvc runs with the config
+// configure makes, and publishes a journey scheduled an hour ahead, whose
+// watches stay open; it returns the mesh and the journey's id.
+func scheduledJourney(t *testing.T, configure func(*server.Config)) (*journeytest.Mesh, string) {
+	t.Helper()
 	m := journeytest.Start(t, journeytest.Options{})
-	m.Config.MaxWatchStreams = 2
+	configure(&m.Config)
 	if err := m.StartDelivery(); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +106,6 @@ func TestWatchStreamsAreBounded(t *testing.T) {
 	if err := m.RegisterApps(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// A journey scheduled an hour ahead: its watches stay open.
 	resp, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
 		Name: "later", AppIds: []string{journeytest.ShopApp},
 		Audience:  &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
@@ -112,7 +115,12 @@ func TestWatchStreamsAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := resp.GetJourney().GetJourneyId()
+	return m, resp.GetJourney().GetJourneyId()
+}
+
+// The WatchJourney streams open at once are bounded the same way.
+func TestWatchStreamsAreBounded(t *testing.T) {
+	m, id := scheduledJourney(t, func(c *server.Config) { c.MaxWatchStreams = 2 })
 	watch := func() (deliveryv1.JourneyService_WatchJourneyClient, context.CancelFunc, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		s, err := m.Journeys.WatchJourney(ctx, &deliveryv1.WatchJourneyRequest{JourneyId: id, Interval: durationpb.New(time.Second)})
@@ -134,7 +142,7 @@ func TestWatchStreamsAreBounded(t *testing.T) {
 		defer cancel()
 		cancels = append(cancels, cancel)
 	}
-	_, _, err = watch()
+	_, _, err := watch()
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "too many concurrent WatchJourney streams") {
 		t.Fatalf("third watch: got %v, want ResourceExhausted naming the bound", err)
 	}
@@ -161,27 +169,10 @@ func TestWatchStreamsAreBounded(t *testing.T) {
 // timeout (5 s in journeytest) and then be cut off by the hard stop, along
 // with the Send streams still draining.
 func TestWatchEndsWhenTheServiceStops(t *testing.T) {
-	m := journeytest.Start(t, journeytest.Options{})
-	if err := m.StartDelivery(); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := m.RegisterApps(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// A journey scheduled an hour ahead: its watch stays open.
-	resp, err := m.Journeys.PublishJourney(ctx, &deliveryv1.PublishJourneyRequest{Journey: &deliveryv1.Journey{
-		Name: "later", AppIds: []string{journeytest.ShopApp},
-		Audience:  &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
-		Template:  &deliveryv1.MessageTemplate{Title: "Hi", Body: "x"},
-		StartTime: timestamppb.New(time.Now().Add(time.Hour)),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	watchCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	m, id := scheduledJourney(t, func(*server.Config) {})
+	watchCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	watch, err := m.Journeys.WatchJourney(watchCtx, &deliveryv1.WatchJourneyRequest{JourneyId: resp.GetJourney().GetJourneyId()})
+	watch, err := m.Journeys.WatchJourney(watchCtx, &deliveryv1.WatchJourneyRequest{JourneyId: id})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,30 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
+
+// GoogleTokenURIs are the token endpoints of Google's service-account JSON
+// files (the second in older ones).
+var GoogleTokenURIs = []string{"https://oauth2.googleapis.com/token", "https://accounts.google.com/o/oauth2/token"}
+
+// checkTokenURI refuses a service account whose token_uri is not Google's
+// (or, with Config.FCMEndpoint set, on that endpoint's host, as the
+// emulator's is). The token exchange POSTs a signed assertion there and an
+// error quotes the answer: with any URL allowed, whoever registers an app
+// could make deliverysvc call an internal address and read the reply.
+func (g *Gateways) checkTokenURI(raw string) error {
+	if slices.Contains(GoogleTokenURIs, raw) {
+		return nil
+	}
+	if g.cfg.FCMEndpoint != "" {
+		u, err := url.Parse(raw)
+		ep, _ := url.Parse(g.cfg.FCMEndpoint)
+		if err == nil && u.Scheme == ep.Scheme && u.Host == ep.Host {
+			return nil
+		}
+		return fmt.Errorf("token_uri %q is neither Google's (%s) nor on the FCM endpoint's host %s", raw, GoogleTokenURIs[0], ep.Host)
+	}
+	return fmt.Errorf("token_uri %q is not Google's %s", raw, GoogleTokenURIs[0])
+}
 
 // FCMScope is the OAuth2 scope for sending with FCM HTTP v1.
 const FCMScope = "https://www.googleapis.com/auth/firebase.messaging"
@@ -126,6 +152,9 @@ type fcmClient struct {
 // client trusts the configured roots and adds OAuth2 tokens obtained by a
 // real exchange at the service account's token_uri.
 func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
+	if err := g.checkTokenURI(c.TokenURI); err != nil {
+		return nil, err
+	}
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		TLSClientConfig:     g.tlsConfig(),

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,6 +174,46 @@ func TestCheckFCM(t *testing.T) {
 	e.fcm.SetTokenOutcome(checkFCMToken, fcm.ErrSenderIDMismatch)
 	if err := e.gw.Check(ctx, fcmKey, 0, good); !errors.As(err, &rej) || rej.Reason != commonv1.FailureReason_FAILURE_REASON_SENDER_MISMATCH {
 		t.Errorf("sender mismatch: got %v, want rejected as SENDER_MISMATCH", err)
+	}
+}
+
+// A service account whose token_uri is neither Google's nor on the
+// configured FCM endpoint's host is refused before any request: the
+// exchange would POST to it and quote its answer (an internal address
+// read through deliverysvc).
+func TestFCMTokenURIMustBeGoogleOrTheEndpoint(t *testing.T) {
+	e := start(t)
+	var hits atomic.Int32
+	internal := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		fmt.Fprint(w, `{"secret":"internal"}`)
+	}))
+	defer internal.Close()
+	good := e.fcmCreds(t)
+	elsewhere, err := creds.ParseFCM(strings.Replace(string(good.FCM.JSON), good.FCM.TokenURI, internal.URL+"/token", 1), "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rej *creds.RejectedError
+	if err := e.gw.Check(context.Background(), fcmKey, 0, creds.Credentials{FCM: elsewhere}); !errors.As(err, &rej) || !strings.Contains(rej.Detail, "token_uri") {
+		t.Errorf("check: got %v, want rejected naming token_uri", err)
+	}
+	if _, err := e.gw.Open(fcmKey, 0, creds.Credentials{FCM: elsewhere}); err == nil || !strings.Contains(err.Error(), "token_uri") {
+		t.Errorf("open: got %v, want an error naming token_uri", err)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("the other host got %d requests, want none", hits.Load())
+	}
+	// Talking to Google (no FCMEndpoint), only Google's token endpoints pass.
+	google, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, uri := range append([]string{good.FCM.TokenURI}, GoogleTokenURIs...) {
+		err := google.checkTokenURI(uri)
+		if want := slices.Contains(GoogleTokenURIs, uri); (err == nil) != want {
+			t.Errorf("without an FCM endpoint, %s: got %v, want accepted %v", uri, err, want)
+		}
 	}
 }
 

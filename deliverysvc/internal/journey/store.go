@@ -183,7 +183,7 @@ func (s *Store) List(tenant string, size int, pageToken string, states map[deliv
 		} else {
 			start := append(bytes.Clone(prefix), pageToken...)
 			if k, _ = c.Seek(start); k == nil || !bytes.Equal(k, start) {
-				return fault.OnField(ErrBadPageToken, "page_token", "page_token %q was not issued by ListJourneys", pageToken)
+				return fault.OnField(ErrBadPageToken, "page_token", "page_token was not issued by ListJourneys")
 			}
 			k, v = c.Prev()
 		}

@@ -35,11 +35,11 @@ func (s *Store) List(ctx context.Context, tenant string, f Filter, types []track
 	if pageToken != "" {
 		seq, err := hex.DecodeString(pageToken)
 		if err != nil || len(seq) != 8 {
-			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token %q was not issued by ListEvents", pageToken)
+			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token was not issued by ListEvents")
 		}
 		after = binary.BigEndian.Uint64(seq)
 		if after == math.MaxUint64 {
-			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token %q was not issued by ListEvents", pageToken)
+			return nil, "", fault.OnField(ErrBadPageToken, "page_token", "page_token was not issued by ListEvents")
 		}
 	}
 	want := map[trackingv1.EventType]bool{}

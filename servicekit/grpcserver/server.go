@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -173,7 +174,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.drain, s.startDrain = context.WithCancel(context.Background())
 	opts := []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		// Probes are not traced: a load balancer's health check every few
+		// seconds, or grpcurl's reflection, would bury the calls in the
+		// tracing dashboards.
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithFilter(
+			filters.None(filters.HealthCheck(), filters.ServicePrefix("grpc.reflection."))))),
 		grpc.ChainUnaryInterceptor(countUnary(&s.running), recoverUnary(log), tenantUnary),
 		grpc.ChainStreamInterceptor(countStream(&s.running), recoverStream(log), tenantStream(s.drain)),
 	}

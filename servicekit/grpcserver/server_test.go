@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -380,4 +384,47 @@ func serveAndDial(t *testing.T, srv *grpcserver.Server) (cancel context.CancelFu
 	}
 	t.Cleanup(func() { conn.Close() })
 	return cancel, done, conn
+}
+
+// Calls are traced, health checks and reflection are not.
+func TestProbesAreNotTraced(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	srv, err := grpcserver.New(grpcserver.Config{Name: "test", Listen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerProbe(srv.GRPC(), &probe{handle: func(context.Context) error { return nil }})
+	cancel, served, conn := serveAndDial(t, srv)
+	ctx := context.Background()
+	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := refl.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_ = refl.CloseSend()
+	if err := callProbe(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-served
+	var names []string
+	for _, s := range rec.Ended() {
+		if s.SpanKind() == trace.SpanKindServer {
+			names = append(names, s.Name())
+		}
+	}
+	if len(names) != 1 || names[0] != probeService+"/Call" {
+		t.Errorf("server spans %v, want only %s/Call", names, probeService)
+	}
 }

@@ -230,7 +230,7 @@ func freeAddr() (string, error) {
 
 // serve runs a gRPC server with the production bootstrap.
 func (m *Mesh) serve(name, listen string, start func(context.Context, *grpc.Server) (func() error, error)) (string, error) {
-	srv, err := grpcserver.New(grpcserver.Config{Name: name, Listen: listen, Logger: m.log.With("service", name), ShutdownTimeout: 5 * time.Second})
+	srv, err := grpcserver.New(grpcserver.Config{Name: name, Listen: listen, Logger: m.log, ShutdownTimeout: 5 * time.Second})
 	if err != nil {
 		return "", err
 	}

@@ -91,11 +91,11 @@ func (m *Mesh) start(ctx context.Context, opts Options) error {
 	if m.CA, err = tlsca.New(); err != nil {
 		return err
 	}
-	if m.APNs, err = apns.Start(apns.Options{Addr: opts.APNsListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "apns")}); err != nil {
+	if m.APNs, err = apns.Start(apns.Options{Addr: opts.APNsListen, CA: m.CA, Seed: opts.Seed, Logger: log}); err != nil {
 		return fmt.Errorf("apns emulator: %w", err)
 	}
 	m.closers = append(m.closers, m.APNs.Close)
-	if m.FCM, err = fcm.Start(fcm.Options{Addr: opts.FCMListen, CA: m.CA, Seed: opts.Seed, Logger: log.With("emulator", "fcm")}); err != nil {
+	if m.FCM, err = fcm.Start(fcm.Options{Addr: opts.FCMListen, CA: m.CA, Seed: opts.Seed, Logger: log}); err != nil {
 		return fmt.Errorf("fcm emulator: %w", err)
 	}
 	m.closers = append(m.closers, m.FCM.Close)
@@ -175,8 +175,9 @@ func (m *Mesh) serve(ctx context.Context, name, listen string, log *slog.Logger,
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	log = log.With("service", name)
+	// grpcserver names the service in its own logs; the service's get it here.
 	srv, err := grpcserver.New(grpcserver.Config{Name: name, Listen: listen, Logger: log, ShutdownTimeout: 5 * time.Second})
+	log = log.With("service", name)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", name, err)
 	}

@@ -1,0 +1,155 @@
+// Package proctest runs a service as a child process of its own test
+// binary, so a crash test can kill it with SIGKILL (nothing flushed,
+// nothing closed, no deferred function run) and start it again on the
+// same data directory. It is the technique of deliverysvc's journeytest,
+// shared so that every service's crash tests start their child the same
+// way.
+//
+// The test binary's TestMain calls RunChildIfAsked first: in the child it
+// runs the service and exits; in the parent it returns at once.
+package proctest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+)
+
+// childEnv carries the child's Spec, as JSON.
+const childEnv = "PUSHMESH_PROCTEST_CHILD"
+
+// Spec is what the child serves.
+type Spec struct {
+	Name    string
+	Listen  string
+	DataDir string
+	// Config is the service's own configuration, as the test encoded it.
+	Config json.RawMessage
+}
+
+// StartFunc starts the service on s (as server.Start does) and returns what
+// stops it.
+type StartFunc func(ctx context.Context, s *grpc.Server, spec Spec, log *slog.Logger) (stop func() error, err error)
+
+// RunChildIfAsked runs the service with start and exits when this process
+// was started by Start; otherwise it returns at once.
+func RunChildIfAsked(start StartFunc) {
+	raw := os.Getenv(childEnv)
+	if raw == "" {
+		return
+	}
+	if err := runChild(raw, start); err != nil {
+		fmt.Fprintln(os.Stderr, "proctest child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func runChild(raw string, start StartFunc) error {
+	var spec Spec
+	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("PROCTEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	srv, err := grpcserver.New(grpcserver.Config{Name: spec.Name, Listen: spec.Listen, Logger: log, ShutdownTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	stopSvc, err := start(ctx, srv.GRPC(), spec, log)
+	if err != nil {
+		return err
+	}
+	return errors.Join(srv.Serve(ctx), stopSvc())
+}
+
+// FreeAddr returns a loopback address free at the time of the call, so a
+// restarted child can listen where the first one did.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Process is a service running as a child process.
+type Process struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start starts the service described by spec as a child process (this test
+// binary, whose TestMain calls RunChildIfAsked) and waits until ready
+// returns nil (the service answers), for at most 30 s.
+func Start(spec Spec, ready func(ctx context.Context) error) (*Process, error) {
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := ready(ctx)
+		cancel()
+		if err == nil {
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("%s exited before it answered: %v", spec.Name, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.Kill()
+			return nil, fmt.Errorf("%s did not answer at %s: %w", spec.Name, spec.Listen, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill kills the child with SIGKILL and waits for it to die: whatever it had
+// not committed is lost, as in a crash.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop asks the child to stop (SIGTERM) and waits; it is killed after 10 s.
+func (p *Process) Stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.Kill()
+	}
+}

@@ -204,8 +204,9 @@ func TestEvictionsAcrossImportBatchesKeepCountsExact(t *testing.T) {
 
 	// One import, P's rows each in a batch of their own except for 1 and
 	// 2: the new tokens 2000.. (rows 0, 3, 7, 15, 23, 31, 39, 47) and
-	// token 3000 (row 1), registered for the tablet before token 99 and so
-	// created REPLACED, seen at 5: the least recently seen of all.
+	// token 3000 (row 1), registered for the tablet before token 99: it
+	// would be REPLACED on arrival, so it is not stored on the full
+	// profile (unchanged) and evicts nothing.
 	pRows := map[int]*profilev1.ImportRow{
 		1: {CustomerId: "P", Platform: fcm, AppId: "app", Token: fcmToken(3000), SourceTime: at(5), DeviceId: "tablet"},
 	}
@@ -221,11 +222,11 @@ func TestEvictionsAcrossImportBatchesKeepCountsExact(t *testing.T) {
 		rows = append(rows, r)
 	}
 	resp := importAll(t, ctx, e.client, rows, 1)
-	// Evicted in order: 53 (row 0), 43 (row 1), 3000 (row 3), 33, 23,
-	// 13, 3; rows 39 and 47 find every token active.
-	if resp.GetCreated() != 46 || resp.GetRejected() != 2 || resp.GetProfilesCreated() != 39 ||
+	// Evicted in order: 53 (row 0), 43 (row 3), 33, 23, 13, 3; rows 39
+	// and 47 find every token active.
+	if resp.GetCreated() != 45 || resp.GetUnchanged() != 1 || resp.GetRejected() != 2 || resp.GetProfilesCreated() != 39 ||
 		resp.GetRejectedRows()[0].GetIndex() != 39 || resp.GetRejectedRows()[1].GetIndex() != 47 {
-		t.Fatalf("got %v, want 46 created and rows 39 and 47 rejected", resp)
+		t.Fatalf("got %v, want 45 created, row 1 unchanged and rows 39 and 47 rejected", resp)
 	}
 	set := wantTokens(t, e, "P", nil, append(dead, 3000, 2006, 2007))
 	for k := 0; k < 6; k++ {

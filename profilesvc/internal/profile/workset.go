@@ -1060,6 +1060,26 @@ func (w *Workset) register(target ID, r Registration, s *tokenSlot) (RegisterRes
 	st := r.stamp()
 	res := RegisterResult{Outcome: OutcomeUnchanged, Owner: target}
 	if s.t == nil {
+		// A token its device already replaced, new to a full profile,
+		// would evict an inactive token only to be stored inactive
+		// itself. It is the row of a token this profile evicted before,
+		// imported again (a rerun of the file, or the resume of an import
+		// a crash interrupted): storing it would evict another token at
+		// every rerun, report rows created, and leave another state than
+		// the first import. It changes nothing, like an older
+		// registration.
+		if r.DeviceID != "" {
+			c, err := w.tokenSlotCount(target)
+			if err != nil {
+				return RegisterResult{}, err
+			}
+			if c.tokens.n >= MaxProfileTokens {
+				stale, err := w.replacedOnArrival(r.Key, r.DeviceID, st)
+				if err != nil || stale {
+					return res, err
+				}
+			}
+		}
 		owner, err := w.makeRoomForToken(target, "token")
 		if err != nil {
 			return RegisterResult{}, err
@@ -1240,6 +1260,29 @@ func (w *Workset) leaveDevice(dk DeviceKey, s *tokenSlot, token string) error {
 	}
 	_, err = w.settleDevice(dk)
 	return err
+}
+
+// replacedOnArrival reports whether a token k, new to device deviceID with
+// stamp st, would be replaced at once: the device has a token registered
+// for it more recently (by settleDevice's order).
+func (w *Workset) replacedOnArrival(k TokenKey, deviceID string, st Stamp) (bool, error) {
+	ds, err := w.device(DeviceKey{k.Platform, k.AppID, deviceID})
+	if err != nil {
+		return false, err
+	}
+	for tok := range ds.members {
+		s, err := w.token(TokenKey{k.Platform, k.AppID, tok})
+		if err != nil {
+			return false, err
+		}
+		if s.t == nil {
+			continue // a stale entry: the token is gone
+		}
+		if st.Less(s.t.DeviceStamp) || (s.t.DeviceStamp == st && k.Token < s.t.Token) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // settleDevice marks every token of device dk Replaced except the one

@@ -145,7 +145,7 @@ func TestKill9MidImport(t *testing.T) {
 	rawCfg, _ := json.Marshal(cfg)
 	start := func() *proctest.Process {
 		t.Helper()
-		p, err := proctest.Start(proctest.Spec{Name: "profilesvc", Listen: addr, DataDir: dir, Config: rawCfg}, func(ctx context.Context) error {
+		p, err := proctest.Start(proctest.Spec{Name: "profilesvc", Listen: addr, DataDir: dir, Config: rawCfg}, proctest.Options{}, func(ctx context.Context) error {
 			_, err := client.GetProfile(ctx, &profilev1.GetProfileRequest{Profile: &profilev1.ProfileRef{Ref: &profilev1.ProfileRef_Identity{
 				Identity: &profilev1.Identity{Namespace: "customer_id", Value: "nobody"}}}})
 			if status.Code(err) == codes.NotFound {

@@ -31,6 +31,10 @@ import (
 // childEnv carries the child's Spec, as JSON.
 const childEnv = "PUSHMESH_PROCTEST_CHILD"
 
+// LogEnv, set to anything in a child's environment, sends its logs to
+// stderr (discarded otherwise).
+const LogEnv = "PROCTEST_LOG"
+
 // Spec is what the child serves.
 type Spec struct {
 	Name    string
@@ -66,7 +70,7 @@ func runChild(raw string, start StartFunc) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("PROCTEST_LOG") != "" {
+	if os.Getenv(LogEnv) != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	srv, err := grpcserver.New(grpcserver.Config{Name: spec.Name, Listen: spec.Listen, Logger: log, ShutdownTimeout: 5 * time.Second})
@@ -97,16 +101,29 @@ type Process struct {
 	done chan struct{}
 }
 
-// Start starts the service described by spec as a child process (this test
-// binary, whose TestMain calls RunChildIfAsked) and waits until ready
-// returns nil (the service answers), for at most 30 s.
-func Start(spec Spec, ready func(ctx context.Context) error) (*Process, error) {
+// Options tune Start.
+type Options struct {
+	// Args are the child's arguments; default "-test.run=^$" (a test
+	// binary that runs no test), nil for a program that is not one.
+	Args []string
+	// Env is added to the child's environment.
+	Env []string
+}
+
+// Start starts the service described by spec as a child process (this
+// binary, whose TestMain or main calls RunChildIfAsked) and waits until
+// ready returns nil (the service answers), for at most 30 s.
+func Start(spec Spec, opts Options, ready func(ctx context.Context) error) (*Process, error) {
 	raw, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	args := opts.Args
+	if args == nil {
+		args = []string{"-test.run=^$"}
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(append(os.Environ(), opts.Env...), childEnv+"="+string(raw))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -136,6 +153,9 @@ func Start(spec Spec, ready func(ctx context.Context) error) (*Process, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Pid is the child's process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Kill kills the child with SIGKILL and waits for it to die: whatever it had
 // not committed is lost, as in a crash.

@@ -55,6 +55,7 @@ import (
 	"github.com/pushmesh/pushmesh/emulator/fcm"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 	profileserver "github.com/pushmesh/pushmesh/profilesvc/server"
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
 )
 
 func main() {
@@ -124,7 +125,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	if o.verbose {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-		opts.ChildEnv = append(opts.ChildEnv, "JOURNEYTEST_LOG=1")
+		opts.ChildEnv = append(opts.ChildEnv, proctest.LogEnv+"=1")
 	}
 	m, err := journeytest.New(opts)
 	if err != nil {

@@ -18,11 +18,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -41,6 +38,7 @@ import (
 	profileserver "github.com/pushmesh/pushmesh/profilesvc/server"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
 )
 
 // The apps RegisterApps registers: the shop on iOS and Android, the wallet
@@ -454,125 +452,71 @@ func FCMCollapse(d fcm.Delivery) (collapseKey, tag string) {
 
 // Child processes.
 
-// childEnv carries a child's configuration (JSON of childSpec).
-const childEnv = "JOURNEYTEST_DELIVERYSVC_CHILD"
-
-type childSpec struct {
-	Listen  string
-	DataDir string
-	Config  server.Config
-}
+// Process is deliverysvc running as a child process.
+type Process = proctest.Process
 
 // RunChildIfAsked runs deliverysvc and exits when this process was started
 // by StartDeliveryProcess; otherwise it returns at once. Call it first in
 // TestMain.
 func RunChildIfAsked() {
-	raw := os.Getenv(childEnv)
-	if raw == "" {
-		return
-	}
-	if err := runChild(raw); err != nil {
-		fmt.Fprintln(os.Stderr, "journeytest child:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	proctest.RunChildIfAsked(startChild)
 }
 
-func runChild(raw string) error {
-	var spec childSpec
-	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
-		return err
+// startChild starts deliverysvc in the child as its binary does, with the
+// CPU and heap profiles ChildCPUProfileEnv and ChildHeapProfileEnv ask for.
+func startChild(ctx context.Context, s *grpc.Server, spec proctest.Spec, log *slog.Logger) (func() error, error) {
+	var cfg server.Config
+	if err := json.Unmarshal(spec.Config, &cfg); err != nil {
+		return nil, err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	server.TuneRuntime() // as the deliverysvc binary does
+	var profiled func()
 	if path := os.Getenv(ChildCPUProfileEnv); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+			f.Close()
+			return nil, err
 		}
-		defer pprof.StopCPUProfile()
+		profiled = func() { pprof.StopCPUProfile(); f.Close() }
 	}
-	if path := os.Getenv(ChildHeapProfileEnv); path != "" {
-		defer func() {
+	stop, err := server.Start(ctx, s, spec.DataDir, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		err := stop()
+		if profiled != nil {
+			profiled()
+		}
+		if path := os.Getenv(ChildHeapProfileEnv); path != "" {
 			if f, err := os.Create(path); err == nil {
 				_ = pprof.WriteHeapProfile(f)
 				f.Close()
 			}
-		}()
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if os.Getenv("JOURNEYTEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
-	srv, err := grpcserver.New(grpcserver.Config{Name: "deliverysvc", Listen: spec.Listen, Logger: log, ShutdownTimeout: 5 * time.Second})
-	if err != nil {
+		}
 		return err
-	}
-	stopSvc, err := server.Start(ctx, srv.GRPC(), spec.DataDir, spec.Config, log)
-	if err != nil {
-		return err
-	}
-	return errors.Join(srv.Serve(ctx), stopSvc())
-}
-
-// Process is deliverysvc running as a child process.
-type Process struct {
-	cmd  *exec.Cmd
-	done chan struct{}
+	}, nil
 }
 
 // StartDeliveryProcess starts deliverysvc as a child process (this test
 // binary, whose TestMain calls RunChildIfAsked) on DeliveryAddr, and waits
 // until it answers.
 func (m *Mesh) StartDeliveryProcess() (*Process, error) {
-	spec, err := json.Marshal(childSpec{Listen: m.DeliveryAddr, DataDir: m.DeliveryDir, Config: m.Config})
+	cfg, err := json.Marshal(m.Config)
 	if err != nil {
 		return nil, err
 	}
-	args := m.opts.ChildArgs
-	if args == nil {
-		args = []string{"-test.run=^$"}
-	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(append(os.Environ(), m.opts.ChildEnv...), childEnv+"="+string(spec))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
+	p, err := proctest.Start(proctest.Spec{Name: "deliverysvc", Listen: m.DeliveryAddr, DataDir: m.DeliveryDir, Config: cfg},
+		proctest.Options{Args: m.opts.ChildArgs, Env: m.opts.ChildEnv}, func(ctx context.Context) error {
+			_, err := m.Apps.ListApps(ctx, &deliveryv1.ListAppsRequest{})
+			return err
+		})
+	if err != nil {
 		return nil, err
 	}
-	p := &Process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
 	m.children = append(m.children, p)
-	if err := m.waitForDelivery(); err != nil {
-		p.Kill()
-		return nil, err
-	}
 	return p, nil
-}
-
-// Pid is the child's process id.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
-
-// Kill kills the child with SIGKILL (nothing flushed, nothing closed) and
-// waits for it to die.
-func (p *Process) Kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// Stop asks the child to stop (SIGTERM) and waits; it is killed after 10 s.
-func (p *Process) Stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.Kill()
-	}
 }

@@ -136,7 +136,7 @@ func TestKill9MidIngest(t *testing.T) {
 	client := trackingv1.NewTrackingServiceClient(conn)
 	start := func() *proctest.Process {
 		t.Helper()
-		p, err := proctest.Start(proctest.Spec{Name: "trackingsvc", Listen: addr, DataDir: dir, Config: []byte("{}")}, func(ctx context.Context) error {
+		p, err := proctest.Start(proctest.Spec{Name: "trackingsvc", Listen: addr, DataDir: dir, Config: []byte("{}")}, proctest.Options{}, func(ctx context.Context) error {
 			_, err := client.GetMetrics(ctx, &trackingv1.GetMetricsRequest{})
 			return err
 		})

@@ -3,9 +3,11 @@ package grpcapi_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -139,8 +141,12 @@ const (
 	stressTokens    = 40
 	stressCustomers = 8
 	stressDevices   = 6
-	stressMaxMs     = 2_000_000
 )
+
+// stressTime draws a source or gateway time, in milliseconds after base,
+// from few enough values that registrations and verdicts often tie (ties
+// are where arrival order could leak into the result).
+func stressTime(rng *rand.Rand) int { return 1000 * (1 + rng.IntN(*stressTimes)) }
 
 // convergentOps makes n order-independent operations with rng.
 func convergentOps(rng *rand.Rand, n int) []stressOp {
@@ -160,7 +166,7 @@ func convergentOps(rng *rand.Rand, n int) []stressOp {
 	for range n {
 		switch k := rng.IntN(10); {
 		case k < 4: // RegisterPushToken
-			ti, ci, ms := rng.IntN(stressTokens), rng.IntN(stressCustomers), 1000+rng.IntN(stressMaxMs)
+			ti, ci, ms := rng.IntN(stressTokens), rng.IntN(stressCustomers), stressTime(rng)
 			tok, p := stressToken(ti)
 			req := &profilev1.RegisterPushTokenRequest{Profile: byCustomer(stressCustomer(ci)), Token: tok, Platform: p, AppId: "app",
 				ApnsEnvironment: env(p), DeviceId: device(), SourceTime: atMs(ms)}
@@ -173,7 +179,7 @@ func convergentOps(rng *rand.Rand, n int) []stressOp {
 			var fb []*profilev1.TokenFeedback
 			var vs []stressVerdict
 			for range 1 + rng.IntN(4) {
-				ti, ms := rng.IntN(stressTokens), 1000+rng.IntN(stressMaxMs)
+				ti, ms := rng.IntN(stressTokens), stressTime(rng)
 				tok, p := stressToken(ti)
 				reason := profilev1.FeedbackReason(1 + rng.IntN(4))
 				fb = append(fb, &profilev1.TokenFeedback{Token: tok, Platform: p, AppId: "app", Reason: reason, GatewayTime: atMs(ms)})
@@ -188,10 +194,18 @@ func convergentOps(rng *rand.Rand, n int) []stressOp {
 			var rows []*profilev1.ImportRow
 			var regs []stressReg
 			for range 5 + rng.IntN(40) {
-				ti, ci, ms := rng.IntN(stressTokens), rng.IntN(stressCustomers), 1000+rng.IntN(stressMaxMs)
+				ti, ci, ms := rng.IntN(stressTokens), rng.IntN(stressCustomers), stressTime(rng)
 				tok, p := stressToken(ti)
-				rows = append(rows, &profilev1.ImportRow{Token: tok, Platform: p, AppId: "app", CustomerId: stressCustomer(ci),
-					SourceTime: atMs(ms), ApnsEnvironment: env(p), DeviceId: device()})
+				row := &profilev1.ImportRow{Token: tok, Platform: p, AppId: "app", CustomerId: stressCustomer(ci),
+					SourceTime: atMs(ms), ApnsEnvironment: env(p), DeviceId: device()}
+				if rng.IntN(3) == 0 { // merged as of the row's time: order independent too
+					key := fmt.Sprintf("a%d", rng.IntN(3))
+					row.Attributes = &structpb.Struct{Fields: map[string]*structpb.Value{key: structpb.NewNumberValue(float64(rng.IntN(5)))}}
+					if rng.IntN(4) == 0 {
+						row.Attributes.Fields[key] = structpb.NewNullValue()
+					}
+				}
+				rows = append(rows, row)
 				regs = append(regs, stressReg{ti, ci, ms})
 			}
 			ops = append(ops, stressOp{name: "import", regs: regs,
@@ -199,7 +213,7 @@ func convergentOps(rng *rand.Rand, n int) []stressOp {
 					return importRows(ctx, c, rows, 7)
 				}})
 		default: // consent, dated by the source
-			ci, ms := rng.IntN(stressCustomers), 1000+rng.IntN(stressMaxMs)
+			ci, ms := rng.IntN(stressCustomers), stressTime(rng)
 			req := &profilev1.UpsertProfileRequest{
 				Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: stressCustomer(ci)}},
 				Consent:    &profilev1.PushConsent{State: profilev1.ConsentState(1 + rng.IntN(2)), UpdateTime: atMs(ms)},
@@ -267,19 +281,21 @@ func readerOp(rng *rand.Rand, customers int) stressOp {
 // runConcurrently runs each worker's ops in turn, the workers at once,
 // with readers alongside until the workers are done; allowed says which
 // codes an op may end with. It returns the failures.
-func runConcurrently(ctx context.Context, c profilev1.ProfileServiceClient, work [][]stressOp, readers int, seed uint64,
+func runConcurrently(ctx context.Context, logf func(string, ...any), c profilev1.ProfileServiceClient, work [][]stressOp, readers int, seed uint64,
 	allowed func(op string, code codes.Code) bool) []string {
 	var (
 		mu       sync.Mutex
 		failures []string
 	)
+	codeCounts := map[string]int{}
 	check := func(op stressOp, err error) {
 		code := status.Code(err)
+		mu.Lock()
+		defer mu.Unlock()
+		codeCounts[fmt.Sprintf("%s %s", op.name, code)]++
 		if allowed(op.name, code) {
 			return
 		}
-		mu.Lock()
-		defer mu.Unlock()
 		if len(failures) < 20 {
 			failures = append(failures, fmt.Sprintf("%s: %v", op.name, err))
 		}
@@ -311,6 +327,7 @@ func runConcurrently(ctx context.Context, c profilev1.ProfileServiceClient, work
 	wg.Wait()
 	close(done)
 	readersWG.Wait()
+	logf("calls by outcome: %v", codeCounts)
 	return failures
 }
 
@@ -354,8 +371,12 @@ func convergedState(t testing.TB, ctx context.Context, c profilev1.ProfileServic
 		if err != nil {
 			t.Fatalf("GetProfile %s: %v", cust, err)
 		}
-		fmt.Fprintf(&b, "%s consent=%v@%v active=%d\n", cust, p.GetProfile().GetConsent().GetState(),
-			p.GetProfile().GetConsent().GetUpdateTime().AsTime().UnixMilli(), p.GetProfile().GetActiveTokenCount())
+		attrs, err := json.Marshal(p.GetProfile().GetAttributes().AsMap())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s consent=%v@%v active=%d attributes=%s\n", cust, p.GetProfile().GetConsent().GetState(),
+			p.GetProfile().GetConsent().GetUpdateTime().AsTime().UnixMilli(), p.GetProfile().GetActiveTokenCount(), attrs)
 		list, err := c.ListPushTokens(ctx, &profilev1.ListPushTokensRequest{Profile: byCustomer(cust), IncludeInactive: true})
 		if err != nil {
 			t.Fatalf("ListPushTokens %s: %v", cust, err)
@@ -479,7 +500,7 @@ func chaosOps(rng *rand.Rand, n int, ids []string) []stressOp {
 		case k < 7: // RegisterPushToken by a profile id that may have been deleted
 			tok, p := stressToken(rng.IntN(stressTokens))
 			req := &profilev1.RegisterPushTokenRequest{Profile: byID(ids[rng.IntN(len(ids))]), Token: tok, Platform: p, AppId: "app",
-				SourceTime: atMs(1000 + rng.IntN(stressMaxMs)), DeviceId: fmt.Sprintf("dev-%d", rng.IntN(stressDevices))}
+				SourceTime: atMs(stressTime(rng)), DeviceId: fmt.Sprintf("dev-%d", rng.IntN(stressDevices))}
 			ops[i] = stressOp{name: "register-by-id", run: func(ctx context.Context, c profilev1.ProfileServiceClient) error {
 				_, err := c.RegisterPushToken(ctx, req)
 				return err
@@ -494,10 +515,10 @@ func chaosOps(rng *rand.Rand, n int, ids []string) []stressOp {
 				if rng.IntN(8) == 0 {
 					cust = stressCustomer(rng.IntN(stressCustomers))
 				}
-				rows = append(rows, &profilev1.ImportRow{Token: tok, Platform: fcm, AppId: "app", CustomerId: cust, SourceTime: atMs(1000 + rng.IntN(stressMaxMs))})
+				rows = append(rows, &profilev1.ImportRow{Token: tok, Platform: fcm, AppId: "app", CustomerId: cust, SourceTime: atMs(stressTime(rng))})
 				if rng.IntN(2) == 0 {
 					fb = append(fb, &profilev1.TokenFeedback{Token: tok, Platform: fcm, AppId: "app", Reason: profilev1.FeedbackReason_FEEDBACK_REASON_UNREGISTERED,
-						GatewayTime: atMs(1000 + rng.IntN(stressMaxMs))})
+						GatewayTime: atMs(stressTime(rng))})
 				}
 			}
 			ops[i] = stressOp{name: "whale", run: func(ctx context.Context, c profilev1.ProfileServiceClient) error {
@@ -606,8 +627,15 @@ func checkStore(t testing.TB, db *bolt.DB) map[profile.ID]int {
 			if tok.Key().ID() != id {
 				t.Errorf("token %q stored under the id of another", tok.Token)
 			}
+			detailsEnv := tok.Env
 			if err := profile.DecodeHotInto(tok, tokens.Get(append(slices.Clone(prefix), id[:]...))); err != nil {
 				t.Errorf("token %x: %v", id, err)
+			}
+			if detailsEnv != tok.Env {
+				t.Errorf("token %q: details say environment %d, hot record %d", tok.Token, detailsEnv, tok.Env)
+			}
+			if fp := profile.DeviceFingerprint(tok.DeviceID, tok.Device); fp != tok.DeviceFP {
+				t.Errorf("token %q: details hold device %q, hot record another fingerprint", tok.Token, tok.DeviceID)
 			}
 			if flag := v[2] == 1; flag != tok.Active() {
 				t.Errorf("token %q of %s: details say active=%v, hot record says %v (deactivated %d, source %d, replaced %v)",
@@ -715,7 +743,7 @@ func checkAPI(t testing.TB, ctx context.Context, c profilev1.ProfileServiceClien
 	if err != nil {
 		t.Fatal(err)
 	}
-	streamed := map[string][]string{}
+	streamed := map[string][]string{} // profile → "token env device" of its streamed tokens
 	for {
 		resp, err := stream.Recv()
 		if isEOF(err) {
@@ -730,7 +758,7 @@ func checkAPI(t testing.TB, ctx context.Context, c profilev1.ProfileServiceClien
 			}
 			var toks []string
 			for _, tok := range m.GetTokens() {
-				toks = append(toks, tok.GetToken())
+				toks = append(toks, memberKey(tok))
 			}
 			sort.Strings(toks)
 			streamed[m.GetProfileId()] = toks
@@ -755,7 +783,7 @@ func checkAPI(t testing.TB, ctx context.Context, c profilev1.ProfileServiceClien
 				t.Errorf("token %s listed under %s names owner %s", tok.GetToken(), id, tok.GetProfileId())
 			}
 			if tok.GetState() == profilev1.TokenState_TOKEN_STATE_ACTIVE {
-				active = append(active, tok.GetToken())
+				active = append(active, memberKey(tok))
 			}
 		}
 		sort.Strings(active)
@@ -775,9 +803,16 @@ func checkAPI(t testing.TB, ctx context.Context, c profilev1.ProfileServiceClien
 // Longer or other runs than the suite's: go test -race -run
 // TestConcurrentMutationsConverge -stress.seed N -stress.ops 2000.
 var (
-	stressSeed = flag.Uint64("stress.seed", 20261207, "seed of TestConcurrentMutationsConverge")
-	stressOps  = flag.Int("stress.ops", 240, "operations per phase of TestConcurrentMutationsConverge")
+	stressSeed      = flag.Uint64("stress.seed", 20261207, "seed of TestConcurrentMutationsConverge")
+	stressOps       = flag.Int("stress.ops", 240, "operations per phase of TestConcurrentMutationsConverge")
+	stressBatchRows = flag.Int("stress.batch-rows", 16, "import batch rows of TestConcurrentMutationsConverge")
+	stressTimes     = flag.Int("stress.times", 300, "distinct source and gateway times (seconds) of TestConcurrentMutationsConverge")
 )
+
+// memberKey is what an audience member carries of a token to send to it.
+func memberKey(tok *profilev1.PushToken) string {
+	return fmt.Sprintf("%s env=%v device=%q", tok.GetToken(), tok.GetApnsEnvironment(), tok.GetDeviceId())
+}
 
 func TestConcurrentMutationsConverge(t *testing.T) {
 	if testing.Short() {
@@ -792,12 +827,12 @@ func TestConcurrentMutationsConverge(t *testing.T) {
 	ctx := ctxFor(t)
 	// Small import batches, so that imports run several batches, read
 	// ahead and overlaid, while registrations commit in between.
-	opts := store.Options{ImportBatchRows: 16}
+	opts := store.Options{ImportBatchRows: *stressBatchRows}
 	ops := convergentOps(rand.New(rand.NewPCG(seed, 1)), nOps)
 
 	first := newStressEnv(t, opts)
 	preregister(t, ctx, first.client)
-	if fails := runConcurrently(ctx, first.client, deal(ops, workers), readers, seed, okOnly); len(fails) > 0 {
+	if fails := runConcurrently(ctx, t.Logf, first.client, deal(ops, workers), readers, seed, okOnly); len(fails) > 0 {
 		t.Fatalf("calls failed:\n%s\nservice log:\n%s", strings.Join(fails, "\n"), first.log)
 	}
 	checkOracle(t, ctx, first.client, ops)
@@ -808,7 +843,7 @@ func TestConcurrentMutationsConverge(t *testing.T) {
 	rand.New(rand.NewPCG(seed, 2)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 	second := newStressEnv(t, opts)
 	preregister(t, ctx, second.client)
-	if fails := runConcurrently(ctx, second.client, deal(shuffled, workers/2), 0, seed, okOnly); len(fails) > 0 {
+	if fails := runConcurrently(ctx, t.Logf, second.client, deal(shuffled, workers/2), 0, seed, okOnly); len(fails) > 0 {
 		t.Fatalf("calls failed:\n%s\nservice log:\n%s", strings.Join(fails, "\n"), second.log)
 	}
 	if want := convergedState(t, ctx, second.client); got != want {
@@ -823,10 +858,12 @@ func TestConcurrentMutationsConverge(t *testing.T) {
 		ids = append(ids, p.GetProfile().GetProfileId())
 	}
 	chaos := chaosOps(rand.New(rand.NewPCG(seed, 3)), nOps, ids)
-	if fails := runConcurrently(ctx, first.client, deal(chaos, workers), readers, seed+1, chaosAllowed); len(fails) > 0 {
+	if fails := runConcurrently(ctx, t.Logf, first.client, deal(chaos, workers), readers, seed+1, chaosAllowed); len(fails) > 0 {
 		t.Fatalf("calls failed:\n%s\nservice log:\n%s", strings.Join(fails, "\n"), first.log)
 	}
-	checkAPI(t, ctx, first.client, checkStore(t, first.db))
+	perProfile := checkStore(t, first.db)
+	t.Logf("tokens per profile after chaos: %v", slices.Sorted(maps.Values(perProfile)))
+	checkAPI(t, ctx, first.client, perProfile)
 	if logs := first.log.String(); strings.Contains(logs, "level=ERROR") {
 		t.Errorf("service logged errors:\n%s", logs)
 	}

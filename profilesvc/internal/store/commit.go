@@ -53,8 +53,10 @@ func newCommitter(db *bolt.DB, maxBatch int, tracer trace.Tracer) *committer {
 }
 
 // do runs fn in the next group commit and returns its error, or the commit's.
-// Once queued, the mutation runs even if ctx ends: the caller learns its
-// fate instead of guessing whether it committed.
+// A mutation whose ctx ended before its batch started is not run (its error
+// is ctx's, nothing was written); once its batch started, it runs even if
+// ctx ends, and the caller learns its fate instead of guessing whether it
+// committed.
 func (c *committer) do(ctx context.Context, fn commitFunc) error {
 	r := &commitReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	c.mu.RLock()

@@ -18,7 +18,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -84,11 +83,9 @@ func sendRows(ctx context.Context, c profilev1.ProfileServiceClient, rows []*pro
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; i < len(rows); i += 500 {
-		if err := stream.Send(&profilev1.ImportTokensRequest{Rows: rows[i:min(i+500, len(rows))]}); err != nil {
-			break // the error comes from CloseAndRecv
-		}
-	}
+	proctest.SendChunks(rows, 500, func(chunk []*profilev1.ImportRow) error {
+		return stream.Send(&profilev1.ImportTokensRequest{Rows: chunk})
+	})
 	return stream.CloseAndRecv()
 }
 
@@ -132,15 +129,7 @@ func TestKill9MidImport(t *testing.T) {
 	want := storeState(t, filepath.Join(refDir, server.DBFile))
 
 	dir := t.TempDir()
-	addr, err := proctest.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr, conn := proctest.Target(t)
 	client := profilev1.NewProfileServiceClient(conn)
 	rawCfg, _ := json.Marshal(cfg)
 	start := func() *proctest.Process {
@@ -250,14 +239,8 @@ func checkStore(t testing.TB, path string) int {
 	tokens := 0
 	viewStore(t, path, func(tx *bolt.Tx) error {
 		profiles := map[profile.ID]*profile.Profile{}
-		err := tx.Bucket([]byte("profiles")).ForEach(func(k, v []byte) error {
-			var id profile.ID
-			copy(id[:], k[pl:])
-			p, err := profile.DecodeProfile(id, v)
-			if err != nil {
-				return err
-			}
-			profiles[id] = p
+		err := eachProfile(tx, func(p *profile.Profile) error {
+			profiles[p.ID] = p
 			return nil
 		})
 		if err != nil {
@@ -387,13 +370,7 @@ func storeState(t testing.TB, path string) string {
 	var lines []string
 	viewStore(t, path, func(tx *bolt.Tx) error {
 		names := map[profile.ID]string{}
-		err := tx.Bucket([]byte("profiles")).ForEach(func(k, v []byte) error {
-			var id profile.ID
-			copy(id[:], k[pl:])
-			p, err := profile.DecodeProfile(id, v)
-			if err != nil {
-				return err
-			}
+		err := eachProfile(tx, func(p *profile.Profile) error {
 			var idns, attrs []string
 			for _, idn := range p.Identities {
 				idns = append(idns, idn.Namespace+"="+idn.Value)
@@ -401,8 +378,8 @@ func storeState(t testing.TB, path string) string {
 			for _, a := range p.Attributes {
 				attrs = append(attrs, fmt.Sprintf("%s=%v@%d", a.Key, a.Value, a.Time))
 			}
-			names[id] = strings.Join(idns, ",")
-			lines = append(lines, fmt.Sprintf("%s consent=%d attrs=%v", names[id], p.Consent, attrs))
+			names[p.ID] = strings.Join(idns, ",")
+			lines = append(lines, fmt.Sprintf("%s consent=%d attrs=%v", names[p.ID], p.Consent, attrs))
 			return nil
 		})
 		if err != nil {
@@ -448,4 +425,18 @@ func lineDiff(got, want string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// eachProfile decodes every profile of the test tenant's store and calls fn.
+func eachProfile(tx *bolt.Tx, fn func(*profile.Profile) error) error {
+	pl := len(tenantPrefix)
+	return tx.Bucket([]byte("profiles")).ForEach(func(k, v []byte) error {
+		var id profile.ID
+		copy(id[:], k[pl:])
+		p, err := profile.DecodeProfile(id, v)
+		if err != nil {
+			return err
+		}
+		return fn(p)
+	})
 }

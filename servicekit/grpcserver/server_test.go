@@ -91,17 +91,7 @@ func TestHealthServingForEveryService(t *testing.T) {
 
 func TestReflectionListsServices(t *testing.T) {
 	conn := grpctest.Start(t, func(s *grpc.Server) { registerProbe(s, &probe{handle: func(context.Context) error { return nil }}) })
-	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := stream.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, resp := listServices(t, context.Background(), conn)
 	got := map[string]bool{}
 	for _, s := range resp.GetListServicesResponse().GetService() {
 		got[s.GetName()] = true
@@ -402,16 +392,7 @@ func TestProbesAreNotTraced(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := refl.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	refl, _ := listServices(t, ctx, conn)
 	_ = refl.CloseSend()
 	if err := callProbe(ctx, conn); err != nil {
 		t.Fatal(err)
@@ -427,4 +408,22 @@ func TestProbesAreNotTraced(t *testing.T) {
 	if len(names) != 1 || names[0] != probeService+"/Call" {
 		t.Errorf("server spans %v, want only %s/Call", names, probeService)
 	}
+}
+
+// listServices opens a reflection stream and asks it for the services once;
+// the stream stays open.
+func listServices(t *testing.T, ctx context.Context, conn *grpc.ClientConn) (reflectionpb.ServerReflection_ServerReflectionInfoClient, *reflectionpb.ServerReflectionResponse) {
+	t.Helper()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, resp
 }

@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
@@ -49,16 +48,7 @@ func TestShutdownEndsWatchStreams(t *testing.T) {
 	if resp, err := unknown.Recv(); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
 		t.Fatalf("watch of an unknown service: got %v, %v, want SERVICE_UNKNOWN first", resp, err)
 	}
-	refl, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := refl.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := refl.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	refl, _ := listServices(t, ctx, conn)
 
 	begin := time.Now()
 	cancel()

@@ -21,9 +21,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"syscall"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
@@ -93,6 +95,23 @@ func FreeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// Target picks a free loopback address for a child and returns it with a
+// client connection to it, closed with the test: the connection reaches
+// whichever child listens there, across kills and restarts.
+func Target(t testing.TB) (addr string, conn *grpc.ClientConn) {
+	t.Helper()
+	addr, err := FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return addr, conn
 }
 
 // Process is a service running as a child process.
@@ -171,5 +190,16 @@ func (p *Process) Stop() {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
 		p.Kill()
+	}
+}
+
+// SendChunks calls send with items in slices of at most size, in order,
+// and stops at the first error: a client stream's own error then comes
+// from its CloseAndRecv.
+func SendChunks[T any](items []T, size int, send func([]T) error) {
+	for i := 0; i < len(items); i += size {
+		if send(items[i:min(i+size, len(items))]) != nil {
+			return
+		}
 	}
 }

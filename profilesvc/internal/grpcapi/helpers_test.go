@@ -33,6 +33,12 @@ type env struct {
 
 func newEnv(t testing.TB, opts store.Options) *env {
 	t.Helper()
+	return newEnvLogging(t, opts, io.Discard)
+}
+
+// newEnvLogging is newEnv with the service's log written to logs.
+func newEnvLogging(t testing.TB, opts store.Options, logs io.Writer) *env {
+	t.Helper()
 	db, err := boltdb.Open(t.TempDir(), "profilesvc.db")
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +53,7 @@ func newEnv(t testing.TB, opts store.Options) *env {
 		db.Close()
 	})
 	conn := grpctest.Start(t, func(s *grpc.Server) {
-		grpcapi.New(st, slog.New(slog.NewTextHandler(io.Discard, nil))).Register(s)
+		grpcapi.New(st, slog.New(slog.NewTextHandler(logs, nil))).Register(s)
 	})
 	return &env{client: profilev1.NewProfileServiceClient(conn), db: db}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -25,11 +23,10 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
-	"github.com/pushmesh/pushmesh/profilesvc/internal/grpcapi"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
-	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 )
 
 // The stress test hammers one profilesvc (real bbolt, real loopback gRPC)
@@ -59,45 +56,13 @@ import (
 // with Internal.
 type stressEnv struct {
 	*env
-	log *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	log *logtest.Buffer
 }
 
 func newStressEnv(t testing.TB, opts store.Options) *stressEnv {
 	t.Helper()
-	db, err := boltdb.Open(t.TempDir(), "profilesvc.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(db, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		st.Close()
-		db.Close()
-	})
-	logs := &lockedBuffer{}
-	conn := grpctest.Start(t, func(s *grpc.Server) {
-		grpcapi.New(st, slog.New(slog.NewTextHandler(logs, nil))).Register(s)
-	})
-	return &stressEnv{env: &env{client: profilev1.NewProfileServiceClient(conn), db: db}, log: logs}
+	logs := &logtest.Buffer{}
+	return &stressEnv{env: newEnvLogging(t, opts, logs), log: logs}
 }
 
 // atMs is base plus ms milliseconds.
@@ -253,18 +218,7 @@ func readerOp(rng *rand.Rand, customers int) stressOp {
 	switch rng.IntN(3) {
 	case 0:
 		return stressOp{name: "query", run: func(ctx context.Context, c profilev1.ProfileServiceClient) error {
-			stream, err := c.QueryAudience(ctx, &profilev1.QueryAudienceRequest{BatchSize: 3})
-			if err != nil {
-				return err
-			}
-			for {
-				if _, err := stream.Recv(); err != nil {
-					if isEOF(err) {
-						return nil
-					}
-					return err
-				}
-			}
+			return drainAudience(ctx, c, &profilev1.QueryAudienceRequest{BatchSize: 3})
 		}}
 	case 1:
 		return stressOp{name: "list", run: func(ctx context.Context, c profilev1.ProfileServiceClient) error {

@@ -191,18 +191,21 @@ func feedback(e *env, f *profilev1.TokenFeedback) func(context.Context) error {
 }
 
 func audience(e *env, r *profilev1.QueryAudienceRequest) func(context.Context) error {
-	return func(ctx context.Context) error {
-		stream, err := e.client.QueryAudience(ctx, r)
-		if err != nil {
-			return err
-		}
-		for {
-			if _, err := stream.Recv(); err != nil {
-				if isEOF(err) {
-					return nil
-				}
-				return err
+	return func(ctx context.Context) error { return drainAudience(ctx, e.client, r) }
+}
+
+// drainAudience runs an audience query and reads it to its end.
+func drainAudience(ctx context.Context, c profilev1.ProfileServiceClient, r *profilev1.QueryAudienceRequest) error {
+	stream, err := c.QueryAudience(ctx, r)
+	if err != nil {
+		return err
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if isEOF(err) {
+				return nil
 			}
+			return err
 		}
 	}
 }

@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
@@ -35,30 +33,7 @@ func TestMain(m *testing.M) {
 // in different batches.
 func crashEvents(n int, prefix string, seed uint64) []*trackingv1.Event {
 	rng := rand.New(rand.NewPCG(seed, 9))
-	start := time.Now().Add(-2 * time.Hour)
-	out := make([]*trackingv1.Event, n)
-	for i := range out {
-		e := &trackingv1.Event{
-			EventId:   fmt.Sprintf("%s-%d", prefix, i),
-			Type:      trackingv1.EventType(1 + rng.IntN(7)),
-			EventTime: timestamppb.New(start.Add(time.Duration(rng.Int64N(int64(110 * time.Minute))))),
-			ProfileId: fmt.Sprintf("p%d", rng.IntN(300)),
-			AppId:     []string{"com.a", "com.b"}[rng.IntN(2)],
-			Platform:  commonv1.Platform(1 + rng.IntN(2)),
-			JourneyId: []string{"j1", "j2"}[rng.IntN(2)],
-			MessageId: []string{"m1", "m2"}[rng.IntN(2)],
-		}
-		switch e.Type {
-		case trackingv1.EventType_EVENT_TYPE_ACTION:
-			e.ActionId = []string{"buy", "later"}[rng.IntN(2)]
-		case trackingv1.EventType_EVENT_TYPE_FAILED:
-			e.FailureReason = commonv1.FailureReason(1 + rng.IntN(3))
-		case trackingv1.EventType_EVENT_TYPE_EXCLUDED:
-			e.ExclusionReason = commonv1.ExclusionReason(1 + rng.IntN(3))
-		}
-		out[i] = e
-	}
-	return out
+	return drawEvents(rng, n, func(i int) string { return fmt.Sprintf("%s-%d", prefix, i) }, time.Now().Add(-2*time.Hour), 110*time.Minute, 300)
 }
 
 // ingestStream sends evs as one Ingest stream in messages of 2,500.
@@ -67,11 +42,9 @@ func ingestStream(ctx context.Context, c trackingv1.TrackingServiceClient, evs [
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; i < len(evs); i += 2500 {
-		if err := stream.Send(&trackingv1.IngestRequest{Events: evs[i:min(i+2500, len(evs))]}); err != nil {
-			break // the error comes from CloseAndRecv
-		}
-	}
+	proctest.SendChunks(evs, 2500, func(chunk []*trackingv1.Event) error {
+		return stream.Send(&trackingv1.IngestRequest{Events: chunk})
+	})
 	return stream.CloseAndRecv()
 }
 
@@ -124,15 +97,7 @@ func TestKill9MidIngest(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	addr, err := proctest.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	addr, conn := proctest.Target(t)
 	client := trackingv1.NewTrackingServiceClient(conn)
 	start := func() *proctest.Process {
 		t.Helper()

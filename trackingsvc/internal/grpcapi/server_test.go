@@ -209,14 +209,20 @@ func TestBadRequestsNameTheField(t *testing.T) {
 // ids repeated, in no particular time order.
 func randomEvents(n int, seed uint64) []*trackingv1.Event {
 	rng := rand.New(rand.NewPCG(seed, 1))
-	types := []trackingv1.EventType{1, 2, 3, 4, 5, 6, 7}
+	return drawEvents(rng, n, func(int) string { return fmt.Sprintf("e%d", rng.IntN(n)) }, now.Add(-2*time.Hour), 2*time.Hour, 50)
+}
+
+// drawEvents draws n events of every type, event i with id id(i), at times
+// in [start, start+span), over a few journeys, messages, apps and platforms
+// and the given number of profiles.
+func drawEvents(rng *rand.Rand, n int, id func(i int) string, start time.Time, span time.Duration, profiles int) []*trackingv1.Event {
 	out := make([]*trackingv1.Event, n)
 	for i := range out {
 		e := &trackingv1.Event{
-			EventId:   fmt.Sprintf("e%d", rng.IntN(n)),
-			Type:      types[rng.IntN(len(types))],
-			EventTime: timestamppb.New(now.Add(-time.Duration(rng.Int64N(int64(2 * time.Hour))))),
-			ProfileId: fmt.Sprintf("p%d", rng.IntN(50)),
+			EventId:   id(i),
+			Type:      trackingv1.EventType(1 + rng.IntN(7)),
+			EventTime: timestamppb.New(start.Add(time.Duration(rng.Int64N(int64(span))))),
+			ProfileId: fmt.Sprintf("p%d", rng.IntN(profiles)),
 			AppId:     []string{"com.a", "com.b"}[rng.IntN(2)],
 			Platform:  commonv1.Platform(1 + rng.IntN(2)),
 			JourneyId: []string{"j1", "j2"}[rng.IntN(2)],

@@ -35,12 +35,16 @@ type h2Conn struct {
 	cur     *h2Link   // nil until dialed, and after a failure or close
 	dial    *h2Dial   // the dial in progress, if any
 	retired []*h2Link // refused new requests (GOAWAY); closed once idle
+	// closeIdle is set when CloseIdleConnections comes during a dial: the
+	// new connection is closed at once unless a request still waits for it.
+	closeIdle bool
 }
 
 // h2Dial is a dial every request waiting for the connection shares.
 type h2Dial struct {
-	done chan struct{} // closed once the dial ended and cur is set
-	err  error         // the dial's error, set before done is closed
+	done    chan struct{} // closed once the dial ended and cur is set
+	err     error         // the dial's error, set before done is closed
+	waiters int           // requests waiting for it
 }
 
 // h2Link is one dialed connection and the requests using it.
@@ -143,11 +147,19 @@ func (c *h2Conn) get(ctx context.Context) (*h2Link, error) {
 		c.dial = d
 		go c.dialNow(d)
 	}
+	d.waiters++
 	c.mu.Unlock()
+	var err error
 	select {
 	case <-d.done:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		err = ctx.Err()
+	}
+	c.mu.Lock()
+	d.waiters--
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	if d.err != nil {
 		return nil, d.err
@@ -163,11 +175,18 @@ func (c *h2Conn) dialNow(d *h2Dial) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.dial = nil
-	if err != nil {
+	switch {
+	case err != nil:
 		d.err = fmt.Errorf("connect to %s: %w", c.addr, err)
-	} else {
+	case c.closeIdle && d.waiters == 0:
+		// Closed while dialing (the app's credentials were replaced, or
+		// it was removed) and nobody waits: the connection would stay
+		// open, pinged, for no one.
+		_ = cc.Close()
+	default:
 		c.cur = &h2Link{cc: cc}
 	}
+	c.closeIdle = false
 	close(d.done)
 }
 
@@ -204,6 +223,9 @@ func (c *h2Conn) closeIdleRetiredLocked() {
 func (c *h2Conn) CloseIdleConnections() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.dial != nil {
+		c.closeIdle = true
+	}
 	if l := c.cur; l != nil && l.users == 0 && l.cc.InFlight() == 0 {
 		_ = l.cc.Close()
 		c.cur = nil

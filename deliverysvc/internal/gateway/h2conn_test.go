@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -184,5 +186,62 @@ func TestH2ConnSharesOneDial(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("%d connections dialed for 50 requests, want 1", n)
+	}
+}
+
+// A CloseIdleConnections that comes while a dial is in progress, with no
+// request left waiting for it, closes the new connection instead of leaving
+// it open for no one.
+func TestH2ConnClosedWhileDialing(t *testing.T) {
+	e := start(t)
+	// A forwarder to the emulator that lets each connection through only
+	// after 300 ms: a slow dial.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	target := strings.TrimPrefix(e.apns.URL(), "https://")
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer in.Close()
+				time.Sleep(300 * time.Millisecond)
+				out, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer out.Close()
+				go io.Copy(out, in)
+				io.Copy(in, out)
+			}()
+		}
+	}()
+	c := &h2Conn{t: e.gw.h2, addr: ln.Addr().String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+ln.Addr().String()+"/3/device/x", nil)
+	if _, err := c.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("RoundTrip: %v, want its deadline (the dial takes 300 ms)", err)
+	}
+	c.CloseIdleConnections()
+	c.mu.Lock()
+	d := c.dial
+	c.mu.Unlock()
+	if d == nil {
+		t.Fatal("no dial in progress")
+	}
+	<-d.done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d.err != nil {
+		t.Fatalf("dial: %v", d.err)
+	}
+	if c.cur != nil {
+		t.Error("the connection dialed for nobody stayed open")
 	}
 }

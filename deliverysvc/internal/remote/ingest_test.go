@@ -158,7 +158,7 @@ func TestFrameEvents(t *testing.T) {
 		records = append(records, rec)
 	}
 	records = append([][]byte{{0xff}}, records...) // unreadable, first
-	requests, traceparent, dropped := frameEvents(records, 2)
+	requests, traceparent, dropped := frameEvents(records, 2, maxRequestBytes)
 	if dropped != 1 || len(requests) != 3 {
 		t.Fatalf("got %d requests, %d dropped; want 3 and 1", len(requests), dropped)
 	}
@@ -185,6 +185,17 @@ func TestFrameEvents(t *testing.T) {
 			next++
 		}
 	}
+
+	// A byte bound smaller than two events: one event per request, even
+	// one bigger than the bound on its own.
+	requests, _, _ = frameEvents(records[1:], 10, len(records[1])+4)
+	if len(requests) != 5 {
+		t.Errorf("with a byte bound of one event: got %d requests, want 5", len(requests))
+	}
+	requests, _, _ = frameEvents(records[1:], 10, 1)
+	if len(requests) != 5 {
+		t.Errorf("with a byte bound below one event: got %d requests, want 5", len(requests))
+	}
 }
 
 func BenchmarkIngestEncoding(b *testing.B) {
@@ -197,7 +208,7 @@ func BenchmarkIngestEncoding(b *testing.B) {
 	b.Run("checked and framed", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			frameEvents(records, maxEventsPerRequest)
+			frameEvents(records, maxEventsPerRequest, maxRequestBytes)
 		}
 	})
 	b.Run("decoded and encoded again", func(b *testing.B) {

@@ -247,13 +247,24 @@ func appendEnum(dst []byte, num protowire.Number, v int32) []byte {
 // maxEventsPerRequest bounds the events of one IngestRequest.
 const maxEventsPerRequest = 10_000
 
+// maxRequestBytes bounds the encoded size of one request to a peer
+// (IngestRequest, ReportTokenFeedbackRequest), well under gRPC's default
+// 4 MiB receive limit, which trackingsvc and profilesvc keep. A count alone
+// is not enough: tokens, profile and message ids are up to kilobytes each,
+// and one full outbox batch of such events is several MiB. A request over
+// the peer's limit is refused (ResourceExhausted) on every retry, and as the
+// outbox forwards in order, everything behind it would wait for good. One
+// record is a few KiB at most, so a request never passes this by more.
+const maxRequestBytes = 2 << 20
+
 // frameEvents checks records (checkEvent) and frames the readable ones as
-// IngestRequest messages of at most perRequest events. Every request is a
+// IngestRequest messages of at most perRequest events and about maxBytes
+// bytes (a request holds at least one event). Every request is a
 // slice of one buffer allocated at its final size: a batch of thousands of
 // events appended to a growing slice would be copied about twice over. It
 // returns the traceparent of the first readable record and how many were
 // dropped.
-func frameEvents(records [][]byte, perRequest int) (requests []preEncoded, traceparent string, dropped int) {
+func frameEvents(records [][]byte, perRequest, maxBytes int) (requests []preEncoded, traceparent string, dropped int) {
 	size := 0
 	for _, rec := range records {
 		size += protowire.SizeTag(ingestEventsField) + protowire.SizeBytes(len(rec))
@@ -269,7 +280,8 @@ func frameEvents(records [][]byte, perRequest int) (requests []preEncoded, trace
 		if inReq == 0 && len(requests) == 0 {
 			traceparent = string(tp)
 		}
-		if inReq == perRequest {
+		size := protowire.SizeTag(ingestEventsField) + protowire.SizeBytes(len(rec))
+		if inReq == perRequest || inReq > 0 && len(buf)-start+size > maxBytes {
 			requests = append(requests, buf[start:len(buf):len(buf)])
 			start, inReq = len(buf), 0
 		}
@@ -290,7 +302,7 @@ func frameEvents(records [][]byte, perRequest int) (requests []preEncoded, trace
 // with a log line rather than fail its whole batch forever.
 func Ingest(client trackingv1.TrackingServiceClient, log *slog.Logger) outbox.Deliver {
 	return func(ctx context.Context, tenantID string, records [][]byte) error {
-		requests, traceparent, dropped := frameEvents(records, maxEventsPerRequest)
+		requests, traceparent, dropped := frameEvents(records, maxEventsPerRequest, maxRequestBytes)
 		if dropped > 0 {
 			// A record this binary cannot read will never become readable:
 			// drop it rather than block the queue.
@@ -479,7 +491,7 @@ func feedbackReason(r commonv1.FailureReason) (profilev1.FeedbackReason, bool) {
 }
 
 // ReportFeedback returns the feedback outbox's Deliver: ReportTokenFeedback
-// in requests of at most 10,000 verdicts.
+// in requests of at most 10,000 verdicts and about maxRequestBytes.
 func ReportFeedback(client profilev1.ProfileServiceClient, log *slog.Logger) outbox.Deliver {
 	return func(ctx context.Context, tenantID string, records [][]byte) error {
 		feedback := make([]*profilev1.TokenFeedback, 0, len(records))
@@ -492,8 +504,17 @@ func ReportFeedback(client profilev1.ProfileServiceClient, log *slog.Logger) out
 			feedback = append(feedback, fb)
 		}
 		const maxPerRequest = 10_000
-		for start := 0; start < len(feedback); start += maxPerRequest {
-			end := min(start+maxPerRequest, len(feedback))
+		for start, end := 0, 0; start < len(feedback); start = end {
+			// Up to maxPerRequest verdicts and maxRequestBytes (at least one
+			// verdict): see maxRequestBytes.
+			size := 0
+			for end = start; end < len(feedback) && end-start < maxPerRequest; end++ {
+				n := protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(feedback[end]))
+				if end > start && size+n > maxRequestBytes {
+					break
+				}
+				size += n
+			}
 			res, err := client.ReportTokenFeedback(ctx, &profilev1.ReportTokenFeedbackRequest{Feedback: feedback[start:end]})
 			if permanent(err) {
 				log.ErrorContext(ctx, "profilesvc refused a batch of token feedback; dropping it", "tenant", tenantID, "verdicts", end-start, "err", err)

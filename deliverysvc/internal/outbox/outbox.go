@@ -374,20 +374,40 @@ func (o *Outbox) forward(ctx context.Context) {
 	}
 }
 
-// drain forwards batches until the outbox is empty or Deliver fails.
+// drain forwards batches until the outbox is empty, or holds only records
+// of tenants whose Deliver failed in this round. A failing tenant's records
+// stay where they are, in order, for the next round (after the backoff);
+// the other tenants' go on: one tenant that the remote keeps refusing
+// would otherwise hold every record behind its own, for as long as the
+// refusal lasts. It returns the first failure, if any.
 func (o *Outbox) drain(ctx context.Context) error {
 	o.waiting.Store(0)
+	var failed map[string]bool // tenants whose batch failed this round
+	var firstErr error
 	for {
-		tenantID, keys, records, err := o.next()
-		if err != nil || len(records) == 0 {
-			return err
+		tenantID, keys, records, err := o.next(failed)
+		if err != nil {
+			return errors.Join(firstErr, err)
+		}
+		if len(records) == 0 {
+			return firstErr
 		}
 		bctx, span := o.tracer.Start(tenant.With(ctx, tenantID), "outbox.forward", trace.WithAttributes(
 			attribute.String("pushmesh.outbox", o.cfg.Name), attribute.Int("pushmesh.records", len(records))))
 		err = o.deliverWithin(bctx, tenantID, records)
 		span.End()
 		if err != nil {
-			return err
+			if ctx.Err() != nil {
+				return err
+			}
+			if failed == nil {
+				failed = make(map[string]bool)
+			}
+			failed[tenantID] = true
+			if firstErr == nil {
+				firstErr = fmt.Errorf("tenant %s: %w", tenantID, err)
+			}
+			continue
 		}
 		if err := o.db.Update(func(tx *bolt.Tx) error {
 			b := tx.Bucket(o.bucket)
@@ -418,21 +438,29 @@ func (o *Outbox) deliverWithin(ctx context.Context, tenantID string, records [][
 	return err
 }
 
-// next reads the oldest values of the first tenant with records, up to
-// about BatchSize records.
-func (o *Outbox) next() (tenantID string, keys, records [][]byte, err error) {
+// next reads the oldest values of the first tenant with records, except
+// those in skip, up to about BatchSize records.
+func (o *Outbox) next(skip map[string]bool) (tenantID string, keys, records [][]byte, err error) {
 	err = o.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(o.bucket).Cursor()
+		k, v := c.First()
 		var prefix []byte
-		for k, v := c.First(); k != nil && len(records) < o.cfg.BatchSize; k, v = c.Next() {
-			if prefix == nil {
-				i := bytes.IndexByte(k, 0)
-				if i < 0 {
-					return fmt.Errorf("outbox %s: malformed key", o.cfg.Name)
-				}
+		for prefix == nil && k != nil {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return fmt.Errorf("outbox %s: malformed key", o.cfg.Name)
+			}
+			if !skip[string(k[:i])] {
 				prefix = bytes.Clone(k[:i+1])
 				tenantID = string(k[:i])
-			} else if !bytes.HasPrefix(k, prefix) {
+				break
+			}
+			// Past every key of the skipped tenant: "tenant\x00…" sorts
+			// before "tenant\x01".
+			k, v = c.Seek(append(bytes.Clone(k[:i]), 1))
+		}
+		for ; k != nil && len(records) < o.cfg.BatchSize; k, v = c.Next() {
+			if !bytes.HasPrefix(k, prefix) {
 				break
 			}
 			keys = append(keys, bytes.Clone(k))

@@ -306,3 +306,59 @@ func TestSplitRecords(t *testing.T) {
 		t.Error("truncated value: got nil error, want one")
 	}
 }
+
+// A tenant whose batches the remote keeps failing (a quota, an outage of
+// its shard, a refusal of that tenant) must not hold the other tenants'
+// records: they are forwarded while its own wait, in order, for the retry.
+func TestOneTenantsFailuresDoNotHoldTheOthers(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	r := newRemote()
+	var acmeDown sync.Mutex // held while acme's batches fail
+	acmeDown.Lock()
+	refused := make(chan struct{}, 1)
+	deliver := func(ctx context.Context, tenantID string, records [][]byte) error {
+		if tenantID == "acme" {
+			if !acmeDown.TryLock() {
+				select {
+				case refused <- struct{}{}:
+				default:
+				}
+				return errors.New("acme's shard is unavailable")
+			}
+			acmeDown.Unlock()
+		}
+		return r.deliver(ctx, tenantID, records)
+	}
+	o := New(db, buckets.TrackingOutbox, deliver, fastConfig())
+	o.Start()
+	defer o.Close()
+	acme, beta := tenant.With(context.Background(), "acme"), tenant.With(context.Background(), "beta")
+	for i := range 20 {
+		// acme's keys sort first: its records are the outbox's head.
+		if err := o.Append(acme, [][]byte{[]byte(fmt.Sprintf("a%02d", i))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Append(beta, [][]byte{[]byte(fmt.Sprintf("b%02d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-refused
+	waitFor(t, "beta's records while acme's fail", func() bool { return r.count() == 20 })
+	r.mu.Lock()
+	gotBeta, gotAcme := len(r.got["beta"]), len(r.got["acme"])
+	r.mu.Unlock()
+	if gotBeta != 20 || gotAcme != 0 {
+		t.Fatalf("while acme fails: got %d beta and %d acme records, want 20 and 0", gotBeta, gotAcme)
+	}
+	acmeDown.Unlock()
+	waitFor(t, "acme's records once its remote is back", func() bool { return r.count() == 40 })
+	waitFor(t, "an empty outbox", func() bool { n, _ := o.Len(); return n == 0 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, rec := range r.got["acme"] {
+		if want := fmt.Sprintf("a%02d", i); rec != want {
+			t.Fatalf("acme record %d: got %q, want %q (in order)", i, rec, want)
+		}
+	}
+}

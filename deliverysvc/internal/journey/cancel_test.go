@@ -153,7 +153,7 @@ func TestCancelIsDurableWhileTheRunnerDrains(t *testing.T) {
 func TestRunnerStopsWhenItsJourneyIsCancelledInTheStore(t *testing.T) {
 	h := newHarness(t)
 	const n = 5000
-	id := h.publishSlowly(n, "cancelled behind the runner's back")
+	id := h.publishHeld(n, "cancelled behind the runner's back")
 	j, err := h.store.Get("acme", id)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -434,6 +435,33 @@ func waitUntil(t *testing.T, limit time.Duration, what string, ok func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// publishHeld starts the harness with n members and a gateway that takes
+// the first 100 pushes and holds every later one until its context ends
+// (then fails it, unsent), publishes a journey and returns its id once the
+// 100 went out: a journey that cannot finish on its own, however fast the
+// machine.
+func (h *harness) publishHeld(n int, name string) string {
+	h.t.Helper()
+	h.setMembers(population(h.t, n)...)
+	inner := h.sender.SendFunc
+	var passed atomic.Int64
+	h.sender.SendFunc = func(ctx context.Context, pushes []delivery.Push) []delivery.Attempt {
+		if passed.Add(int64(len(pushes))) <= 100 {
+			return inner(ctx, pushes)
+		}
+		<-ctx.Done()
+		out := make([]delivery.Attempt, len(pushes))
+		for i := range out {
+			out[i] = delivery.Attempt{Reason: commonv1.FailureReason_FAILURE_REASON_NETWORK, Detail: "not sent: " + ctx.Err().Error()}
+		}
+		return out
+	}
+	h.start()
+	id := h.publish(journey(name))
+	waitUntil(h.t, 10*time.Second, "sending", func() bool { return h.pushCount() >= 100 || passed.Load() > 100 })
+	return id
 }
 
 // publishSlowly starts the harness with n members and a gateway taking

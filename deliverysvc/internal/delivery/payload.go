@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"firebase.google.com/go/v4/messaging"
+
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
 
 // tracking is the data every push carries back to the app.
@@ -94,7 +97,7 @@ func buildAPNs(m *Message, app string, tr tracking, deadline, now time.Time) (*A
 	pushType := apnsPushType(m)
 	payload := apnsPayload(m, pushType, tr, now)
 	if limit := apnsLimit(pushType); len(payload) > limit {
-		return nil, fmt.Errorf("APNs payload is %d bytes, over the %d-byte limit for %s pushes", len(payload), limit, pushType)
+		return nil, apnsTooLarge(len(payload), limit, pushType)
 	}
 	exp := m.APNs.Expiration
 	if exp.IsZero() {
@@ -114,6 +117,78 @@ func buildAPNs(m *Message, app string, tr tracking, deadline, now time.Time) (*A
 		CollapseID: collapseID(m.APNs.CollapseID, tr.messageID),
 		Payload:    payload,
 	}, nil
+}
+
+// traceParentLen is the length of every W3C traceparent the pipeline puts
+// in a push ("00-", 32 hex digits, "-", 16, "-", 2).
+const traceParentLen = 55
+
+// CheckPayloadSize reports, as the pipeline would when sending, whether m's
+// payload for platform is over the gateway's limit: the error is the one a
+// send would fail with (PAYLOAD_TOO_LARGE). Journeys call it on what a
+// profile rendered, so that a profile whose values make the notification
+// too large is excluded with the reason instead of failing every send to
+// its devices. It builds the payload only when a cheap upper bound does not
+// already show that it fits.
+func CheckPayloadSize(m *Message, platform commonv1.Platform, now time.Time) error {
+	tr := tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: strings.Repeat("0", traceParentLen)}
+	if platform == commonv1.Platform_PLATFORM_FCM {
+		if size := fcmPayloadSize(&m.Notification, tr); size > FCMPayloadLimit {
+			return fcmTooLarge(size)
+		}
+		return nil
+	}
+	pushType := apnsPushType(m)
+	limit := apnsLimit(pushType)
+	if apnsPayloadBound(m, tr) <= limit {
+		return nil
+	}
+	if size := len(apnsPayload(m, pushType, tr, now)); size > limit {
+		return apnsTooLarge(size, limit, pushType)
+	}
+	return nil
+}
+
+// apnsPayloadBound is at least the length of m's APNs payload: JSON
+// escaping makes at most 6 bytes of a byte (\u00XX), and the keys, quotes
+// and numbers apnsPayload adds stay under 512 bytes plus 8 per data entry.
+func apnsPayloadBound(m *Message, tr tracking) int {
+	n := &m.Notification
+	text := len(n.Title) + len(n.Subtitle) + len(n.Body) + len(n.Sound) + len(n.Category) + len(n.ThreadID) +
+		len(n.DeepLink) + len(n.ImageURL) + len(tr.journeyID) + len(tr.messageID) + len(tr.traceParent)
+	for k, v := range n.Data {
+		text += len(k) + len(v) + 8
+	}
+	return 6*text + 512
+}
+
+func apnsTooLarge(size, limit int, pushType string) error {
+	return fmt.Errorf("APNs payload is %d bytes, over the %d-byte limit for %s pushes", size, limit, pushType)
+}
+
+func fcmTooLarge(size int) error {
+	return fmt.Errorf("FCM payload is %d bytes, over the %d-byte limit", size, FCMPayloadLimit)
+}
+
+// fcmPayloadSize is what FCM measures against its 4096-byte limit: the
+// data keys and values (pushmesh's own included) and the notification's
+// text.
+func fcmPayloadSize(n *Notification, tr tracking) int {
+	size := len(n.Title) + len(n.Body) + len(n.ImageURL)
+	for k, v := range n.Data {
+		size += len(k) + len(v)
+	}
+	size += len(FCMMessageIDKey) + len(tr.messageID)
+	if tr.journeyID != "" {
+		size += len(FCMJourneyIDKey) + len(tr.journeyID)
+	}
+	if tr.traceParent != "" {
+		size += len(FCMTraceParentKey) + len(tr.traceParent)
+	}
+	if n.DeepLink != "" {
+		size += len(DeepLinkKey) + len(n.DeepLink)
+	}
+	return size
 }
 
 // apnsPayload writes the JSON body by hand: it runs once per message on the
@@ -325,14 +400,8 @@ func buildFCM(m *Message, tr tracking, ttl time.Duration) (*messaging.Message, e
 	if n.DeepLink != "" {
 		data[DeepLinkKey] = n.DeepLink
 	}
-	// FCM measures its 4096-byte limit over the data keys and values and
-	// the notification's text.
-	size := len(n.Title) + len(n.Body) + len(n.ImageURL)
-	for k, v := range data {
-		size += len(k) + len(v)
-	}
-	if size > FCMPayloadLimit {
-		return nil, fmt.Errorf("FCM payload is %d bytes, over the %d-byte limit", size, FCMPayloadLimit)
+	if size := fcmPayloadSize(n, tr); size > FCMPayloadLimit {
+		return nil, fcmTooLarge(size)
 	}
 	msg := &messaging.Message{Data: data}
 	if n.Title != "" || n.Body != "" || n.ImageURL != "" {

@@ -217,3 +217,50 @@ func TestClassOf(t *testing.T) {
 		}
 	}
 }
+
+// CheckPayloadSize answers as the send would: for every size around the
+// limits, with text that JSON escaping grows (quotes, control characters,
+// U+2028, invalid UTF-8) and every field and push type set, it refuses
+// exactly the messages whose APNs or FCM payload building fails.
+func TestCheckPayloadSizeAgreesWithTheSend(t *testing.T) {
+	badge := int32(12345)
+	now := time.Now()
+	tr := tracking{journeyID: "jrn_0123456789", messageID: "msg_0123456789", traceParent: strings.Repeat("f", traceParentLen)}
+	fillers := []string{"a", `"`, "\x01", "\u2028", "\xff", "é", "🎉"}
+	for _, pushType := range []APNsPushType{APNsPushTypeUnspecified, APNsPushTypeAlert, APNsPushTypeBackground, APNsPushTypeVoIP, APNsPushTypeLiveActivity} {
+		for _, filler := range fillers {
+			for size := 2000; size <= 8000; size += 37 {
+				body := strings.Repeat(filler, size/len(filler)/2)
+				m := Message{
+					IdempotencyKey: "k", MessageID: tr.messageID, JourneyID: tr.journeyID,
+					Notification: Notification{
+						Title: "T", Subtitle: "S", Body: body, Sound: "default", Category: "c", ThreadID: "t", Badge: &badge,
+						ImageURL: "https://cdn.example.com/" + body[:len(body)/4], DeepLink: "acme://x",
+						Data: map[string]string{"a": "1", "b": body[:len(body)/8]},
+					},
+					APNs: APNsOptions{PushType: pushType, MutableContent: true, ContentAvailable: true},
+				}
+				_, sendErr := buildAPNs(&m, "com.example.app", tr, now.Add(time.Hour), now)
+				checkErr := CheckPayloadSize(&m, commonv1.Platform_PLATFORM_APNS, now)
+				if (sendErr != nil) != (checkErr != nil) || sendErr != nil && sendErr.Error() != checkErr.Error() {
+					t.Fatalf("APNs %v, %d × %q: send %v, check %v", pushType, size, filler, sendErr, checkErr)
+				}
+				_, sendErr = buildFCM(&m, tr, time.Hour)
+				checkErr = CheckPayloadSize(&m, commonv1.Platform_PLATFORM_FCM, now)
+				if (sendErr != nil) != (checkErr != nil) || sendErr != nil && sendErr.Error() != checkErr.Error() {
+					t.Fatalf("FCM, %d × %q: send %v, check %v", size, filler, sendErr, checkErr)
+				}
+			}
+		}
+	}
+	// The cheap bound is a bound.
+	m := Message{MessageID: tr.messageID, JourneyID: tr.journeyID, Notification: Notification{
+		Title: "\x01", Subtitle: "\x01", Body: "\x01", Sound: "\x01", Category: "\x01", ThreadID: "\x01", Badge: &badge,
+		ImageURL: "\x01", DeepLink: "\x01", Data: map[string]string{"\x01": "\x01", "\x02": "\x02"},
+	}, APNs: APNsOptions{PushType: APNsPushTypeLiveActivity, MutableContent: true, ContentAvailable: true}}
+	for _, pt := range []string{"alert", "liveactivity"} {
+		if got, bound := len(apnsPayload(&m, pt, tr, now)), apnsPayloadBound(&m, tr); got > bound {
+			t.Errorf("%s: payload %d bytes, bound %d", pt, got, bound)
+		}
+	}
+}

@@ -17,6 +17,9 @@ import (
 // compiledMessage is a MessageTemplate with every text field parsed.
 type compiledMessage struct {
 	field string // its path in the journey, e.g. "journey.variants[1].template"
+	// platform is the variant's platform; unspecified for the default
+	// template and variants of every platform.
+	platform commonv1.Platform
 	// texts are title, subtitle, body, image URL and deep link, in the
 	// order of textFields; then the data values in dataKeys order.
 	texts    []*Template
@@ -236,6 +239,7 @@ func Compile(j *deliveryv1.Journey) (*Content, error) {
 		// must show something as well.
 		checkVisible(v, field+".template", tv.GetTemplate(), j.GetDelivery())
 		key.msg = compileMessage(v, field+".template", tv.GetTemplate())
+		key.msg.platform = tv.GetPlatform()
 		c.variants = append(c.variants, key)
 	}
 	return c, v.Err()

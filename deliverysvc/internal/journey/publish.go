@@ -221,7 +221,8 @@ const sampleStandIn = "https://x"
 // checkSample renders every template of the journey (the default and each
 // variant, for each platform it can serve) for a sample profile, the first
 // audience member or, without one, a synthetic profile, and checks the
-// result as the pipeline will: reserved data keys, image URL, lengths. A
+// result as the pipeline will: reserved data keys, image URL, lengths, the
+// gateways' payload limits. A
 // missing required value is not an error here (it excludes that profile
 // only): the template is checked with sampleStandIn in its place, as the
 // profiles that have the value will render it.
@@ -260,8 +261,28 @@ func checkSample(j *deliveryv1.Journey, content *Content, sample *profilev1.Audi
 				v.Add(journeyField(cm.field, fv.Field), "%s: %s", profile, fv.Description)
 			}
 		}
+		// A template too large for a gateway (a static body over 4 KB, say)
+		// would fail every send: refuse it now, for each platform it serves.
+		for _, platform := range templatePlatforms(j, cm) {
+			if err := delivery.CheckPayloadSize(&msg, platform, now); err != nil {
+				v.Add(cm.field, "%s: %v", profile, err)
+				break
+			}
+		}
 	}
 	return v.Err()
+}
+
+// templatePlatforms are the platforms a template can be sent on: its
+// variant's, else the audience's, else both.
+func templatePlatforms(j *deliveryv1.Journey, cm *compiledMessage) []commonv1.Platform {
+	if cm.platform != commonv1.Platform_PLATFORM_UNSPECIFIED {
+		return []commonv1.Platform{cm.platform}
+	}
+	if ps := j.GetAudience().GetPlatforms(); len(ps) > 0 {
+		return ps
+	}
+	return []commonv1.Platform{commonv1.Platform_PLATFORM_APNS, commonv1.Platform_PLATFORM_FCM}
 }
 
 // journeyField maps a field of a delivery message back to the journey

@@ -771,7 +771,6 @@ func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) pla
 	}
 	v := Values{ProfileID: member.GetProfileId(), Attributes: member.GetAttributes(), Identities: member.GetIdentities()}
 	locale := member.GetAttributes().GetFields()[localeAttribute].GetStringValue()
-	opts := r.journey.GetDelivery()
 	// A profile has tokens of at most two platforms: render each once.
 	var rendered [2]struct {
 		platform commonv1.Platform
@@ -791,6 +790,18 @@ func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) pla
 		}
 		if n == nil {
 			out, err := r.content.Render(tok.GetPlatform(), locale, &v)
+			if err == nil {
+				// The gateway's size limit depends on the platform and on
+				// what the pipeline adds (tracking ids, JSON escaping):
+				// checked here, a profile whose values are too long is
+				// excluded with the reason instead of failing every send
+				// to its devices with PAYLOAD_TOO_LARGE.
+				probe := delivery.Message{MessageID: r.journey.GetMessageId(), JourneyID: r.ref.ID, Notification: out,
+					APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(r.journey.GetDelivery().GetApnsPushType())}}
+				if sizeErr := delivery.CheckPayloadSize(&probe, tok.GetPlatform(), r.m.cfg.Now()); sizeErr != nil {
+					err = fmt.Errorf("the profile's values make the notification too large: %w", sizeErr)
+				}
+			}
 			if err != nil {
 				return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR, detail: err.Error()}
 			}
@@ -799,26 +810,32 @@ func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) pla
 			nRendered = i + 1
 			n = &rendered[i].n
 		}
-		msgs = append(msgs, delivery.Message{
-			IdempotencyKey: r.idempotencyKey(member.GetProfileId(), tok.GetToken()),
-			MessageID:      r.journey.GetMessageId(),
-			JourneyID:      r.ref.ID,
-			Tokens: []delivery.Target{{
-				Token: tok.GetToken(), Platform: tok.GetPlatform(), AppID: tok.GetAppId(),
-				ProfileID: member.GetProfileId(), APNsEnvironment: tok.GetApnsEnvironment(),
-			}},
-			Notification: *n,
-			// Collapse id: the option, else the pipeline uses the message
-			// id, so every push of the journey (and any resend) collapses.
-			APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(opts.GetApnsPushType()), CollapseID: opts.GetCollapseId()},
-			FCM:  delivery.FCMOptions{Priority: delivery.FCMPriority(opts.GetPriority()), CollapseKey: opts.GetCollapseId()},
-			TTL:  opts.GetTtl().AsDuration(),
-		})
+		msgs = append(msgs, r.message(member.GetProfileId(), tok, n))
 	}
 	if len(msgs) == 0 {
 		return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_APP_NOT_REGISTERED, detail: "no token of an app registered in deliverysvc"}
 	}
 	return plan{msgs: msgs}
+}
+
+// message is the journey's message to one token of a profile.
+func (r *runner) message(profileID string, tok *profilev1.PushToken, n *delivery.Notification) delivery.Message {
+	opts := r.journey.GetDelivery()
+	return delivery.Message{
+		IdempotencyKey: r.idempotencyKey(profileID, tok.GetToken()),
+		MessageID:      r.journey.GetMessageId(),
+		JourneyID:      r.ref.ID,
+		Tokens: []delivery.Target{{
+			Token: tok.GetToken(), Platform: tok.GetPlatform(), AppID: tok.GetAppId(),
+			ProfileID: profileID, APNsEnvironment: tok.GetApnsEnvironment(),
+		}},
+		Notification: *n,
+		// Collapse id: the option, else the pipeline uses the message
+		// id, so every push of the journey (and any resend) collapses.
+		APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(opts.GetApnsPushType()), CollapseID: opts.GetCollapseId()},
+		FCM:  delivery.FCMOptions{Priority: delivery.FCMPriority(opts.GetPriority()), CollapseKey: opts.GetCollapseId()},
+		TTL:  opts.GetTtl().AsDuration(),
+	}
 }
 
 // exclusionResult is the EXCLUDED outcome trackingsvc receives for a

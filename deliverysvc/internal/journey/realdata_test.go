@@ -1,0 +1,112 @@
+package journey
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
+	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+)
+
+// What marketers' templates do with real profile data: long values,
+// template syntax and JSON-special characters inside values, values that
+// end up in URLs, values that render to nothing, locales as CRMs spell them.
+
+// recordedExclusion is the detail of the exclusion trackingsvc received for
+// a profile, or "".
+func (h *harness) recordedExclusion(profileID string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.recorded {
+		if r.Status == delivery.StatusExcluded && r.Target.ProfileID == profileID {
+			return r.Detail
+		}
+	}
+	return ""
+}
+
+// A profile whose values make the notification larger than the gateway
+// accepts (APNs 4,096 bytes of JSON, FCM 4,096 bytes of text and data) is
+// excluded as a render error naming the limit, in runs and dry runs alike,
+// rather than being counted as a failed send of each of its tokens. The
+// check is exact: a value whose JSON escaping takes it over the APNs limit
+// is excluded on APNs, while FCM, which counts the raw text, sends it.
+func TestOversizedRenderingIsARenderError(t *testing.T) {
+	h := newHarness(t)
+	quotes := strings.Repeat(`"`, 2000) // 2,000 bytes, 4,000 once escaped in JSON
+	h.setMembers(
+		member(t, "p0", map[string]any{"bio": "short"}, apnsTok(hexToken(0), shopApp)), // the publish sample
+		member(t, "p1", map[string]any{"bio": strings.Repeat("é", 3000)}, apnsTok(hexToken(1), shopApp)),
+		member(t, "p2", map[string]any{"bio": strings.Repeat("日", 1500)}, fcmTok("fcm-p2", shopApp)),
+		member(t, "p3", map[string]any{"bio": quotes}, apnsTok(hexToken(3), shopApp)),
+		member(t, "p4", map[string]any{"bio": quotes}, fcmTok("fcm-p4", shopApp)),
+	)
+	h.start()
+	j := journey("long bios")
+	j.Template.Body = "{{bio}}"
+	got := h.wait(h.publish(j))
+	p := got.GetProgress()
+	if got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
+		t.Fatalf("state: got %v (%s), want COMPLETED", got.GetState(), got.GetError())
+	}
+	if n := excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR); n != 3 {
+		t.Errorf("render errors: got %d, want 3 (p1, p2, p3)", n)
+	}
+	if n := failedCount(p, commonv1.FailureReason_FAILURE_REASON_PAYLOAD_TOO_LARGE); n != 0 {
+		t.Errorf("PAYLOAD_TOO_LARGE failures: got %d, want 0: the profiles' values are the problem, not the sends", n)
+	}
+	if p.GetSent() != 2 || p.GetProfilesDone() != 5 {
+		t.Errorf("progress: got %v, want p0 and p4 sent, 5 profiles done", p)
+	}
+	for pid, want := range map[string]string{"p1": "APNs payload", "p2": "FCM payload", "p3": "APNs payload"} {
+		if d := h.recordedExclusion(pid); !strings.Contains(d, want) || !strings.Contains(d, "4096-byte limit") {
+			t.Errorf("exclusion of %s: detail %q, want it to name the %s and its 4096-byte limit", pid, d, want)
+		}
+	}
+	pushes := h.pushesByToken()
+	if len(pushes[hexToken(1)])+len(pushes["fcm-p2"])+len(pushes[hexToken(3)]) != 0 || len(pushes["fcm-p4"]) != 1 {
+		t.Errorf("pushes by token: %d tokens, want only p0's and p4's", len(pushes))
+	}
+
+	_, dr, err := h.m.Publish(testCtx, PublishInput{Journey: j, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := excludedCount(&deliveryv1.JourneyProgress{Excluded: dr.GetExcluded()}, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR); n != 3 || dr.GetTokensTargeted() != 2 {
+		t.Errorf("dry run: got excluded %v and %d tokens targeted, want 3 render errors and 2 tokens", dr.GetExcluded(), dr.GetTokensTargeted())
+	}
+}
+
+// A template that is too large for every profile (a static body over the
+// payload limit) is refused at publish, naming the template and the limit:
+// otherwise every send of the journey would fail.
+func TestPublishRefusesATemplateOverThePayloadLimit(t *testing.T) {
+	h := newHarness(t)
+	h.setMembers(member(t, "p1", map[string]any{}, apnsTok(hexToken(1), shopApp)))
+	h.start()
+	for _, tt := range []struct {
+		name  string
+		edit  func(j *deliveryv1.Journey)
+		field string
+	}{
+		{"static body", func(j *deliveryv1.Journey) { j.Template.Body = strings.Repeat("x", 4100) }, "journey.template"},
+		{"FCM variant", func(j *deliveryv1.Journey) {
+			j.Variants = []*deliveryv1.TemplateVariant{{Platform: commonv1.Platform_PLATFORM_FCM,
+				Template: &deliveryv1.MessageTemplate{Title: "Hi", Data: map[string]string{"blob": strings.Repeat("y", 4100)}}}}
+		}, "journey.variants[0].template"},
+	} {
+		for _, dry := range []bool{false, true} {
+			j := journey("too large")
+			tt.edit(j)
+			_, _, err := h.m.Publish(testCtx, PublishInput{Journey: j, DryRun: dry})
+			desc, ok := violation(err, tt.field)
+			if !ok || !strings.Contains(desc, "4096-byte limit") {
+				t.Errorf("%s, dry run %v: got %v, want a violation on %s naming the 4096-byte limit", tt.name, dry, err, tt.field)
+			}
+		}
+	}
+	if h.pushCount() != 0 {
+		t.Errorf("got %d pushes, want none", h.pushCount())
+	}
+}

@@ -1,6 +1,7 @@
 package journey
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -131,6 +132,8 @@ type variant struct {
 type Content struct {
 	def      *compiledMessage
 	variants []variant
+	// silent is set for background pushes, which may show nothing.
+	silent bool
 }
 
 // localeAttribute is the profile attribute that picks a locale variant.
@@ -206,7 +209,7 @@ func (c *Content) messages() []*compiledMessage {
 // Compile parses every template of j; errors name the field.
 func Compile(j *deliveryv1.Journey) (*Content, error) {
 	v := &fault.ValidationError{}
-	c := &Content{}
+	c := &Content{silent: silent(j.GetDelivery())}
 	if j.GetTemplate() == nil {
 		v.Add("journey.template", "required")
 		c.def = compileMessage(v, "journey.template", &deliveryv1.MessageTemplate{})
@@ -249,10 +252,19 @@ func Compile(j *deliveryv1.Journey) (*Content, error) {
 // (background) pushes: otherwise the profiles would get an empty push,
 // counted as sent.
 func checkVisible(v *fault.ValidationError, field string, m *deliveryv1.MessageTemplate, d *deliveryv1.DeliveryOptions) {
-	if m.GetTitle() == "" && m.GetBody() == "" && d.GetApnsPushType() != deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND {
+	if blank(m.GetTitle()) && blank(m.GetBody()) && !silent(d) {
 		v.Add(field, "needs a title or a body (or apns_push_type BACKGROUND for a silent push)")
 	}
 }
+
+// silent reports whether a journey sends background pushes, which show
+// nothing and need no title or body.
+func silent(d *deliveryv1.DeliveryOptions) bool {
+	return d.GetApnsPushType() == deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND
+}
+
+// blank reports whether a text shows nothing.
+func blank(s string) bool { return strings.TrimSpace(s) == "" }
 
 // normalizeLocale lower-cases a locale and uses "-" as its separator, so
 // "fr_CA", "fr-ca" and "fr-CA" are one locale.
@@ -330,6 +342,13 @@ func (c *Content) Render(platform commonv1.Platform, locale string, v *Values) (
 	n, err := cm.render(v)
 	if err != nil || cm.static != nil {
 		return n, err
+	}
+	// A title and a body that both render blank (the values they read are
+	// missing or blank, with no default) would not be an alert at all: the
+	// pipeline would send APNs a silent background push and FCM a data-only
+	// message, counted as sent, and the user would see nothing.
+	if !c.silent && blank(n.Title) && blank(n.Body) {
+		return delivery.Notification{}, errors.New("the title and body render blank for this profile (the values they read are missing or blank; give them a default)")
 	}
 	if err := delivery.ValidateNotification(&n); err != nil {
 		return delivery.Notification{}, fmt.Errorf("the profile's values make an invalid notification: %w", err)

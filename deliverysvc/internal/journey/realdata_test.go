@@ -110,3 +110,42 @@ func TestPublishRefusesATemplateOverThePayloadLimit(t *testing.T) {
 		t.Errorf("got %d pushes, want none", h.pushCount())
 	}
 }
+
+// A profile for whom the title and body both render empty (or blank) gets
+// no push: it is excluded as a render error. Without this, APNs would get a
+// silent background push and FCM a data-only message, both counted as
+// sent, though the journey is an alert and the user sees nothing.
+func TestEmptyRenderingIsARenderError(t *testing.T) {
+	h := newHarness(t)
+	h.setMembers(
+		member(t, "p0", map[string]any{"headline": "New in"}, apnsTok(hexToken(0), shopApp)),
+		member(t, "p1", map[string]any{}, apnsTok(hexToken(1), shopApp)),
+		member(t, "p2", map[string]any{"headline": ""}, fcmTok("fcm-p2", shopApp)),
+		member(t, "p3", map[string]any{"headline": " \t "}, apnsTok(hexToken(3), shopApp)),
+	)
+	h.start()
+	j := journey("headline only")
+	j.Template = &deliveryv1.MessageTemplate{Title: "{{headline}}", DeepLink: "acme://new"}
+	got := h.wait(h.publish(j))
+	p := got.GetProgress()
+	if n := excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR); n != 3 || p.GetSent() != 1 {
+		t.Errorf("progress: got %v, want p0 sent and 3 render errors", p)
+	}
+	for _, push := range h.pushesByToken() {
+		if push[0].Target.ProfileID != "p0" || push[0].APNs == nil || push[0].APNs.PushType != "alert" {
+			t.Errorf("push to %s (APNs: %v), want only p0's alert", push[0].Target.ProfileID, push[0].APNs != nil)
+		}
+	}
+	if d := h.recordedExclusion("p1"); !strings.Contains(d, "title") {
+		t.Errorf("exclusion of p1: detail %q, want it to say the title and body rendered empty", d)
+	}
+
+	// A silent push may render empty.
+	h2 := newHarness(t)
+	h2.setMembers(member(t, "p1", map[string]any{}, apnsTok(hexToken(1), shopApp)))
+	h2.start()
+	j.Delivery = &deliveryv1.DeliveryOptions{ApnsPushType: deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND}
+	if got := h2.wait(h2.publish(j)); got.GetProgress().GetSent() != 1 {
+		t.Errorf("background journey: got %v, want the push sent", got.GetProgress())
+	}
+}

@@ -56,7 +56,9 @@ func compileMessage(v *fault.ValidationError, field string, m *deliveryv1.Messag
 	}
 	sources := [...]string{m.GetTitle(), m.GetSubtitle(), m.GetBody(), m.GetImageUrl(), m.GetDeepLink()}
 	for i, src := range sources {
-		c.texts = append(c.texts, parse(textFields[i], src))
+		t := parse(textFields[i], src)
+		t.url = textFields[i] == "image_url" || textFields[i] == "deep_link"
+		c.texts = append(c.texts, t)
 	}
 	for k := range m.GetData() {
 		c.dataKeys = append(c.dataKeys, k)

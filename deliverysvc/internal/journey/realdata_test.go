@@ -4,9 +4,12 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 )
 
 // What marketers' templates do with real profile data: long values,
@@ -147,5 +150,61 @@ func TestEmptyRenderingIsARenderError(t *testing.T) {
 	j.Delivery = &deliveryv1.DeliveryOptions{ApnsPushType: deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND}
 	if got := h2.wait(h2.publish(j)); got.GetProgress().GetSent() != 1 {
 		t.Errorf("background journey: got %v, want the push sent", got.GetProgress())
+	}
+}
+
+// Values inserted into a URL field (deep_link, image_url) after its start
+// are percent-encoded, so that a value cannot add a path segment, a query
+// parameter or a fragment, and spaces or non-ASCII letters make a valid
+// URL. A hole that begins the field supplies the URL itself and is
+// inserted as it is, as is a value piped through `raw`. Text fields and
+// data values are not URLs and are left alone.
+func TestURLFieldsEscapeValues(t *testing.T) {
+	c, err := Compile(&deliveryv1.Journey{Template: &deliveryv1.MessageTemplate{
+		Title:    "{{ref}}",
+		DeepLink: "acme://u/{{identity.customer_id}}?ref={{ref}}&n={{name | lower}}#{{missing | default \"top of page\"}}",
+		ImageUrl: "https://cdn.example.com/{{slug}}.png",
+		Data:     map[string]string{"link": "{{link}}", "rawpath": "acme://{{path | raw}}"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := structpb.NewStruct(map[string]any{
+		"ref": "x y&admin=1", "name": "Zoë", "slug": "../../evil?x=1", "link": "https://example.com/a?b=c", "path": "sale/spring",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &Values{ProfileID: "p1", Attributes: st, Identities: []*profilev1.Identity{{Namespace: "customer_id", Value: "a/b?c=d#e"}}}
+	n, err := c.Render(commonv1.Platform_PLATFORM_APNS, "", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ field, got, want string }{
+		{"deep_link", n.DeepLink, "acme://u/a%2Fb%3Fc%3Dd%23e?ref=x%20y%26admin%3D1&n=zo%C3%AB#top%20of%20page"},
+		{"image_url", n.ImageURL, "https://cdn.example.com/..%2F..%2Fevil%3Fx%3D1.png"},
+		{"title", n.Title, "x y&admin=1"},
+		{"data link", n.Data["link"], "https://example.com/a?b=c"},
+		{"data rawpath", n.Data["rawpath"], "acme://sale/spring"},
+	} {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.field, tt.got, tt.want)
+		}
+	}
+
+	// A hole that begins a URL field is the URL: not escaped.
+	whole, err := Compile(&deliveryv1.Journey{Template: &deliveryv1.MessageTemplate{
+		Title: "Hi", DeepLink: "{{link}}", ImageUrl: "{{img}}/{{slug}}",
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ = structpb.NewStruct(map[string]any{"link": "acme://offer/7?src=push", "img": "https://cdn.example.com/i", "slug": "a b"})
+	n, err = whole.Render(commonv1.Platform_PLATFORM_APNS, "", &Values{Attributes: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.DeepLink != "acme://offer/7?src=push" || n.ImageURL != "https://cdn.example.com/i/a%20b" {
+		t.Errorf("got deep link %q image %q, want the link as it is and the slug escaped", n.DeepLink, n.ImageURL)
 	}
 }

@@ -31,6 +31,16 @@ const MaxTemplateLen = 16 << 10
 //	{{firstName | default "there"}}  a fallback when missing or empty
 //	{{firstName | required}}         missing or empty → the profile is excluded
 //	{{tier | upper}}, lower, title   case filters
+//	{{path | raw}}                   no URL escaping (below)
+//
+// In a URL field (image_url, deep_link) a hole's value is percent-encoded
+// (every byte but letters, digits and "-._~"), so that a value such as
+// "a/b?admin=1#x" or "Zoë Smith" stays one path segment or query value and
+// cannot add a segment, a parameter or a fragment; a value is data, never
+// URL syntax. Two exceptions: a hole that begins the field supplies the URL
+// itself ({{link}}) and is inserted as it is, and `raw` inserts a value the
+// marketer trusts to be URL syntax. Other fields are text and are never
+// escaped; the payload encoders escape them for JSON.
 //
 // A name is looked up in the attributes first (dots walk nested objects),
 // then, when no attribute has that path, `identity.<namespace>` in the
@@ -43,6 +53,8 @@ const MaxTemplateLen = 16 << 10
 type Template struct {
 	src   string
 	parts []part
+	// url marks a URL field: values after its start are percent-encoded.
+	url bool
 }
 
 type part struct {
@@ -50,6 +62,7 @@ type part struct {
 	ref     []string
 	name    string // ref joined, for errors
 	filters []filter
+	raw     bool // the raw filter: never URL-escaped
 }
 
 type filterKind uint8
@@ -161,16 +174,22 @@ func parseHole(s string) (part, error) {
 				return part{}, fmt.Errorf("default wants a double-quoted string, e.g. default \"there\"; got %q", arg)
 			}
 			p.filters = append(p.filters, filter{kind: filterDefault, arg: v})
-		case "required", "upper", "lower", "title":
+		case "required", "upper", "lower", "title", "raw":
 			if arg != "" {
 				return part{}, fmt.Errorf("filter %s takes no argument", fname)
+			}
+			if fname == "raw" {
+				// Not a transformation: it marks the hole, whose value
+				// is then never URL-escaped.
+				p.raw = true
+				continue
 			}
 			kind := map[string]filterKind{"required": filterRequired, "upper": filterUpper, "lower": filterLower, "title": filterTitle}[fname]
 			p.filters = append(p.filters, filter{kind: kind})
 		case "":
 			return part{}, errors.New("empty filter after |")
 		default:
-			return part{}, fmt.Errorf("unknown filter %q (want default, required, upper, lower or title)", fname)
+			return part{}, fmt.Errorf("unknown filter %q (want default, required, upper, lower, title or raw)", fname)
 		}
 	}
 	return p, nil
@@ -235,6 +254,7 @@ func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
 			continue
 		}
 		valStart := len(b)
+		stoodIn := false
 		b = appendLookup(b, p.ref, v)
 		for _, f := range p.filters {
 			switch f.kind {
@@ -248,6 +268,7 @@ func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
 						return b[:start], fmt.Errorf("%w: %s", ErrMissingValue, p.name)
 					}
 					b = append(b, v.StandIn...)
+					stoodIn = true
 				}
 			case filterUpper:
 				b = mapTail(b, valStart, strings.ToUpper)
@@ -257,8 +278,51 @@ func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
 				b = mapTail(b, valStart, titleCase)
 			}
 		}
+		// The stand-in is a URL made to check the rest of the field as a
+		// profile's value would leave it: escaping it would check another
+		// field.
+		if t.url && valStart != start && !p.raw && !stoodIn {
+			b = escapeTail(b, valStart)
+		}
 	}
 	return b, nil
+}
+
+// escapeTail percent-encodes b[from:] in place: every byte but RFC 3986's
+// unreserved characters (letters, digits, "-._~"). Those are literal in any
+// part of a URL (path, query, fragment), so an escaped value never changes
+// the URL's structure. Nothing is allocated when the value needs no escape.
+func escapeTail(b []byte, from int) []byte {
+	n := 0
+	for _, c := range b[from:] {
+		if !unreserved(c) {
+			n++
+		}
+	}
+	if n == 0 {
+		return b
+	}
+	end := len(b)
+	b = append(b, make([]byte, 2*n)...)
+	// Fill from the back, so the value is read before it is overwritten.
+	w := len(b)
+	for r := end - 1; r >= from; r-- {
+		c := b[r]
+		if unreserved(c) {
+			w--
+			b[w] = c
+			continue
+		}
+		w -= 3
+		b[w], b[w+1], b[w+2] = '%', upperHex[c>>4], upperHex[c&0xf]
+	}
+	return b
+}
+
+const upperHex = "0123456789ABCDEF"
+
+func unreserved(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
 
 // mapTail replaces b[from:] with f of it.

@@ -296,33 +296,34 @@ func validLocale(s string) bool {
 
 // pick chooses the most specific variant for a platform and locale:
 // platform+locale, platform+language, locale, language, platform, default.
+// A variant's locale matches when it is the profile's locale or a prefix of
+// it in whole subtags, and the longest match wins, as in BCP 47 lookup: a
+// "zh-Hant" variant serves "zh-Hant-TW" and "zh-Hant-HK" before a "zh" one.
 func (c *Content) pick(platform commonv1.Platform, locale string) *compiledMessage {
 	if len(c.variants) == 0 {
 		return c.def
 	}
-	locale = normalizeLocale(locale)
-	lang, _, _ := strings.Cut(locale, "-")
+	locale = profileLocale(locale)
 	best, bestScore := c.def, 0
 	for i := range c.variants {
 		vr := &c.variants[i]
-		// Scores: platform 1, language 2, locale 3; with the platform
-		// the locale scores are raised above any score without it, so
-		// platform+language (5) beats a bare locale (3).
+		if vr.platform != commonv1.Platform_PLATFORM_UNSPECIFIED && vr.platform != platform {
+			continue
+		}
+		// Scores: platform alone 1; a locale matching n subtags 10+n,
+		// and with the platform 100+10+n, above any score without it, so
+		// platform+language beats a bare full locale.
 		score := 0
-		switch {
-		case vr.platform != commonv1.Platform_PLATFORM_UNSPECIFIED && vr.platform != platform:
-			continue
-		case vr.locale == "":
-		case vr.locale == locale:
-			score = 3
-		case vr.locale == lang:
-			score = 2
-		default:
-			continue
+		if vr.locale != "" {
+			n := matchingSubtags(vr.locale, locale)
+			if n == 0 {
+				continue
+			}
+			score = 10 + n
 		}
 		if vr.platform != commonv1.Platform_PLATFORM_UNSPECIFIED {
 			if score > 0 {
-				score += 3
+				score += 100
 			} else {
 				score = 1
 			}
@@ -332,6 +333,25 @@ func (c *Content) pick(platform commonv1.Platform, locale string) *compiledMessa
 		}
 	}
 	return best
+}
+
+// profileLocale normalizes a profile's locale as CRMs and devices spell it:
+// any case, "_" or "-", and a POSIX encoding or modifier ("pt_BR.UTF-8",
+// "de_DE@euro") dropped.
+func profileLocale(s string) string {
+	if i := strings.IndexAny(s, ".@"); i >= 0 {
+		s = s[:i]
+	}
+	return normalizeLocale(s)
+}
+
+// matchingSubtags is the number of subtags of a variant's locale when it is
+// the profile's locale or a prefix of it in whole subtags, else 0.
+func matchingSubtags(variant, locale string) int {
+	if variant != locale && !(strings.HasPrefix(locale, variant) && locale[len(variant)] == '-') {
+		return 0
+	}
+	return strings.Count(variant, "-") + 1
 }
 
 // Render renders the notification for one profile on one platform. A

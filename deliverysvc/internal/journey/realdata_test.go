@@ -208,3 +208,52 @@ func TestURLFieldsEscapeValues(t *testing.T) {
 		t.Errorf("got deep link %q image %q, want the link as it is and the slug escaped", n.DeepLink, n.ImageURL)
 	}
 }
+
+// Variants are chosen by the profile's locale as CRMs spell it: any case,
+// "_" or "-", a POSIX suffix (pt_BR.UTF-8), and with more subtags than the
+// variant names (zh-Hant-TW finds zh-Hant before zh: the longest matching
+// prefix wins, as in BCP 47 lookup).
+func TestVariantPickByLocalePrefix(t *testing.T) {
+	c, err := Compile(&deliveryv1.Journey{
+		Template: &deliveryv1.MessageTemplate{Title: "default"},
+		Variants: []*deliveryv1.TemplateVariant{
+			{Locale: "zh", Template: &deliveryv1.MessageTemplate{Title: "zh"}},
+			{Locale: "zh-Hant", Template: &deliveryv1.MessageTemplate{Title: "zh-Hant"}},
+			{Locale: "pt-BR", Template: &deliveryv1.MessageTemplate{Title: "pt-BR"}},
+			{Locale: "pt", Template: &deliveryv1.MessageTemplate{Title: "pt"}},
+			{Locale: "zh", Platform: commonv1.Platform_PLATFORM_FCM, Template: &deliveryv1.MessageTemplate{Title: "fcm-zh"}},
+			{Platform: commonv1.Platform_PLATFORM_APNS, Template: &deliveryv1.MessageTemplate{Title: "apns"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		platform commonv1.Platform
+		locale   string
+		want     string
+	}{
+		{commonv1.Platform_PLATFORM_APNS, "zh-Hant-TW", "zh-Hant"},
+		{commonv1.Platform_PLATFORM_APNS, "zh_hant_hk", "zh-Hant"},
+		{commonv1.Platform_PLATFORM_APNS, "zh-Hans-CN", "zh"},
+		{commonv1.Platform_PLATFORM_APNS, "zh", "zh"},
+		{commonv1.Platform_PLATFORM_APNS, "zhx", "apns"}, // a prefix of letters is not a language
+		{commonv1.Platform_PLATFORM_APNS, "pt_BR", "pt-BR"},
+		{commonv1.Platform_PLATFORM_APNS, "pt_BR.UTF-8", "pt-BR"},
+		{commonv1.Platform_PLATFORM_APNS, "PT-br", "pt-BR"},
+		{commonv1.Platform_PLATFORM_APNS, "pt-PT", "pt"},
+		{commonv1.Platform_PLATFORM_APNS, "pt", "pt"},
+		{commonv1.Platform_PLATFORM_APNS, " pt-BR ", "pt-BR"},
+		{commonv1.Platform_PLATFORM_FCM, "zh-Hant-TW", "fcm-zh"}, // platform and language before a bare locale
+		{commonv1.Platform_PLATFORM_FCM, "en", "default"},
+		{commonv1.Platform_PLATFORM_APNS, "en", "apns"},
+	} {
+		n, err := c.Render(tt.platform, tt.locale, &Values{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Title != tt.want {
+			t.Errorf("%v %q: got %q, want %q", tt.platform, tt.locale, n.Title, tt.want)
+		}
+	}
+}

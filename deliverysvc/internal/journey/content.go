@@ -265,9 +265,6 @@ func silent(d *deliveryv1.DeliveryOptions) bool {
 	return d.GetApnsPushType() == deliveryv1.ApnsPushType_APNS_PUSH_TYPE_BACKGROUND
 }
 
-// blank reports whether a text shows nothing.
-func blank(s string) bool { return strings.TrimSpace(s) == "" }
-
 // normalizeLocale lower-cases a locale and uses "-" as its separator, so
 // "fr_CA", "fr-ca" and "fr-CA" are one locale.
 func normalizeLocale(s string) string {

@@ -1,6 +1,7 @@
 package journey
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -254,6 +255,83 @@ func TestVariantPickByLocalePrefix(t *testing.T) {
 		}
 		if n.Title != tt.want {
 			t.Errorf("%v %q: got %q, want %q", tt.platform, tt.locale, n.Title, tt.want)
+		}
+	}
+}
+
+// A profile's values are data: template syntax in a value is printed, not
+// evaluated; quotes, backslashes, control characters, emoji, right-to-left
+// text, combining marks and U+2028 reach the app exactly as stored, through
+// valid JSON on APNs and FCM alike.
+func TestProfileValuesAreData(t *testing.T) {
+	tricky := "{{identity.customer_id}} {{profile_id | upper}} \"q\" \\ back\nline\ttab\x01 \u2028 🎉 مرحبا e\u0301 <b>&amp;"
+	h := newHarness(t)
+	h.setMembers(member(t, "p1", map[string]any{"firstName": tricky, "code": `","aps":{"badge":99},"x":"`},
+		apnsTok(hexToken(1), shopApp), fcmTok("fcm-p1", shopApp)))
+	h.start()
+	j := journey("tricky values")
+	j.Template = &deliveryv1.MessageTemplate{Title: "{{firstName}}", Body: "{{firstName | upper}}", Data: map[string]string{"code": "{{code}}"}}
+	got := h.wait(h.publish(j))
+	if got.GetProgress().GetSent() != 2 {
+		t.Fatalf("progress: got %v, want 2 sent", got.GetProgress())
+	}
+	pushes := h.pushesByToken()
+	var apns struct {
+		APS struct {
+			Alert struct{ Title, Body string } `json:"alert"`
+			Badge *int                         `json:"badge"`
+		} `json:"aps"`
+		Code string `json:"code"`
+	}
+	payload := pushes[hexToken(1)][0].APNs.Payload
+	if err := json.Unmarshal(payload, &apns); err != nil {
+		t.Fatalf("APNs payload is not JSON: %v\n%s", err, payload)
+	}
+	if apns.APS.Alert.Title != tricky || apns.APS.Alert.Body != strings.ToUpper(tricky) || apns.Code != `","aps":{"badge":99},"x":"` || apns.APS.Badge != nil {
+		t.Errorf("APNs payload %s: the values did not arrive as they are", payload)
+	}
+	fcm := pushes["fcm-p1"][0].FCM
+	if fcm.Notification.Title != tricky || fcm.Data["code"] != `","aps":{"badge":99},"x":"` {
+		t.Errorf("FCM: title %q data %q, want the values as they are", fcm.Notification.Title, fcm.Data["code"])
+	}
+	if _, err := json.Marshal(fcm); err != nil {
+		t.Errorf("FCM message does not encode: %v", err)
+	}
+}
+
+// Values that show nothing are treated as missing: a blank string (CRMs
+// export " " for an unknown first name) takes the default and fails
+// `required`, as an empty one does; a list leaves out its null, object and
+// empty items instead of printing ", , ". Numbers print as people write
+// them, whatever their size.
+func TestValuesThatShowNothing(t *testing.T) {
+	st, err := structpb.NewStruct(map[string]any{
+		"blank": " \t ", "tags": []any{"a", nil, map[string]any{"x": 1.0}, "", "b", []any{"c", nil}}, "holes": []any{nil, ""},
+		"address": map[string]any{"city": "Paris"}, "big": 1e21, "small": 1e-7, "count": 3.0, "price": 19.99, "yes": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &Values{ProfileID: "p1", Attributes: st}
+	for _, tt := range []struct {
+		src, want string
+		wantErr   bool
+	}{
+		{`Hi {{blank | default "there"}}!`, "Hi there!", false},
+		{`{{blank | required}}`, "", true},
+		{`{{blank}}`, " \t ", false}, // without a filter the value is printed as it is
+		{`{{tags}}`, "a, b, c", false},
+		{`{{holes | default "none"}}`, "none", false},
+		{`{{address | default "?"}}`, "?", false}, // an object is not text
+		{`{{big}} {{small}} {{count}} {{price}} {{yes}}`, "1000000000000000000000 0.0000001 3 19.99 true", false},
+	} {
+		tpl, err := ParseTemplate(tt.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tpl.Render(v)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("Render(%q) = %q, %v; want %q (error: %v)", tt.src, got, err, tt.want, tt.wantErr)
 		}
 	}
 }

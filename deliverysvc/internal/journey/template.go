@@ -28,8 +28,8 @@ const MaxTemplateLen = 16 << 10
 //	{{address.city}}                 a nested attribute
 //	{{identity.customer_id}}         the first identity of that namespace
 //	{{profile_id}}                   the profile id
-//	{{firstName | default "there"}}  a fallback when missing or empty
-//	{{firstName | required}}         missing or empty → the profile is excluded
+//	{{firstName | default "there"}}  a fallback when missing, empty or blank
+//	{{firstName | required}}         missing, empty or blank → the profile is excluded
 //	{{tier | upper}}, lower, title   case filters
 //	{{path | raw}}                   no URL escaping (below)
 //
@@ -46,7 +46,8 @@ const MaxTemplateLen = 16 << 10
 // then, when no attribute has that path, `identity.<namespace>` in the
 // identities and `profile_id` as the profile id. Filters apply left to
 // right. Numbers print as people write them (3, 2.5), booleans as
-// true/false, lists as "a, b".
+// true/false, lists as "a, b" (items that print nothing left out); an
+// object prints nothing, so it is missing.
 //
 // A template is parsed once (ParseTemplate) and rendered per profile
 // (AppendRender) without allocating for the lookups themselves.
@@ -259,11 +260,12 @@ func (t *Template) AppendRender(b []byte, v *Values) ([]byte, error) {
 		for _, f := range p.filters {
 			switch f.kind {
 			case filterDefault:
-				if len(b) == valStart {
-					b = append(b, f.arg...)
+				if blank(b[valStart:]) {
+					b = append(b[:valStart], f.arg...)
 				}
 			case filterRequired:
-				if len(b) == valStart {
+				if blank(b[valStart:]) {
+					b = b[:valStart]
 					if v.StandIn == "" {
 						return b[:start], fmt.Errorf("%w: %s", ErrMissingValue, p.name)
 					}
@@ -323,6 +325,18 @@ const upperHex = "0123456789ABCDEF"
 
 func unreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// blank reports whether a value shows nothing: empty or only white space
+// (CRMs export " " for an unknown value). default and required treat it as
+// missing.
+func blank[T string | []byte](s T) bool {
+	for _, r := range string(s) {
+		if !unicode.IsSpace(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // mapTail replaces b[from:] with f of it.
@@ -390,11 +404,21 @@ func appendValue(b []byte, v *structpb.Value) []byte {
 	case *structpb.Value_BoolValue:
 		return strconv.AppendBool(b, k.BoolValue)
 	case *structpb.Value_ListValue:
-		for i, item := range k.ListValue.GetValues() {
-			if i > 0 {
+		// Items that print nothing (null, objects, empty strings) are
+		// left out with their separator: "a, b", not "a, , b".
+		shown := 0
+		for _, item := range k.ListValue.GetValues() {
+			mark := len(b)
+			if shown > 0 {
 				b = append(b, ", "...)
 			}
+			itemStart := len(b)
 			b = appendValue(b, item)
+			if len(b) == itemStart {
+				b = b[:mark]
+				continue
+			}
+			shown++
 		}
 	}
 	return b

@@ -137,3 +137,37 @@ func TestScheduledJourneyTakesTheAudienceAtItsStartTime(t *testing.T) {
 		}
 	}
 }
+
+// Real profile data through the real services over gRPC and the APNs
+// emulator: a profile whose long attribute takes the payload over APNs'
+// 4 KB is excluded as a render error (not a failed send), and values built
+// into a deep link arrive percent-encoded.
+func TestProfileDataEndToEnd(t *testing.T) {
+	m := start(t, Options{})
+	ctx := context.Background()
+	must(m.Customer(ctx, "fine", map[string]any{"tier": "gold", "ref": "x y&z=1"})).get(t)
+	must(m.Customer(ctx, "long", map[string]any{"tier": "gold", "ref": "r", "bio": strings.Repeat("é", 2500)})).get(t)
+	for i, c := range []string{"fine", "long"} {
+		if err := m.Device(ctx, c, APNsToken(400+i), commonv1.Platform_PLATFORM_APNS, ShopApp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j := run(t, m, &deliveryv1.Journey{
+		Name: "real data", AppIds: []string{ShopApp}, Audience: &deliveryv1.Audience{Condition: `attributes.tier == "gold"`},
+		Template: &deliveryv1.MessageTemplate{Title: "News", Body: `{{bio | default "Our sale"}}`, DeepLink: "acme://c/{{identity.customer_id}}?ref={{ref}}"},
+	})
+	p := j.GetProgress()
+	if p.GetSent() != 1 || excluded(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 || len(p.GetFailed()) != 0 {
+		t.Errorf("progress: got %v, want 1 sent, the long bio a render error, nothing failed", p)
+	}
+	got := m.APNs.ReceivedFor(APNsToken(400))
+	if len(got) != 1 || !strings.Contains(string(got[0].Payload), `"deep_link":"acme://c/fine?ref=x%20y%26z%3D1"`) {
+		for _, push := range got {
+			t.Logf("payload: %s", push.Payload)
+		}
+		t.Errorf("fine: got %d pushes, want one with the escaped deep link", len(got))
+	}
+	if n := len(m.APNs.ReceivedFor(APNsToken(401))); n != 0 {
+		t.Errorf("long: got %d pushes, want none", n)
+	}
+}

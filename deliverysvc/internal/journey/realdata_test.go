@@ -32,7 +32,8 @@ func (h *harness) recordedExclusion(profileID string) string {
 
 // A profile whose values make the notification larger than the gateway
 // accepts (APNs 4,096 bytes of JSON, FCM 4,096 bytes of text and data) is
-// excluded as a render error naming the limit, in runs and dry runs alike,
+// excluded as PAYLOAD_TOO_LARGE (the API's exclusion reason for it), with a
+// detail naming the limit, in runs and dry runs alike,
 // rather than being counted as a failed send of each of its tokens. The
 // check is exact: a value whose JSON escaping takes it over the APNs limit
 // is excluded on APNs, while FCM, which counts the raw text, sends it.
@@ -54,8 +55,8 @@ func TestOversizedRenderingIsARenderError(t *testing.T) {
 	if got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED {
 		t.Fatalf("state: got %v (%s), want COMPLETED", got.GetState(), got.GetError())
 	}
-	if n := excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR); n != 3 {
-		t.Errorf("render errors: got %d, want 3 (p1, p2, p3)", n)
+	if n := excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_PAYLOAD_TOO_LARGE); n != 3 {
+		t.Errorf("excluded as PAYLOAD_TOO_LARGE: got %d, want 3 (p1, p2, p3)", n)
 	}
 	if n := failedCount(p, commonv1.FailureReason_FAILURE_REASON_PAYLOAD_TOO_LARGE); n != 0 {
 		t.Errorf("PAYLOAD_TOO_LARGE failures: got %d, want 0: the profiles' values are the problem, not the sends", n)
@@ -77,8 +78,8 @@ func TestOversizedRenderingIsARenderError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := excludedCount(&deliveryv1.JourneyProgress{Excluded: dr.GetExcluded()}, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR); n != 3 || dr.GetTokensTargeted() != 2 {
-		t.Errorf("dry run: got excluded %v and %d tokens targeted, want 3 render errors and 2 tokens", dr.GetExcluded(), dr.GetTokensTargeted())
+	if n := excludedCount(&deliveryv1.JourneyProgress{Excluded: dr.GetExcluded()}, commonv1.ExclusionReason_EXCLUSION_REASON_PAYLOAD_TOO_LARGE); n != 3 || dr.GetTokensTargeted() != 2 {
+		t.Errorf("dry run: got excluded %v and %d tokens targeted, want 3 excluded as PAYLOAD_TOO_LARGE and 2 tokens", dr.GetExcluded(), dr.GetTokensTargeted())
 	}
 }
 

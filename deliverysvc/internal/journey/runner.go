@@ -790,20 +790,19 @@ func (r *runner) plan(ctx context.Context, member *profilev1.AudienceMember) pla
 		}
 		if n == nil {
 			out, err := r.content.Render(tok.GetPlatform(), locale, &v)
-			if err == nil {
-				// The gateway's size limit depends on the platform and on
-				// what the pipeline adds (tracking ids, JSON escaping):
-				// checked here, a profile whose values are too long is
-				// excluded with the reason instead of failing every send
-				// to its devices with PAYLOAD_TOO_LARGE.
-				probe := delivery.Message{MessageID: r.journey.GetMessageId(), JourneyID: r.ref.ID, Notification: out,
-					APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(r.journey.GetDelivery().GetApnsPushType())}}
-				if sizeErr := delivery.CheckPayloadSize(&probe, tok.GetPlatform(), r.m.cfg.Now()); sizeErr != nil {
-					err = fmt.Errorf("the profile's values make the notification too large: %w", sizeErr)
-				}
-			}
 			if err != nil {
 				return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR, detail: err.Error()}
+			}
+			// The gateway's size limit depends on the platform and on what
+			// the pipeline adds (tracking ids, JSON escaping): checked
+			// here, a profile whose values are too long is excluded with
+			// the API's own reason for it, instead of failing every send
+			// to its devices.
+			probe := delivery.Message{MessageID: r.journey.GetMessageId(), JourneyID: r.ref.ID, Notification: out,
+				APNs: delivery.APNsOptions{PushType: delivery.APNsPushType(r.journey.GetDelivery().GetApnsPushType())}}
+			if err := delivery.CheckPayloadSize(&probe, tok.GetPlatform(), r.m.cfg.Now()); err != nil {
+				return plan{exclusion: commonv1.ExclusionReason_EXCLUSION_REASON_PAYLOAD_TOO_LARGE,
+					detail: "the profile's values make the notification too large: " + err.Error()}
 			}
 			i := min(nRendered, len(rendered)-1)
 			rendered[i].platform, rendered[i].n = tok.GetPlatform(), out

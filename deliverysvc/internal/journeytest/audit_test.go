@@ -140,7 +140,7 @@ func TestScheduledJourneyTakesTheAudienceAtItsStartTime(t *testing.T) {
 
 // Real profile data through the real services over gRPC and the APNs
 // emulator: a profile whose long attribute takes the payload over APNs'
-// 4 KB is excluded as a render error (not a failed send), and values built
+// 4 KB is excluded as PAYLOAD_TOO_LARGE (not a failed send), and values built
 // into a deep link arrive percent-encoded.
 func TestProfileDataEndToEnd(t *testing.T) {
 	m := start(t, Options{})
@@ -157,8 +157,8 @@ func TestProfileDataEndToEnd(t *testing.T) {
 		Template: &deliveryv1.MessageTemplate{Title: "News", Body: `{{bio | default "Our sale"}}`, DeepLink: "acme://c/{{identity.customer_id}}?ref={{ref}}"},
 	})
 	p := j.GetProgress()
-	if p.GetSent() != 1 || excluded(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 || len(p.GetFailed()) != 0 {
-		t.Errorf("progress: got %v, want 1 sent, the long bio a render error, nothing failed", p)
+	if p.GetSent() != 1 || excluded(p, commonv1.ExclusionReason_EXCLUSION_REASON_PAYLOAD_TOO_LARGE) != 1 || len(p.GetFailed()) != 0 {
+		t.Errorf("progress: got %v, want 1 sent, the long bio excluded as PAYLOAD_TOO_LARGE, nothing failed", p)
 	}
 	got := m.APNs.ReceivedFor(APNsToken(400))
 	if len(got) != 1 || !strings.Contains(string(got[0].Payload), `"deep_link":"acme://c/fine?ref=x%20y%26z%3D1"`) {

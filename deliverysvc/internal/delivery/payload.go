@@ -123,6 +123,10 @@ func buildAPNs(m *Message, app string, tr tracking, deadline, now time.Time) (*A
 // in a push ("00-", 32 hex digits, "-", 16, "-", 2).
 const traceParentLen = 55
 
+// sizingTraceParent stands for a message's traceparent when its payload is
+// only measured: every traceparent has this length.
+var sizingTraceParent = strings.Repeat("0", traceParentLen)
+
 // CheckPayloadSize reports, as the pipeline would when sending, whether m's
 // payload for platform is over the gateway's limit: the error is the one a
 // send would fail with (PAYLOAD_TOO_LARGE). Journeys call it on what a
@@ -131,7 +135,7 @@ const traceParentLen = 55
 // its devices. It builds the payload only when a cheap upper bound does not
 // already show that it fits.
 func CheckPayloadSize(m *Message, platform commonv1.Platform, now time.Time) error {
-	tr := tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: strings.Repeat("0", traceParentLen)}
+	tr := tracking{journeyID: m.JourneyID, messageID: messageID(m), traceParent: sizingTraceParent}
 	if platform == commonv1.Platform_PLATFORM_FCM {
 		if size := fcmPayloadSize(&m.Notification, tr); size > FCMPayloadLimit {
 			return fcmTooLarge(size)

@@ -113,9 +113,9 @@ func TestKill9MidSendWithTrackingDown(t *testing.T) {
 		t.Skip("runs deliverysvc twice as a child process")
 	}
 	const (
-		n        = 6000
-		fcmEvery = 4
-		deadEvry = 50
+		n         = 6000
+		fcmEvery  = 4
+		deadEvery = 50
 	)
 	// 20 tokens in flight per stream and 10 ms a push: about 2,000
 	// pushes/s, so the kill lands mid-traffic after keys were answered
@@ -146,7 +146,7 @@ func TestKill9MidSendWithTrackingDown(t *testing.T) {
 		if i%fcmEvery == 0 {
 			target = testenv.FCMTarget(FCMToken(i), ShopApp)
 		}
-		if i%deadEvry == 1 { // dead tokens: feedback takes its outbox too
+		if i%deadEvery == 1 { // dead tokens: feedback takes its outbox too
 			m.APNs.MarkUnregistered(target.GetToken(), time.Now())
 		}
 		msgs[i] = testenv.TokensMessage(key, &deliveryv1.Notification{Title: "t", Body: "b"}, target)

@@ -97,16 +97,23 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// Target picks a free loopback address for a child and returns it with a
-// client connection to it, closed with the test: the connection reaches
-// whichever child listens there, across kills and restarts.
-func Target(t testing.TB) (addr string, conn *grpc.ClientConn) {
+// MustFreeAddr is FreeAddr for a test: it fails t if no address is free.
+func MustFreeAddr(t testing.TB) string {
 	t.Helper()
 	addr, err := FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return addr
+}
+
+// Target picks a free loopback address for a child and returns it with a
+// client connection to it, closed with the test: the connection reaches
+// whichever child listens there, across kills and restarts.
+func Target(t testing.TB) (addr string, conn *grpc.ClientConn) {
+	t.Helper()
+	addr = MustFreeAddr(t)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

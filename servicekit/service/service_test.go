@@ -17,21 +17,12 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/logtest"
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
 	"github.com/pushmesh/pushmesh/servicekit/service"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func TestRunServesUntilCancelledThenStops(t *testing.T) {
-	addr := freeAddr(t)
+	addr := proctest.MustFreeAddr(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	var stopped, started bool
 	var gotDataDir string

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
 )
 
 func TestFlags(t *testing.T) {
@@ -36,17 +36,6 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	return lis.Addr().String()
-}
-
 // start runs the service as pushctl dev does, through Start, and returns a
 // client and the stop function.
 func start(t *testing.T, dir string, cfg Config) (trackingv1.TrackingServiceClient, func() error) {
@@ -64,7 +53,7 @@ func start(t *testing.T, dir string, cfg Config) (trackingv1.TrackingServiceClie
 
 func TestStartServesGRPCAndHTTPAndStopsCleanly(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := proctest.MustFreeAddr(t)
 	client, stop := start(t, dir, Config{HTTPListen: addr})
 	ctx := context.Background()
 	event := &trackingv1.Event{EventId: "e1", Type: trackingv1.EventType_EVENT_TYPE_SENT, EventTime: timestamppb.Now(), ProfileId: "p", JourneyId: "j"}

@@ -36,7 +36,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -73,6 +72,7 @@ import (
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
 	"github.com/pushmesh/pushmesh/servicekit/service"
 )
 
@@ -399,7 +399,7 @@ func (c *child) stop() {
 // startDeliverysvc runs this binary in -serve mode with deliverysvc's flags
 // and waits until it answers health checks.
 func startDeliverysvc(ctx context.Context, o options, dir, caFile, apnsURL, fcmEndpoint, profileAddr, trackingAddr string) (*child, error) {
-	addr, err := freeAddr()
+	addr, err := proctest.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -457,15 +457,6 @@ func startDeliverysvc(ctx context.Context, o options, dir, caFile, apnsURL, fcmE
 		time.Sleep(50 * time.Millisecond)
 	}
 	return &child{cmd: cmd, pid: cmd.Process.Pid, conn: conn}, nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // apnsCeiling pushes with apns2 straight at the emulator: o.connections

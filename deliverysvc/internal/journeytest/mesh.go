@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -174,7 +173,7 @@ func New(opts Options) (_ *Mesh, err error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	if m.DeliveryAddr, err = freeAddr(); err != nil {
+	if m.DeliveryAddr, err = proctest.FreeAddr(); err != nil {
 		return nil, err
 	}
 	m.DeliveryDir = filepath.Join(m.dir, "deliverysvc")
@@ -215,15 +214,6 @@ func Start(t TB, opts Options) *Mesh {
 	}
 	t.Cleanup(m.Close)
 	return m
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // serve runs a gRPC server with the production bootstrap.

@@ -8,18 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// freeAddr is a loopback address that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+	"github.com/pushmesh/pushmesh/servicekit/proctest"
+)
 
 // A busy port is an ordinary error naming the address, and whatever had
 // already started (emulators, profilesvc, trackingsvc: deliverysvc starts
@@ -31,10 +22,10 @@ func TestStartWithABusyPortFailsAndStopsWhatStarted(t *testing.T) {
 	}
 	opts := Options{
 		DataDir:        t.TempDir(),
-		APNsListen:     freeAddr(t),
-		FCMListen:      freeAddr(t),
-		ProfileListen:  freeAddr(t),
-		TrackingListen: freeAddr(t),
+		APNsListen:     proctest.MustFreeAddr(t),
+		FCMListen:      proctest.MustFreeAddr(t),
+		ProfileListen:  proctest.MustFreeAddr(t),
+		TrackingListen: proctest.MustFreeAddr(t),
 		DeliveryListen: busy.Addr().String(),
 	}
 	m, err := Start(context.Background(), opts)

@@ -21,9 +21,9 @@ import (
 // (a dead token is routine) and raises it again after an accepted one. The
 // pooled transports of golang.org/x/net/http2 (v0.62) and net/http (Go 1.26)
 // count requests queued for a connection against its limit, so once more
-// requests are queued than the lowered limit allows, none of them is ever
-// sent and all wait for their deadline; without StrictMaxConcurrentStreams
-// they also open more connections. A single http.ClientConn has no such
+// requests are queued than the lowered limit allows (strict mode), none of
+// them is ever sent and all wait for their deadline; without strict mode
+// they open more connections instead, and x/net's still lets some hang. A single http.ClientConn has no such
 // queue accounting: a request waits for a free stream and is sent when one
 // frees up, so a connection always honours the server's current limit.
 // TestAPNsHonoursALowStreamLimit shows both.

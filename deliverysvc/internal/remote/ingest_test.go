@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 )
 
 // fakeTracking records what Ingest streams receive.
@@ -27,6 +29,7 @@ type fakeTracking struct {
 	mu       sync.Mutex
 	requests []*trackingv1.IngestRequest
 	err      error // returned instead of a response when set
+	rejected []*trackingv1.EventRejection
 }
 
 func (f *fakeTracking) Ingest(stream grpc.ClientStreamingServer[trackingv1.IngestRequest, trackingv1.IngestResponse]) error {
@@ -47,7 +50,8 @@ func (f *fakeTracking) Ingest(stream grpc.ClientStreamingServer[trackingv1.Inges
 	if f.err != nil {
 		return f.err
 	}
-	return stream.SendAndClose(&trackingv1.IngestResponse{Accepted: n})
+	rej := int64(len(f.rejected))
+	return stream.SendAndClose(&trackingv1.IngestResponse{Accepted: n - rej, RejectedCount: rej, Rejected: f.rejected})
 }
 
 func (f *fakeTracking) events() []*trackingv1.Event {
@@ -143,6 +147,23 @@ func TestIngestErrors(t *testing.T) {
 	}
 	if err := deliver(context.Background(), "acme", [][]byte{{0xff}}); err != nil || len(fake.requests) != 2 {
 		t.Errorf("only unreadable records: got %v after %d requests, want nil and no request", err, len(fake.requests))
+	}
+}
+
+// Events trackingsvc finds too far in the future say the clocks disagree:
+// an error naming the cause, not a routine warning.
+func TestIngestRejectionsFromClockSkew(t *testing.T) {
+	fake := &fakeTracking{rejected: []*trackingv1.EventRejection{{Index: 0, Field: "event_time", Reason: "more than 5 minutes in the future"}}}
+	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
+	var logs logtest.Buffer
+	deliver := Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.NewTextHandler(&logs, nil)))
+	r := sentResult(1)
+	rec, _ := appendEvent(nil, "acme", &r)
+	if err := deliver(context.Background(), "acme", [][]byte{rec}); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.String(); !strings.Contains(got, "level=ERROR") || !strings.Contains(got, "clock") {
+		t.Errorf("log: %q, want an error naming the clocks", got)
 	}
 }
 

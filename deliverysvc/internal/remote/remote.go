@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -335,6 +336,14 @@ func Ingest(client trackingv1.TrackingServiceClient, log *slog.Logger) outbox.De
 			var first *trackingv1.EventRejection
 			if len(res.GetRejected()) > 0 {
 				first = res.GetRejected()[0]
+			}
+			if first.GetField() == "event_time" && strings.Contains(first.GetReason(), "future") {
+				// The event times are deliverysvc's clock: trackingsvc's
+				// is behind it by more than it allows, and every outcome
+				// is being lost until the clocks agree.
+				log.ErrorContext(ctx, "trackingsvc rejected send events as from the future: deliverysvc's clock is ahead of trackingsvc's; synchronise them (NTP) — these outcomes are lost",
+					"tenant", tenantID, "rejected", res.GetRejectedCount(), "first_reason", first.GetReason())
+				return nil
 			}
 			log.WarnContext(ctx, "trackingsvc rejected send events", "tenant", tenantID, "rejected", res.GetRejectedCount(),
 				"first_field", first.GetField(), "first_reason", first.GetReason())

@@ -21,15 +21,8 @@ func TestKill9MidJourney(t *testing.T) {
 		fcmEvery = 4
 		window   = 300
 	)
-	m := Start(t, Options{JourneyWindow: window, MaxInFlight: 500, APNsConnections: 2})
+	m, child := startWithChild(t, Options{JourneyWindow: window, MaxInFlight: 500, APNsConnections: 2})
 	ctx := context.Background()
-	child, err := m.StartDeliveryProcess()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.RegisterApps(ctx); err != nil {
-		t.Fatal(err)
-	}
 	apnsTokens, fcmTokens, err := Import(ctx, m, profiles, fcmEvery, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -99,4 +92,19 @@ func TestKill9MidJourney(t *testing.T) {
 			p.GetSent(), p.GetTokensTargeted(), p.GetQualified(), total, total, profiles)
 	}
 	t.Logf("killed after %d of %d pushes; %d re-sent after the restart (window %d)", atKill, total, resent, window)
+}
+
+// startWithChild starts a mesh whose deliverysvc runs as a child process, to
+// be killed, with the apps registered.
+func startWithChild(t *testing.T, opts Options) (*Mesh, *Process) {
+	t.Helper()
+	m := Start(t, opts)
+	child, err := m.StartDeliveryProcess()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.RegisterApps(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return m, child
 }

@@ -120,15 +120,8 @@ func TestKill9MidSendWithTrackingDown(t *testing.T) {
 	// 20 tokens in flight per stream and 10 ms a push: about 2,000
 	// pushes/s, so the kill lands mid-traffic after keys were answered
 	// long enough before it to be remembered.
-	m := Start(t, Options{MaxInFlight: 40, APNsConnections: 2})
+	m, child := startWithChild(t, Options{MaxInFlight: 40, APNsConnections: 2})
 	ctx := context.Background()
-	child, err := m.StartDeliveryProcess()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.RegisterApps(ctx); err != nil {
-		t.Fatal(err)
-	}
 	m.APNs.Reset()
 	m.FCM.Reset()
 	conn, err := grpcclient.Dial(m.DeliveryAddr)

@@ -2,8 +2,6 @@ package remote
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -35,15 +33,12 @@ type hungTracking struct {
 
 func (f *hungTracking) Ingest(stream grpc.ClientStreamingServer[trackingv1.IngestRequest, trackingv1.IngestResponse]) error {
 	f.streams.Add(1)
+	reqs, err := recvAll(stream)
+	if err != nil {
+		return err
+	}
 	var n int
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
+	for _, req := range reqs {
 		n += len(req.GetEvents())
 	}
 	for !f.answer.Load() {

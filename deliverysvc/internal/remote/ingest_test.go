@@ -33,25 +33,37 @@ type fakeTracking struct {
 }
 
 func (f *fakeTracking) Ingest(stream grpc.ClientStreamingServer[trackingv1.IngestRequest, trackingv1.IngestResponse]) error {
+	reqs, err := recvAll(stream)
+	if err != nil {
+		return err
+	}
 	var n int64
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		f.mu.Lock()
-		f.requests = append(f.requests, req)
-		f.mu.Unlock()
+	for _, req := range reqs {
 		n += int64(len(req.GetEvents()))
 	}
+	f.mu.Lock()
+	f.requests = append(f.requests, reqs...)
+	f.mu.Unlock()
 	if f.err != nil {
 		return f.err
 	}
 	rej := int64(len(f.rejected))
 	return stream.SendAndClose(&trackingv1.IngestResponse{Accepted: n - rej, RejectedCount: rej, Rejected: f.rejected})
+}
+
+// recvAll reads an Ingest stream's requests until the client closes it.
+func recvAll(stream grpc.ClientStreamingServer[trackingv1.IngestRequest, trackingv1.IngestResponse]) ([]*trackingv1.IngestRequest, error) {
+	var reqs []*trackingv1.IngestRequest
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return reqs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		reqs = append(reqs, req)
+	}
 }
 
 func (f *fakeTracking) events() []*trackingv1.Event {

@@ -68,6 +68,9 @@ type Config struct {
 	GatewayCAFile string
 	// GatewayCAPEM is the same as PEM bytes, for in-process runs.
 	GatewayCAPEM []byte
+	// GatewayProxy is the http:// or socks5:// proxy the gateway
+	// connections go through; empty: HTTPS_PROXY/NO_PROXY.
+	GatewayProxy string
 
 	// CredentialsKeyFile holds the base64 AES-256 key sealing credentials.
 	CredentialsKeyFile string
@@ -163,6 +166,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.APNsSandboxURL, "apns-sandbox-url", "", "APNs base URL replacing Apple's sandbox host")
 	fs.StringVar(&c.FCMEndpoint, "fcm-endpoint", "", "FCM endpoint replacing Google's (e.g. an emulator's https://127.0.0.1:PORT/v1)")
 	fs.StringVar(&c.GatewayCAFile, "gateway-ca-file", "", "PEM file of extra CA certificates to trust for the gateways (e.g. the emulators' CA)")
+	fs.StringVar(&c.GatewayProxy, "gateway-proxy", "", "http:// (CONNECT) or socks5:// proxy for every connection to APNs and FCM, the OAuth2 token exchange included (default: the one HTTPS_PROXY and NO_PROXY name, if any)")
 	fs.StringVar(&c.CredentialsKeyFile, "credentials-key-file", "", "file holding the base64 AES-256 key that encrypts app credentials at rest (or set "+CredentialsKeyEnv+")")
 	fs.BoolVar(&c.DevInsecureGenerateKey, "dev-insecure-generate-key", false, "development only: without a key, use (and create on first start) "+DevKeyFile+" in the data dir")
 	fs.IntVar(&c.APNsConnections, "apns-connections", 4, "HTTP/2 connections per APNs app")
@@ -248,6 +252,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		APNsSandboxURL:  cfg.APNsSandboxURL,
 		FCMEndpoint:     cfg.FCMEndpoint,
 		ExtraCAPEM:      caPEM,
+		Proxy:           cfg.GatewayProxy,
 		APNsConnections: cfg.APNsConnections,
 		Logger:          log,
 	})

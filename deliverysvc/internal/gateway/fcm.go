@@ -156,7 +156,7 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 		return nil, err
 	}
 	transport := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
+		Proxy:               g.proxy,
 		TLSClientConfig:     g.tlsConfig(),
 		DialContext:         dialBatched,
 		ForceAttemptHTTP2:   true,

@@ -55,6 +55,12 @@ type Config struct {
 	// ExtraCAPEM holds PEM certificates trusted on top of the system roots
 	// (the emulators' CA).
 	ExtraCAPEM []byte
+	// Proxy is the URL of the proxy every gateway connection goes through
+	// (APNs, FCM and the OAuth2 token exchange): http:// (an HTTP CONNECT
+	// proxy, as most egress proxies are) or socks5://. Empty: the proxy
+	// that HTTPS_PROXY and NO_PROXY name, if any (http.ProxyFromEnvironment,
+	// which never proxies loopback hosts).
+	Proxy string
 	// APNsConnections is the number of HTTP/2 connections (apns2 clients)
 	// per app and environment; default 4.
 	APNsConnections int
@@ -81,6 +87,7 @@ type Gateways struct {
 	tracer    trace.Tracer
 	deadlines *sharedDeadline // bounds APNs and FCM requests by cfg.RequestTimeout
 	h2        *http.Transport // dials the APNs connections (h2Conn)
+	proxy     func(*http.Request) (*url.URL, error)
 }
 
 // New returns the gateways for cfg.
@@ -114,6 +121,14 @@ func New(cfg Config) (*Gateways, error) {
 			return nil, fmt.Errorf("%s %q: want an https URL", name, raw)
 		}
 	}
+	proxy := http.ProxyFromEnvironment
+	if cfg.Proxy != "" {
+		u, err := url.Parse(cfg.Proxy)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "socks5" && u.Scheme != "socks5h") {
+			return nil, fmt.Errorf("gateway proxy %q: want an http:// or socks5:// URL", redactURL(cfg.Proxy))
+		}
+		proxy = http.ProxyURL(u)
+	}
 	roots, err := x509.SystemCertPool()
 	if err != nil || roots == nil {
 		roots = x509.NewCertPool()
@@ -121,9 +136,17 @@ func New(cfg Config) (*Gateways, error) {
 	if len(cfg.ExtraCAPEM) > 0 && !roots.AppendCertsFromPEM(cfg.ExtraCAPEM) {
 		return nil, errors.New("gateway CA: no PEM certificate found")
 	}
-	g := &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName), deadlines: newSharedDeadline(cfg.RequestTimeout)}
-	g.h2 = newH2Transport(g.tlsConfig())
+	g := &Gateways{cfg: cfg, roots: roots, tracer: cfg.TracerProvider.Tracer(tracerName), deadlines: newSharedDeadline(cfg.RequestTimeout), proxy: proxy}
+	g.h2 = newH2Transport(g.tlsConfig(), proxy)
 	return g, nil
+}
+
+// redactURL is raw without the password a proxy URL may carry, for errors.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable URL)"
 }
 
 // LoadCAFile reads the PEM certificates of --gateway-ca-file, to trust on

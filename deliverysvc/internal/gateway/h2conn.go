@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -54,8 +55,11 @@ type h2Link struct {
 }
 
 // newH2Transport is the transport h2Conns dial with: HTTP/2 only, over TLS
-// with tlsConfig, writes merged (dialBatched).
-func newH2Transport(tlsConfig *tls.Config) *http.Transport {
+// with tlsConfig, writes merged (dialBatched), through the proxy that proxy
+// picks if any. A proxied connection is dialed by net/http: the TCP
+// connection to the proxy (DialContext), CONNECT, then TLS to the gateway
+// over the tunnel with TLSClientConfig; DialTLSContext serves direct ones.
+func newH2Transport(tlsConfig *tls.Config, proxy func(*http.Request) (*url.URL, error)) *http.Transport {
 	var protocols http.Protocols
 	protocols.SetHTTP2(true)
 	cfg := tlsConfig.Clone()
@@ -63,6 +67,8 @@ func newH2Transport(tlsConfig *tls.Config) *http.Transport {
 	return &http.Transport{
 		Protocols:       &protocols,
 		TLSClientConfig: cfg,
+		Proxy:           proxy,
+		DialContext:     dialBatched,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {

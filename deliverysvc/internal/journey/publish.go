@@ -23,15 +23,18 @@ import (
 
 // Publish limits.
 const (
-	maxNameLen       = 200
-	maxAppIDs        = 50
-	maxSampleSize    = 20
-	defaultSamples   = 3
-	maxRequestIDLen  = 256
-	maxConditionLen  = 8 << 10
-	maxMessagesPerS  = 1_000_000
-	maxMessageIDLen  = delivery.MaxIDLen
-	syntheticProfile = "sample-profile"
+	maxNameLen     = 200
+	maxAppIDs      = 50
+	maxSampleSize  = 20
+	defaultSamples = 3
+	// publishSampleCandidates is how many audience members publish looks
+	// at for a sample the journey would send to.
+	publishSampleCandidates = 20
+	maxRequestIDLen         = 256
+	maxConditionLen         = 8 << 10
+	maxMessagesPerS         = 1_000_000
+	maxMessageIDLen         = delivery.MaxIDLen
+	syntheticProfile        = "sample-profile"
 )
 
 // PublishInput is a PublishJourney request.
@@ -177,20 +180,31 @@ func (m *Manager) Publish(ctx context.Context, in PublishInput) (*deliveryv1.Jou
 		}
 		return j, dr, nil
 	}
-	// One member is enough to know that the condition compiles, and is the
-	// sample the templates must render for.
+	// A few members are enough to know that the condition compiles, and
+	// give the sample the templates must render for: as in a dry run, the
+	// first member the journey would send to. One profile's odd data (an
+	// attribute that is no URL where the image takes it) only excludes that
+	// profile when the journey runs, so it must not block publishing for
+	// everyone; when none of them would be sent to, the first member is the
+	// sample, and the error names it.
 	q := probe.query("")
-	q.Limit = 1
-	var sample *profilev1.AudienceMember
+	q.Limit = publishSampleCandidates
+	var sample, first *profilev1.AudienceMember
 	if err := m.audience.Query(ctx, q, func(resp *profilev1.QueryAudienceResponse) error {
 		for _, member := range resp.GetMembers() {
-			if sample == nil {
+			if first == nil {
+				first = member
+			}
+			if sample == nil && probe.plan(ctx, member).exclusion == commonv1.ExclusionReason_EXCLUSION_REASON_UNSPECIFIED {
 				sample = member
 			}
 		}
 		return nil
 	}); err != nil {
 		return nil, nil, err
+	}
+	if sample == nil {
+		sample = first
 	}
 	if err := checkSample(j, content, sample, now); err != nil {
 		return nil, nil, err

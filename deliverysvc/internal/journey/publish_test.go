@@ -6,6 +6,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 )
 
 // When the publish sample lacks a `required` value, the rest of the
@@ -86,5 +87,41 @@ func TestPublishAcceptsAValidTemplateWhoseSampleLacksARequiredValue(t *testing.T
 			excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 {
 			t.Errorf("%v: got %v with %v, want COMPLETED, 1 sent and p1 excluded (render error)", tpl, got.GetState(), p)
 		}
+	}
+}
+
+// One profile whose data makes an invalid notification (here an image
+// attribute that is no URL) is excluded when the journey runs; it must not
+// block publishing when it happens to come first. Publish samples the first
+// member the journey would send to, as a dry run does; only when none of
+// the first members would be sent to is the error the first one's.
+func TestPublishIsNotBlockedByOneProfilesBadData(t *testing.T) {
+	tpl := &deliveryv1.MessageTemplate{Title: "Hi {{firstName}}", ImageUrl: "{{img}}"}
+	bad := func(id string, i int) *profilev1.AudienceMember {
+		return member(t, id, map[string]any{"firstName": "Bo", "img": "not a url"}, apnsTok(hexToken(i), shopApp))
+	}
+
+	h := newHarness(t)
+	h.setMembers(bad("p1", 1), member(t, "p2", map[string]any{"firstName": "Ada", "img": "https://cdn.example.com/ada.png"}, apnsTok(hexToken(2), shopApp)))
+	h.start()
+	j := journey("one bad image")
+	j.Template = tpl
+	got := h.wait(h.publish(j))
+	p := got.GetProgress()
+	if got.GetState() != deliveryv1.JourneyState_JOURNEY_STATE_COMPLETED || p.GetSent() != 1 ||
+		excludedCount(p, commonv1.ExclusionReason_EXCLUSION_REASON_RENDER_ERROR) != 1 {
+		t.Errorf("got %v with %v, want COMPLETED, p2 sent and p1 excluded (render error)", got.GetState(), p)
+	}
+
+	h2 := newHarness(t)
+	h2.setMembers(bad("p1", 1), bad("p2", 2))
+	h2.start()
+	_, _, err := h2.m.Publish(testCtx, PublishInput{Journey: j})
+	desc, ok := violation(err, "journey.template.image_url")
+	if !ok || !strings.Contains(desc, "profile p1") {
+		t.Fatalf("every sampled member renders an invalid image URL: got %v (%q), want a violation on journey.template.image_url naming p1", err, desc)
+	}
+	if h2.pushCount() != 0 {
+		t.Errorf("got %d pushes, want none", h2.pushCount())
 	}
 }

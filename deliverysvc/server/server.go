@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,6 +187,13 @@ func (c *Config) register(fs *flag.FlagSet) {
 func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error) {
 	switch {
 	case cfg.CredentialsKeyFile != "":
+		if looksLikeAKey(cfg.CredentialsKeyFile) {
+			// The key itself was given where its file's path belongs. The
+			// errors below quote the path, and this error is printed and
+			// logged: never repeat it.
+			return nil, errors.New("--credentials-key-file names no file but looks like a key itself: put the key in a file (mode 0600) and give that file's path, or set " +
+				CredentialsKeyEnv + "; a key typed on a command line is in shell history and process listings, so prefer a new one for a new data dir")
+		}
 		key, err := secret.ReadKeyFile(cfg.CredentialsKeyFile)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("--credentials-key-file %s does not exist: restore the key the data was sealed with, or make a new one for a new data dir (`openssl rand -base64 32 > %s`)",
@@ -193,6 +202,7 @@ func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error
 		if err != nil {
 			return nil, fmt.Errorf("--credentials-key-file: %w", err)
 		}
+		warnIfKeyFileShared(log, cfg.CredentialsKeyFile)
 		return key, nil
 	case cfg.CredentialsKey != "":
 		key, err := secret.ParseKey([]byte(cfg.CredentialsKey))
@@ -213,6 +223,47 @@ func credentialsKey(dataDir string, cfg Config, log *slog.Logger) ([]byte, error
 	}
 	return nil, errors.New("refusing to start without a credentials key: give --credentials-key-file or set " +
 		CredentialsKeyEnv + " (base64 of 32 bytes, e.g. `openssl rand -base64 32`), or pass --dev-insecure-generate-key for a development run")
+}
+
+// looksLikeAKey reports whether a --credentials-key-file value is a key
+// (base64 of 32 bytes) rather than a path. base64's alphabet includes '/',
+// so a path can parse too: one that names a file, or a file in a folder
+// that exists, is taken for a path.
+func looksLikeAKey(path string) bool {
+	if _, err := secret.ParseKey([]byte(path)); err != nil {
+		return false
+	}
+	if _, err := os.Stat(path); err == nil {
+		return false
+	}
+	if strings.Contains(path, "/") {
+		if _, err := os.Stat(filepath.Dir(path)); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// warnIfKeyFileShared warns when users other than the key file's owner (and
+// its group) can read it, or its group can change it: whoever reads it and a
+// copy of the data dir can decrypt every app's credentials. Only a warning:
+// secrets mounted by orchestrators are often 0644 (Kubernetes' default mode)
+// in a folder only the service can reach, and refusing to start would break
+// such setups on upgrade. A key readable by its group only (0640: owned by
+// root, read through the service's group) is a sound setup and passes.
+// Windows reports no Unix permissions, so nothing is checked there.
+func warnIfKeyFileShared(log *slog.Logger, path string) {
+	if runtime.GOOS == "windows" {
+		return
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	if perm := st.Mode().Perm(); perm&0o027 != 0 {
+		log.Warn("the credentials key file can be read by other users or changed by its group: anyone who reads it and a copy of the data dir can decrypt every app's credentials; make it mode 0600 (or 0640 for a trusted group)",
+			"file", path, "mode", fmt.Sprintf("%04o", perm))
+	}
 }
 
 // Start opens the store in dataDir and registers the service's APIs on s.

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -69,5 +71,63 @@ func TestCredentialsKey(t *testing.T) {
 	if _, err := start(t, t.TempDir(), Config{CredentialsKeyFile: missing}); err == nil ||
 		!strings.Contains(err.Error(), "--credentials-key-file "+missing+" does not exist") || !strings.Contains(err.Error(), "openssl rand") {
 		t.Errorf("missing key file: got %v, want the flag, the path and how to make a key", err)
+	}
+}
+
+// A key file others can read starts the service with a warning naming the
+// file and its mode, never the key; an owner-only or group-readable one
+// starts quietly. A key given where its file's path belongs is refused
+// without being repeated.
+func TestCredentialsKeyFileChecks(t *testing.T) {
+	keyText := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("s", 32)))
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte(keyText+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		mode os.FileMode
+		warn bool
+	}{
+		{0o600, false},
+		{0o400, false},
+		{0o640, false},
+		{0o644, true},
+		{0o660, true},
+		{0o604, true},
+	} {
+		if err := os.Chmod(keyFile, tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		var logs logtest.Buffer
+		cfg := Config{CredentialsKeyFile: keyFile, ProfileAddr: "127.0.0.1:1", TrackingAddr: "127.0.0.1:1"}
+		stop, err := Start(context.Background(), grpc.NewServer(), t.TempDir(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatalf("mode %04o: %v", tc.mode, err)
+		}
+		stop()
+		got := strings.Contains(logs.String(), "credentials key file can be read by other users")
+		if got != tc.warn {
+			t.Errorf("mode %04o: warned=%v, want %v; log:\n%s", tc.mode, got, tc.warn, logs.String())
+		}
+		if tc.warn && !strings.Contains(logs.String(), keyFile) {
+			t.Errorf("mode %04o: the warning does not name the file: %s", tc.mode, logs.String())
+		}
+		if strings.Contains(logs.String(), keyText) || strings.Contains(logs.String(), keyText[:16]) {
+			t.Errorf("mode %04o: the log holds the key: %s", tc.mode, logs.String())
+		}
+	}
+
+	// The key itself as the flag's value (e.g. --credentials-key-file
+	// "$(openssl rand -base64 32)"): refused, and the error, which is printed
+	// and logged, does not repeat it.
+	withSlashes := base64.StdEncoding.EncodeToString([]byte("kkkkk\xff\xff\xff" + strings.Repeat("k", 24))) // a2tra2v///9r…
+	for _, given := range []string{keyText, withSlashes, base64.RawURLEncoding.EncodeToString([]byte(strings.Repeat("u", 32)))} {
+		_, err := start(t, t.TempDir(), Config{CredentialsKeyFile: given})
+		if err == nil || !strings.Contains(err.Error(), "looks like a key") {
+			t.Errorf("a key as the file's path: got %v, want a refusal saying it looks like a key", err)
+		}
+		if err != nil && strings.Contains(err.Error(), given[:16]) {
+			t.Errorf("a key as the file's path: the error repeats the key: %v", err)
+		}
 	}
 }

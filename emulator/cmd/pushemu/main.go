@@ -250,13 +250,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // writeSecret writes credentials readable by the owner only.
 func writeSecret(path string, b []byte) error { return writeFile(path, b, 0o600) }
 
+// writeFile writes b to path with mode, through a new temporary file and a
+// rename so a reader never sees half a file. The temporary file is created
+// afresh (os.CreateTemp: a random name, O_EXCL, mode 0600) rather than at a
+// fixed name: a leftover or planted path+".tmp" would keep its own, looser
+// mode, or, as a symlink (the default --ca-file is in the shared temp
+// folder), make the write land in another file.
 func writeFile(path string, b []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	_, werr := tmp.Write(b)
+	merr := tmp.Chmod(mode)
+	cerr := tmp.Close()
+	if err := errors.Join(werr, merr, cerr); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }

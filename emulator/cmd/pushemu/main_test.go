@@ -159,3 +159,53 @@ func TestFlagValidation(t *testing.T) {
 		})
 	}
 }
+
+// The generated .p8 key and service-account JSON are written mode 0600 even
+// when a file of the old fixed temporary name is in the way: a leftover one
+// 0644 (its mode used to be kept) or a symlink planted in a shared folder
+// (the write used to follow it into another file).
+func TestWriteSecretIgnoresTempFilesInTheWay(t *testing.T) {
+	dir := t.TempDir()
+	secret := []byte("-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n")
+
+	leftover := filepath.Join(dir, "apns.p8")
+	if err := os.WriteFile(leftover+".tmp", []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(leftover+".tmp", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSecret(leftover, secret); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(leftover); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("with a leftover 0644 temporary file: got %v, %v; want mode 0600", st.Mode().Perm(), err)
+	}
+
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("untouched"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	planted := filepath.Join(dir, "fcm-sa.json")
+	if err := os.Symlink(victim, planted+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSecret(planted, secret); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(victim); string(got) != "untouched" {
+		t.Errorf("the write followed a planted symlink: the other file now holds %q", got)
+	}
+	if st, err := os.Lstat(planted); err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 {
+		t.Errorf("with a planted symlink: got %v, %v; want a regular file, mode 0600", st.Mode(), err)
+	}
+	if got, _ := os.ReadFile(planted); !bytes.Equal(got, secret) {
+		t.Errorf("got %q, want the secret", got)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, en := range entries {
+		if strings.HasPrefix(en.Name(), ".") {
+			t.Errorf("temporary file %s left behind", en.Name())
+		}
+	}
+}

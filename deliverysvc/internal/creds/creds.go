@@ -189,6 +189,8 @@ func ParseFCM(saJSON, field string) (*FCM, error) {
 	}
 	if sa.ProjectID == "" {
 		v.Add(field, `"project_id" is required`)
+	} else if err := checkProjectID(sa.ProjectID); err != nil {
+		v.Add(field, `"project_id": %v`, err)
 	}
 	if sa.ClientEmail == "" {
 		v.Add(field, `"client_email" is required`)
@@ -211,6 +213,31 @@ func ParseFCM(saJSON, field string) (*FCM, error) {
 		return nil, err
 	}
 	return &FCM{JSON: []byte(saJSON), ProjectID: sa.ProjectID, ClientEmail: sa.ClientEmail, TokenURI: sa.TokenURI, Key: key}, nil
+}
+
+// maxProjectIDLen bounds a project id: Google's are at most 30 characters,
+// older domain-scoped ones ("example.com:project") a little more.
+const maxProjectIDLen = 128
+
+// checkProjectID accepts what Google project ids are made of: letters,
+// digits and '-' (and '.', ':' in older domain-scoped ids; '_' is harmless),
+// beginning with a letter or digit. firebase puts the id into the send's
+// URL unescaped (<endpoint>/projects/<id>/messages:send): a '/', '?', '#'
+// or '%' in it would let whoever registers an app choose another path or
+// query on the FCM host for deliverysvc to POST to with its access token,
+// and read the answer in the live check's error.
+func checkProjectID(id string) error {
+	if len(id) > maxProjectIDLen {
+		return fmt.Errorf("is %d bytes, more than %d", len(id), maxProjectIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		letterOrDigit := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+		if !letterOrDigit && (i == 0 || (c != '-' && c != '.' && c != ':' && c != '_')) {
+			return fmt.Errorf("byte %d is %q: a project id is letters, digits, '-', '.', ':' and '_', beginning with a letter or digit", i, c)
+		}
+	}
+	return nil
 }
 
 // checkTokenURI accepts https URLs, and http only on loopback (a local

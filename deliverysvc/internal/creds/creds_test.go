@@ -130,6 +130,11 @@ func TestParseFCM(t *testing.T) {
 	if _, err := ParseFCM(testServiceAccount(t, func(m map[string]any) { m["token_uri"] = "http://127.0.0.1:9443/token" }), field); err != nil {
 		t.Errorf("http token_uri on loopback: got %v, want accepted", err)
 	}
+	for _, id := range []string{"p", "acme-push-7", "example.com:legacy-project", "Demo_Project"} {
+		if _, err := ParseFCM(testServiceAccount(t, func(m map[string]any) { m["project_id"] = id }), field); err != nil {
+			t.Errorf("project id %q: got %v, want accepted", id, err)
+		}
+	}
 
 	ecKey := pkcs8PEM(t, p256(t))
 	for _, tc := range []struct {
@@ -141,6 +146,11 @@ func TestParseFCM(t *testing.T) {
 		{"not JSON", "{not json", "not a JSON object"},
 		{"wrong type", testServiceAccount(t, func(m map[string]any) { m["type"] = "authorized_user" }), `"type"`},
 		{"no project", testServiceAccount(t, func(m map[string]any) { delete(m, "project_id") }), `"project_id" is required`},
+		{"project id with a path", testServiceAccount(t, func(m map[string]any) { m["project_id"] = "p/../../_emulator/faults" }), `"project_id": byte 1 is '/'`},
+		{"project id with a query", testServiceAccount(t, func(m map[string]any) { m["project_id"] = "p?x=" }), `"project_id": byte 1 is '?'`},
+		{"project id with an escape", testServiceAccount(t, func(m map[string]any) { m["project_id"] = "p%2F.." }), `"project_id": byte 1 is '%'`},
+		{"project id as a dot segment", testServiceAccount(t, func(m map[string]any) { m["project_id"] = ".." }), `"project_id": byte 0 is '.'`},
+		{"project id too long", testServiceAccount(t, func(m map[string]any) { m["project_id"] = strings.Repeat("p", 129) }), `"project_id": is 129 bytes`},
 		{"no email", testServiceAccount(t, func(m map[string]any) { delete(m, "client_email") }), `"client_email" is required`},
 		{"no token uri", testServiceAccount(t, func(m map[string]any) { delete(m, "token_uri") }), `"token_uri" is required`},
 		{"http token uri", testServiceAccount(t, func(m map[string]any) { m["token_uri"] = "http://example.com/token" }), "https"},

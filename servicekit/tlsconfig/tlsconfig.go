@@ -201,14 +201,28 @@ func NewClient(c Client, log *slog.Logger) (*tls.Config, error) {
 		RootCAs:    pool,
 		ServerName: c.ServerName,
 	}
+	var pair *keyPair
 	if c.CertFile != "" {
-		pair, err := newKeyPair(c.CertFile, c.KeyFile, c.flag("cert")+"/"+c.flag("key"), log)
-		if err != nil {
+		if pair, err = newKeyPair(c.CertFile, c.KeyFile, c.flag("cert")+"/"+c.flag("key"), log); err != nil {
 			return nil, err
 		}
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return pair.get(), nil
+	}
+	// Asked for a certificate it lacks (or one the server's CAs did not
+	// sign), a client would send what it has and learn of the refusal,
+	// under TLS 1.3, only once its handshake is over: as a broken pipe or
+	// a reset connection, depending on timing. Pushmesh servers ask for
+	// client certificates only when they require them, and name the CAs
+	// they accept, so the client can stop at once, saying why.
+	cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if pair == nil {
+			return nil, fmt.Errorf("the server requires a client certificate (mutual TLS): give %s and %s", c.flag("cert"), c.flag("key"))
 		}
+		cert := pair.get()
+		if err := cri.SupportsCertificate(cert); err != nil {
+			return nil, fmt.Errorf("the server does not accept the client certificate %s (%s, issued by %s): %w",
+				c.CertFile, cert.Leaf.Subject, cert.Leaf.Issuer, err)
+		}
+		return cert, nil
 	}
 	return cfg, nil
 }

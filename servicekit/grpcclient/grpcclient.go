@@ -6,11 +6,13 @@ package grpcclient
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -32,8 +34,8 @@ const (
 )
 
 // Dial creates a client connection to target (host:port). It connects
-// lazily; extra options are appended (e.g. transport credentials replacing
-// the plaintext default, or other keepalive parameters).
+// lazily; extra options are appended (e.g. TransportCredentials for TLS,
+// replacing the plaintext default, or other keepalive parameters).
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -52,6 +54,16 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial %s: %w", target, err)
 	}
 	return conn, nil
+}
+
+// TransportCredentials is the dial option for a client TLS configuration
+// built by servicekit/tlsconfig: TLS with it, or plaintext when it is nil
+// (tlsconfig's answer for no flags).
+func TransportCredentials(cfg *tls.Config) grpc.DialOption {
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials())
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
 }
 
 // withTenant forwards ctx's tenant unless the caller set the metadata itself.

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // ApplyEnv sets every flag of fs that was not given on the command line from
@@ -51,6 +53,14 @@ type Common struct {
 	ShutdownTimeout time.Duration
 	// GRPC holds the per-connection limits of the gRPC server.
 	GRPC GRPCLimits
+	// TLS holds the --tls-cert, --tls-key and --tls-client-ca files of the
+	// gRPC listener; none serves plaintext.
+	TLS tlsconfig.Server
+	// ServerTLS is built from TLS by service.Run before it starts the
+	// service (nil: plaintext), so that a service serving more than gRPC
+	// (trackingsvc's HTTP endpoint) presents the same, reloaded,
+	// certificate.
+	ServerTLS *tls.Config
 }
 
 // GRPCLimits are the gRPC server's per-connection limits and keepalive
@@ -82,6 +92,11 @@ func (c *Common) Register(fs *flag.FlagSet, defaultListen, defaultDataDir string
 		"close a client connection whose ping ack takes longer than this")
 	fs.DurationVar(&c.GRPC.KeepaliveMinTime, "grpc-keepalive-min-time", grpcserver.DefaultKeepaliveMinTime,
 		"disconnect (GOAWAY ENHANCE_YOUR_CALM) clients pinging more often than this; pushmesh clients ping every 30s")
+	fs.StringVar(&c.TLS.CertFile, "tls-cert", "",
+		"PEM certificate (chain, leaf first) the gRPC listener serves TLS 1.2+ with; needs --tls-key; re-read when the file changes (empty: plaintext)")
+	fs.StringVar(&c.TLS.KeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.TLS.ClientCAFile, "tls-client-ca", "",
+		"PEM CA bundle: gRPC clients must present a certificate signed by it (mutual TLS); needs --tls-cert")
 }
 
 // Server is the gRPC server configuration of c for the service name, logging
@@ -105,6 +120,7 @@ func (c *Common) Server(name string, log *slog.Logger) grpcserver.Config {
 		KeepaliveTime:        c.GRPC.KeepaliveTime,
 		KeepaliveTimeout:     c.GRPC.KeepaliveTimeout,
 		KeepaliveMinTime:     c.GRPC.KeepaliveMinTime,
+		TLS:                  c.ServerTLS,
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"flag"
 	"testing"
 	"time"
+
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 func TestApplyEnvFlagBeatsEnvBeatsDefault(t *testing.T) {
@@ -80,5 +82,26 @@ func TestServerConfigFromFlags(t *testing.T) {
 	}
 	if got.MaxConnectionIdle >= 0 {
 		t.Errorf("--grpc-max-connection-idle 0: got MaxConnectionIdle %v, want negative (never)", got.MaxConnectionIdle)
+	}
+}
+
+func TestTLSFlagsFromTheEnvironment(t *testing.T) {
+	var c Common
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.Register(fs, "127.0.0.1:7001", "data")
+	if err := fs.Parse([]string{"--tls-key", "/flag/key.pem"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"TRACKINGSVC_TLS_CERT":      "/env/cert.pem",
+		"TRACKINGSVC_TLS_KEY":       "/env/key.pem",
+		"TRACKINGSVC_TLS_CLIENT_CA": "/env/ca.pem",
+	}
+	if err := ApplyEnv(fs, "trackingsvc", func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	want := tlsconfig.Server{CertFile: "/env/cert.pem", KeyFile: "/flag/key.pem", ClientCAFile: "/env/ca.pem"}
+	if c.TLS != want {
+		t.Errorf("got %+v, want %+v (the flag wins over the environment)", c.TLS, want)
 	}
 }

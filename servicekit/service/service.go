@@ -19,6 +19,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 	"github.com/pushmesh/pushmesh/servicekit/telemetry"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // Spec describes one service.
@@ -68,6 +69,11 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 	log, err := common.Logger(stderr)
 	if err != nil {
 		return err
+	}
+	// Certificates are read before anything listens: a missing key or a
+	// pair that does not match stops the start with the flag's name.
+	if common.ServerTLS, err = tlsconfig.NewServer(common.TLS, log.With("service", spec.Name)); err != nil {
+		return fmt.Errorf("%w (these flags can also come from %s)", err, config.EnvName(spec.Name, "tls_*"))
 	}
 
 	shutdownTelemetry, err := telemetry.Setup(ctx, spec.Name)

@@ -38,6 +38,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // DefaultListen is the service's default gRPC address.
@@ -58,6 +59,10 @@ type Config struct {
 	// and trackingsvc.
 	ProfileAddr  string
 	TrackingAddr string
+	// PeerTLS are the --peer-tls-* files deliverysvc dials profilesvc and
+	// trackingsvc with: TLS when its CA is set, mutual TLS with a client
+	// certificate; plaintext when empty.
+	PeerTLS tlsconfig.Client
 
 	// APNsURL replaces Apple's hosts (sandbox and production), e.g. the
 	// emulator's https://127.0.0.1:PORT; with APNsSandboxURL, production's.
@@ -164,6 +169,11 @@ func Spec() service.Spec {
 func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProfileAddr, "profile-addr", "127.0.0.1:7101", "profilesvc gRPC address (token resolution and dead-token feedback)")
 	fs.StringVar(&c.TrackingAddr, "tracking-addr", "127.0.0.1:7103", "trackingsvc gRPC address (send outcomes)")
+	c.PeerTLS.FlagPrefix = "--peer-tls"
+	fs.StringVar(&c.PeerTLS.CAFile, "peer-tls-ca", "", "PEM CA bundle that signed profilesvc's and trackingsvc's certificates: when set, deliverysvc dials them over TLS (empty: plaintext)")
+	fs.StringVar(&c.PeerTLS.CertFile, "peer-tls-cert", "", "PEM client certificate deliverysvc presents to profilesvc and trackingsvc (mutual TLS); needs --peer-tls-key and --peer-tls-ca; re-read when the file changes")
+	fs.StringVar(&c.PeerTLS.KeyFile, "peer-tls-key", "", "PEM private key of --peer-tls-cert")
+	fs.StringVar(&c.PeerTLS.ServerName, "peer-tls-server-name", "", "name to verify in profilesvc's and trackingsvc's certificates instead of the host of --profile-addr and --tracking-addr (e.g. when those are IP addresses the certificates do not list)")
 	fs.StringVar(&c.APNsURL, "apns-url", "", "APNs base URL replacing Apple's sandbox and production hosts (e.g. an emulator's https://127.0.0.1:PORT); with --apns-sandbox-url, the production host only")
 	fs.StringVar(&c.APNsSandboxURL, "apns-sandbox-url", "", "APNs base URL replacing Apple's sandbox host")
 	fs.StringVar(&c.FCMEndpoint, "fcm-endpoint", "", "FCM endpoint replacing Google's (e.g. an emulator's https://127.0.0.1:PORT/v1)")
@@ -284,6 +294,15 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		}
 	}()
 
+	// The peers' TLS files first: a bad flag stops the start before
+	// anything is opened.
+	if cfg.PeerTLS.FlagPrefix == "" {
+		cfg.PeerTLS.FlagPrefix = "--peer-tls"
+	}
+	peerTLS, err := tlsconfig.NewClient(cfg.PeerTLS, log)
+	if err != nil {
+		return nil, err
+	}
 	key, err := credentialsKey(dataDir, cfg, log)
 	if err != nil {
 		return nil, err
@@ -326,12 +345,13 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	appService := apps.NewService(store, gw, log)
 	closers = append(closers, func() error { appService.Close(); return nil })
 
-	profileConn, err := grpcclient.Dial(cfg.ProfileAddr)
+	log.Info("peer connections", "profilesvc", cfg.ProfileAddr, "trackingsvc", cfg.TrackingAddr, "tls", peerTLSMode(cfg.PeerTLS))
+	profileConn, err := grpcclient.Dial(cfg.ProfileAddr, grpcclient.TransportCredentials(peerTLS))
 	if err != nil {
 		return nil, err
 	}
 	closers = append(closers, profileConn.Close)
-	trackingConn, err := grpcclient.Dial(cfg.TrackingAddr)
+	trackingConn, err := grpcclient.Dial(cfg.TrackingAddr, grpcclient.TransportCredentials(peerTLS))
 	if err != nil {
 		return nil, err
 	}
@@ -377,6 +397,18 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}
 	deliveryv1.RegisterJourneyServiceServer(s, &grpcapi.JourneyServer{Journeys: journeys, Log: log, MaxWatches: cfg.MaxWatchStreams})
 	return closeAll, nil
+}
+
+// peerTLSMode describes the peer connections' TLS for the log.
+func peerTLSMode(c tlsconfig.Client) string {
+	switch {
+	case !c.Enabled():
+		return "off"
+	case c.Mutual():
+		return "mutual"
+	default:
+		return "on"
+	}
 }
 
 // stopJourneys stops the journeys in phases, so that a failing disk cannot

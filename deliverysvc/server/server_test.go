@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pushmesh/pushmesh/servicekit/logtest"
+	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig/tlstest"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -128,6 +130,33 @@ func TestCredentialsKeyFileChecks(t *testing.T) {
 		}
 		if err != nil && strings.Contains(err.Error(), given[:16]) {
 			t.Errorf("a key as the file's path: the error repeats the key: %v", err)
+		}
+	}
+}
+
+// Bad --peer-tls-* flags stop the start, naming the flag, before the data
+// dir is touched.
+func TestPeerTLSFlagsCheckedFirst(t *testing.T) {
+	f := tlstest.New(t, "mesh")
+	other := tlstest.New(t, "other")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"cert without key", []string{"--peer-tls-ca", f.CA.CertFile, "--peer-tls-cert", f.Client.CertFile}, "--peer-tls-cert is set but --peer-tls-key is not"},
+		{"cert without CA", []string{"--peer-tls-cert", f.Client.CertFile, "--peer-tls-key", f.Client.KeyFile}, "--peer-tls-cert needs --peer-tls-ca"},
+		{"key of another certificate", []string{"--peer-tls-ca", f.CA.CertFile, "--peer-tls-cert", f.Client.CertFile, "--peer-tls-key", other.Client.KeyFile}, "--peer-tls-cert/--peer-tls-key"},
+		{"CA file missing", []string{"--peer-tls-ca", f.CA.CertFile + ".missing"}, "--peer-tls-ca"},
+	} {
+		dataDir := filepath.Join(t.TempDir(), "data")
+		args := append([]string{"--listen", "127.0.0.1:0", "--data-dir", dataDir, "--dev-insecure-generate-key"}, tc.args...)
+		err := service.Run(context.Background(), Spec(), args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming %s", tc.name, err, tc.want)
+		}
+		if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+			t.Errorf("%s: the data dir was created (%v), want the flags checked first", tc.name, err)
 		}
 	}
 }

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
 	"github.com/pushmesh/pushmesh/servicekit/config"
 	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 	"github.com/pushmesh/pushmesh/trackingsvc/internal/events"
 	"github.com/pushmesh/pushmesh/trackingsvc/internal/grpcapi"
 	"github.com/pushmesh/pushmesh/trackingsvc/internal/store"
@@ -36,6 +38,12 @@ type Config struct {
 	// HTTPListen (a caller that needs the address of a :0 port listens
 	// itself); the service closes it when it stops.
 	HTTPListener net.Listener
+	// HTTPTLS, when set, makes the HTTP endpoint serve HTTPS with its
+	// certificate: the binary passes the gRPC listener's (--tls-cert,
+	// --tls-key). Client certificates are never asked for there, even
+	// when the gRPC listener requires them (--tls-client-ca): mobile SDKs
+	// have none.
+	HTTPTLS *tls.Config
 	// Retention is how long events are kept after they were received
 	// (aggregates stay forever); events with an event time older than this
 	// are rejected, and event ids are remembered that long after the event
@@ -71,13 +79,14 @@ func Spec() service.Spec {
 		DefaultListen: DefaultListen,
 		Flags:         cfg.register,
 		Start: func(ctx context.Context, s *grpc.Server, common config.Common, log *slog.Logger) (func() error, error) {
+			cfg.HTTPTLS = common.ServerTLS
 			return Start(ctx, s, common.DataDir, cfg, log)
 		},
 	}
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.HTTPListen, "http-listen", DefaultHTTPListen, "HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it")
+	fs.StringVar(&c.HTTPListen, "http-listen", DefaultHTTPListen, "HTTP/JSON endpoint for mobile SDKs (POST /v1/events); empty disables it. HTTPS with --tls-cert, never asking for client certificates")
 	fs.DurationVar(&c.Retention, "retention", DefaultRetention, "how long events are kept after they were received; events with an older event time are refused, and event ids are remembered (on disk past --dedupe-window) that long after the event time; aggregates stay")
 	fs.DurationVar(&c.DedupeWindow, "dedupe-window", DefaultDedupeWindow, "how long event ids are held in memory after they were received (about 13 bytes per id); later, copies of events older than the window are still caught from disk, until --retention")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", DefaultSweepInterval, "how often expired events are removed")
@@ -131,9 +140,17 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 			WriteTimeout:      30 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			TLSConfig:         tlsconfig.WithoutClientCerts(cfg.HTTPTLS),
 		}
-		log.Info("http endpoint", "addr", lis.Addr().String(), "path", "POST /v1/events")
-		go func() { httpDone <- httpSrv.Serve(lis) }()
+		if httpSrv.TLSConfig != nil {
+			log.Info("http endpoint", "addr", lis.Addr().String(), "path", "POST /v1/events", "scheme", "https")
+			// The certificate comes from TLSConfig (reloaded as the gRPC
+			// listener's), so no files are named here.
+			go func() { httpDone <- httpSrv.ServeTLS(lis, "", "") }()
+		} else {
+			log.Info("http endpoint", "addr", lis.Addr().String(), "path", "POST /v1/events", "scheme", "http")
+			go func() { httpDone <- httpSrv.Serve(lis) }()
+		}
 	}
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 var tracer = otel.Tracer("github.com/pushmesh/pushmesh/pushctl/internal/cli")
@@ -113,6 +114,14 @@ type Globals struct {
 	Tenant       string
 	Timeout      time.Duration
 	JSON         bool
+	// TLS files for the connections to the three services (--tls-ca,
+	// --tls-cert, --tls-key, --tls-server-name); none: plaintext.
+	TLSCA, TLSCert, TLSKey, TLSServerName string
+}
+
+// tls is the client TLS the connections use.
+func (g *Globals) tls() tlsconfig.Client {
+	return tlsconfig.Client{CAFile: g.TLSCA, CertFile: g.TLSCert, KeyFile: g.TLSKey, ServerName: g.TLSServerName, FlagPrefix: "--tls"}
 }
 
 // Environment variables read as flag defaults.
@@ -123,6 +132,10 @@ const (
 	envTenant       = "PUSHCTL_TENANT"
 	envTimeout      = "PUSHCTL_TIMEOUT"
 	envJSON         = "PUSHCTL_JSON"
+	envTLSCA        = "PUSHCTL_TLS_CA"
+	envTLSCert      = "PUSHCTL_TLS_CERT"
+	envTLSKey       = "PUSHCTL_TLS_KEY"
+	envTLSServer    = "PUSHCTL_TLS_SERVER_NAME"
 )
 
 // defaultGlobals are the built-in defaults overridden by the environment.
@@ -134,7 +147,8 @@ func defaultGlobals(getenv func(string) string) (Globals, error) {
 		Tenant:       tenant.Default,
 		Timeout:      30 * time.Second,
 	}
-	for name, p := range map[string]*string{envProfileAddr: &g.ProfileAddr, envDeliveryAddr: &g.DeliveryAddr, envTrackingAddr: &g.TrackingAddr, envTenant: &g.Tenant} {
+	for name, p := range map[string]*string{envProfileAddr: &g.ProfileAddr, envDeliveryAddr: &g.DeliveryAddr, envTrackingAddr: &g.TrackingAddr, envTenant: &g.Tenant,
+		envTLSCA: &g.TLSCA, envTLSCert: &g.TLSCert, envTLSKey: &g.TLSKey, envTLSServer: &g.TLSServerName} {
 		if v := getenv(name); v != "" {
 			*p = v
 		}
@@ -165,6 +179,10 @@ func (g *Globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.Tenant, "tenant", g.Tenant, "tenant the calls belong to ($"+envTenant+")")
 	fs.DurationVar(&g.Timeout, "timeout", g.Timeout, "deadline of each request; 0 for none; streams (import, watch) are not limited ($"+envTimeout+")")
 	fs.BoolVar(&g.JSON, "json", g.JSON, "machine output: protojson documents, JSON lines for streams ($"+envJSON+")")
+	fs.StringVar(&g.TLSCA, "tls-ca", g.TLSCA, "PEM CA bundle that signed the services' certificates: connect over TLS ($"+envTLSCA+")")
+	fs.StringVar(&g.TLSCert, "tls-cert", g.TLSCert, "PEM client certificate for services that require one (mutual TLS); needs --tls-key and --tls-ca ($"+envTLSCert+")")
+	fs.StringVar(&g.TLSKey, "tls-key", g.TLSKey, "PEM private key of --tls-cert ($"+envTLSKey+")")
+	fs.StringVar(&g.TLSServerName, "tls-server-name", g.TLSServerName, "name to verify in every service's certificate instead of the host of its address ($"+envTLSServer+")")
 }
 
 func (g *Globals) validate() error {
@@ -178,6 +196,9 @@ func (g *Globals) validate() error {
 	}
 	if g.Timeout < 0 {
 		return usagef(nil, "--timeout must not be negative")
+	}
+	if err := g.tls().Check(); err != nil {
+		return usagef(nil, "%v", err)
 	}
 	return nil
 }
@@ -410,7 +431,7 @@ func writeHelp(w io.Writer, c *Command) {
 		}
 		b.WriteString("\nRun 'pushctl help COMMAND' for the flags of a command.\n")
 	} else if len(c.Sub) == 0 {
-		b.WriteString("\nGlobal flags (--json, --tenant, --timeout, addresses) work here too: see 'pushctl help'.\n")
+		b.WriteString("\nGlobal flags (--json, --tenant, --timeout, addresses, --tls-*) work here too: see 'pushctl help'.\n")
 	}
 	io.WriteString(w, b.String())
 }

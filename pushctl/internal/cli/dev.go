@@ -52,7 +52,9 @@ population (customers with 1-4 devices, iOS and Android, a few dead tokens,
 opted-out and device-less customers), publishes a demo journey, prints its
 outcome, and keeps running so you can explore with pushctl and grpcurl
 (--keep-running=false exits after the outcome instead).
-Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
+Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.
+The services serve plaintext on loopback: --tls-ca, --tls-cert, --tls-key
+and --tls-server-name are ignored here.`,
 		MaxArgs: 0,
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&o.dataDir, "data-dir", defaultDevDataDir, "folder for the services' data and logs; emptied at start if pushctl dev made it, refused if it holds anything else")
@@ -74,6 +76,13 @@ Ctrl-C stops everything cleanly. Service logs go to DIR/services.log.`,
 }
 
 func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
+	// The local mesh serves plaintext on loopback, and the demo dials it
+	// through e: TLS flags (or PUSHCTL_TLS_* left in the environment) would
+	// only make those calls fail.
+	if e.Global.tls().Enabled() {
+		fmt.Fprintln(e.Stderr, "pushctl dev: the local mesh serves plaintext on loopback; ignoring --tls-ca, --tls-cert, --tls-key and --tls-server-name")
+		e.Global.TLSCA, e.Global.TLSCert, e.Global.TLSKey, e.Global.TLSServerName = "", "", "", ""
+	}
 	if err := prepareDevDataDir(cmd, o.dataDir); err != nil {
 		return err
 	}

@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +16,7 @@ import (
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // Env is what a command runs with: its output streams, the global flags and
@@ -29,6 +32,10 @@ type Env struct {
 
 	cmd   *Command
 	conns map[service]*grpc.ClientConn
+	// tlsConfig is what the connections dial with, read from the --tls-*
+	// files on the first dial (nil: plaintext).
+	tlsConfig *tls.Config
+	tlsRead   bool
 }
 
 // service names a pushmesh service, for dialing and for error messages.
@@ -60,7 +67,16 @@ func (e *Env) conn(s service) (*grpc.ClientConn, error) {
 	if c, ok := e.conns[s]; ok {
 		return c, nil
 	}
-	c, err := grpcclient.Dial(e.addr(s),
+	if !e.tlsRead {
+		// pushctl keeps no log: a certificate changing on disk during a
+		// command is not worth a line.
+		cfg, err := tlsconfig.NewClient(e.Global.tls(), slog.New(slog.DiscardHandler))
+		if err != nil {
+			return nil, usagef(nil, "%v", err)
+		}
+		e.tlsConfig, e.tlsRead = cfg, true
+	}
+	c, err := grpcclient.Dial(e.addr(s), grpcclient.TransportCredentials(e.tlsConfig),
 		grpc.WithChainUnaryInterceptor(answeredUnary), grpc.WithChainStreamInterceptor(answeredStream))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s, err)
@@ -132,7 +148,7 @@ func unary[Req, Resp any](ctx context.Context, e *Env, svc service, method func(
 
 // rpcError wraps a failed call with the service it went to.
 func (e *Env) rpcError(svc service, err error) error {
-	return &rpcError{service: svc.String(), addr: e.addr(svc), timeout: e.Global.Timeout, err: err}
+	return &rpcError{service: svc.String(), addr: e.addr(svc), timeout: e.Global.Timeout, tls: e.Global.tls().Enabled(), err: err}
 }
 
 var (

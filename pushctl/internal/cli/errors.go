@@ -74,7 +74,9 @@ type rpcError struct {
 	service string
 	addr    string
 	timeout time.Duration
-	err     error
+	// tls is whether pushctl dialed with --tls-* flags.
+	tls bool
+	err error
 }
 
 func (e *rpcError) Error() string { return e.service + ": " + e.err.Error() }
@@ -165,7 +167,11 @@ func describeRPC(b *strings.Builder, re *rpcError) {
 			// service, a gateway): its message says which.
 			break
 		}
-		fmt.Fprintf(b, "pushctl: cannot reach %s at %s: is it running? (`pushctl dev` starts everything)\n", re.service, re.addr)
+		advice := tlsAdvice(st.Message(), re.tls)
+		if advice == "" {
+			advice = "is it running? (`pushctl dev` starts everything)"
+		}
+		fmt.Fprintf(b, "pushctl: cannot reach %s at %s: %s\n", re.service, re.addr, advice)
 		fmt.Fprintf(b, "  cause: %s\n", st.Message())
 		return
 	case codes.DeadlineExceeded:
@@ -224,6 +230,36 @@ func describeRPC(b *strings.Builder, re *rpcError) {
 			fmt.Fprintf(b, "  %s\n", d.GetMessage())
 		}
 	}
+}
+
+// tlsAdvice says what to do about a connection that failed over a TLS
+// mismatch, from the message gRPC gives (its wording comes from grpc-go,
+// crypto/tls and servicekit/tlsconfig); "" when the failure is not about
+// TLS.
+func tlsAdvice(msg string, usingTLS bool) string {
+	has := func(s string) bool { return strings.Contains(msg, s) }
+	switch {
+	case !usingTLS && has("server preface"):
+		// A TLS server hangs up on the plaintext HTTP/2 preface.
+		return "it may serve TLS: give --tls-ca (and --tls-cert, --tls-key if it requires client certificates)"
+	case !usingTLS:
+		return ""
+	case has("first record does not look like a TLS handshake"):
+		return "it serves plaintext, not TLS: drop --tls-ca, --tls-cert and --tls-key (or unset PUSHCTL_TLS_*)"
+	case has("requires a client certificate"):
+		return "it requires a client certificate (mutual TLS): give --tls-cert and --tls-key"
+	case has("does not accept the client certificate"), has("remote error: tls: bad certificate"), has("remote error: tls: unknown certificate authority"):
+		return "it refuses the client certificate of --tls-cert: use one signed by a CA of its --tls-client-ca"
+	case has("certificate signed by unknown authority"):
+		return "its certificate is not signed by a CA of --tls-ca"
+	case has("certificate is valid for"), has("certificate is not valid for any names"), has("doesn't contain any IP SANs"):
+		return "its certificate does not name the host of the address: connect by a name it lists, or give --tls-server-name"
+	case has("certificate has expired or is not yet valid"):
+		return "its certificate has expired or is not valid yet (check both clocks)"
+	case has("authentication handshake failed"), has("remote error: tls:"):
+		return "the TLS handshake failed"
+	}
+	return ""
 }
 
 // codeWords turns codes.InvalidArgument into "invalid argument".

@@ -126,7 +126,7 @@ func (k *keyPair) load() (*tls.Certificate, error) {
 // since every peer verifying it will refuse the handshake.
 func (k *keyPair) logLoaded(msg string, cert *tls.Certificate) {
 	level := slog.LevelInfo
-	if time.Now().After(cert.Leaf.NotAfter) {
+	if k.now().After(cert.Leaf.NotAfter) {
 		level = slog.LevelWarn
 		msg += " (expired: peers will refuse it)"
 	}

@@ -119,8 +119,8 @@ type Globals struct {
 	TLSCA, TLSCert, TLSKey, TLSServerName string
 }
 
-// tls is the client TLS the connections use.
-func (g *Globals) tls() tlsconfig.Client {
+// tlsFiles are the client TLS files the connections use.
+func (g *Globals) tlsFiles() tlsconfig.Client {
 	return tlsconfig.Client{CAFile: g.TLSCA, CertFile: g.TLSCert, KeyFile: g.TLSKey, ServerName: g.TLSServerName, FlagPrefix: "--tls"}
 }
 
@@ -197,7 +197,7 @@ func (g *Globals) validate() error {
 	if g.Timeout < 0 {
 		return usagef(nil, "--timeout must not be negative")
 	}
-	if err := g.tls().Check(); err != nil {
+	if err := g.tlsFiles().Check(); err != nil {
 		return usagef(nil, "%v", err)
 	}
 	return nil

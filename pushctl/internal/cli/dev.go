@@ -79,7 +79,7 @@ func runDev(ctx context.Context, e *Env, cmd *Command, o devOptions) error {
 	// The local mesh serves plaintext on loopback, and the demo dials it
 	// through e: TLS flags (or PUSHCTL_TLS_* left in the environment) would
 	// only make those calls fail.
-	if e.Global.tls().Enabled() {
+	if e.Global.tlsFiles().Enabled() {
 		fmt.Fprintln(e.Stderr, "pushctl dev: the local mesh serves plaintext on loopback; ignoring --tls-ca, --tls-cert, --tls-key and --tls-server-name")
 		e.Global.TLSCA, e.Global.TLSCert, e.Global.TLSKey, e.Global.TLSServerName = "", "", "", ""
 	}

@@ -70,7 +70,7 @@ func (e *Env) conn(s service) (*grpc.ClientConn, error) {
 	if !e.tlsRead {
 		// pushctl keeps no log: a certificate changing on disk during a
 		// command is not worth a line.
-		cfg, err := tlsconfig.NewClient(e.Global.tls(), slog.New(slog.DiscardHandler))
+		cfg, err := tlsconfig.NewClient(e.Global.tlsFiles(), slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, usagef(nil, "%v", err)
 		}
@@ -148,7 +148,7 @@ func unary[Req, Resp any](ctx context.Context, e *Env, svc service, method func(
 
 // rpcError wraps a failed call with the service it went to.
 func (e *Env) rpcError(svc service, err error) error {
-	return &rpcError{service: svc.String(), addr: e.addr(svc), timeout: e.Global.Timeout, tls: e.Global.tls().Enabled(), err: err}
+	return &rpcError{service: svc.String(), addr: e.addr(svc), timeout: e.Global.Timeout, tls: e.Global.tlsFiles().Enabled(), err: err}
 }
 
 var (

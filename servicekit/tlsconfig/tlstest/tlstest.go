@@ -161,8 +161,8 @@ func Replace(t testing.TB, dst, src Pair) Pair {
 		}
 		writeFile(t, f.to, b)
 		mod := time.Now()
-		if min := old.ModTime().Add(time.Second); mod.Before(min) {
-			mod = min
+		if later := old.ModTime().Add(time.Second); mod.Before(later) {
+			mod = later
 		}
 		if err := os.Chtimes(f.to, mod, mod); err != nil {
 			t.Fatalf("tlstest: %v", err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/grpctest"
 	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig/tlstest"
@@ -63,22 +64,6 @@ func serveTLS(t *testing.T, s tlsconfig.Server, callers *sync.Map) (string, *log
 	return srv.Addr().String(), logs
 }
 
-// dialTLS connects with the client configuration tlsconfig builds from c
-// (plaintext for the zero value).
-func dialTLS(t *testing.T, addr string, c tlsconfig.Client) *grpc.ClientConn {
-	t.Helper()
-	cfg, err := tlsconfig.NewClient(c, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpcclient.Dial(addr, grpcclient.TransportCredentials(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 func TestTLSServesHealthAndReflection(t *testing.T) {
 	f := tlstest.New(t, "mesh")
 	for _, tc := range []struct {
@@ -95,7 +80,7 @@ func TestTLSServesHealthAndReflection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, logs := serveTLS(t, tc.server, nil)
-			conn := dialTLS(t, addr, tc.client)
+			conn := grpctest.DialTLS(t, addr, tc.client)
 			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			defer cancel()
 			var p peer.Peer
@@ -143,7 +128,7 @@ func TestMutualTLSRefusesClients(t *testing.T) {
 			"certificate signed by unknown authority", "bad certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn := dialTLS(t, addr, tc.client)
+			conn := grpctest.DialTLS(t, addr, tc.client)
 			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 			defer cancel()
 			_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
@@ -168,7 +153,7 @@ func TestMutualTLSRefusesClients(t *testing.T) {
 func TestTLSClientToPlaintextServer(t *testing.T) {
 	f := tlstest.New(t, "mesh")
 	addr, _ := serveTLS(t, tlsconfig.Server{}, nil)
-	conn := dialTLS(t, addr, tlsconfig.Client{CAFile: f.CA.CertFile})
+	conn := grpctest.DialTLS(t, addr, tlsconfig.Client{CAFile: f.CA.CertFile})
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	_, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})

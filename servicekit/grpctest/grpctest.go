@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // Start serves the services that register adds on 127.0.0.1 and returns a
@@ -45,5 +46,22 @@ func Start(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 			t.Errorf("grpctest: serve: %v", err)
 		}
 	})
+	return conn
+}
+
+// DialTLS connects to addr the way pushmesh clients do, with the TLS
+// configuration tlsconfig builds from c (plaintext for the zero value). The
+// connection is closed by t.Cleanup.
+func DialTLS(t testing.TB, addr string, c tlsconfig.Client) *grpc.ClientConn {
+	t.Helper()
+	cfg, err := tlsconfig.NewClient(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpcclient.Dial(addr, grpcclient.TransportCredentials(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
 	return conn
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -17,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
-	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
+	"github.com/pushmesh/pushmesh/servicekit/grpctest"
 	"github.com/pushmesh/pushmesh/servicekit/proctest"
 	"github.com/pushmesh/pushmesh/servicekit/service"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
@@ -100,14 +99,5 @@ func TestHTTPSEndpointWithoutClientCertificates(t *testing.T) {
 
 func trackingClient(t *testing.T, addr string, c tlsconfig.Client) trackingv1.TrackingServiceClient {
 	t.Helper()
-	cfg, err := tlsconfig.NewClient(c, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpcclient.Dial(addr, grpcclient.TransportCredentials(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return trackingv1.NewTrackingServiceClient(conn)
+	return trackingv1.NewTrackingServiceClient(grpctest.DialTLS(t, addr, c))
 }

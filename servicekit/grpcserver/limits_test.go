@@ -19,12 +19,14 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/grpcserver"
 )
 
-// serve starts a server with cfg (name, listen address and logger filled in)
-// and stops it at the test's end.
+// serve starts a server with cfg (name, listen address and, unless given,
+// a discarding logger filled in) and stops it at the test's end.
 func serve(t *testing.T, cfg grpcserver.Config, register func(*grpc.Server)) *grpcserver.Server {
 	t.Helper()
 	cfg.Name, cfg.Listen = t.Name(), "127.0.0.1:0"
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = time.Second
 	}

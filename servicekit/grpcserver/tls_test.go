@@ -40,26 +40,15 @@ func serveTLS(t *testing.T, s tlsconfig.Server, callers *sync.Map) (string, *log
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := grpcserver.New(grpcserver.Config{Name: t.Name(), Listen: "127.0.0.1:0", Logger: log, ShutdownTimeout: time.Second, TLS: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	registerProbe(srv.GRPC(), &probe{handle: func(ctx context.Context) error {
-		if p, ok := peer.FromContext(ctx); ok && callers != nil {
-			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
-				callers.Store(info.State.PeerCertificates[0].Subject.CommonName, true)
+	srv := serve(t, grpcserver.Config{Logger: log, TLS: cfg}, func(s *grpc.Server) {
+		registerProbe(s, &probe{handle: func(ctx context.Context) error {
+			if p, ok := peer.FromContext(ctx); ok && callers != nil {
+				if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+					callers.Store(info.State.PeerCertificates[0].Subject.CommonName, true)
+				}
 			}
-		}
-		return nil
-	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
+			return nil
+		}})
 	})
 	return srv.Addr().String(), logs
 }

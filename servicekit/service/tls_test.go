@@ -16,6 +16,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/proctest"
 	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/service/servicetest"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig/tlstest"
 )
@@ -36,16 +37,8 @@ func TestRunServesMutualTLSFromTheEnvironment(t *testing.T) {
 			return nil, nil
 		},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	args := []string{"--listen", addr, "--data-dir", t.TempDir()}
-	go func() { done <- service.Run(ctx, spec, args, io.Discard) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := servicetest.Run(t, spec, args, io.Discard)
 
 	clientTLS, err := tlsconfig.NewClient(tlsconfig.Client{CAFile: f.CA.CertFile, CertFile: f.Client.CertFile, KeyFile: f.Client.KeyFile}, slog.New(slog.DiscardHandler))
 	if err != nil {

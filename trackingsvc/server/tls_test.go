@@ -18,7 +18,7 @@ import (
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
 	"github.com/pushmesh/pushmesh/servicekit/proctest"
-	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/service/servicetest"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig/tlstest"
 )
@@ -29,17 +29,9 @@ import (
 func TestHTTPSEndpointWithoutClientCertificates(t *testing.T) {
 	f := tlstest.New(t, "mesh")
 	grpcAddr, httpAddr := proctest.MustFreeAddr(t), proctest.MustFreeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
 	args := []string{"--listen", grpcAddr, "--http-listen", httpAddr, "--data-dir", t.TempDir(),
 		"--tls-cert", f.Server.CertFile, "--tls-key", f.Server.KeyFile, "--tls-client-ca", f.CA.CertFile}
-	go func() { done <- service.Run(ctx, Spec(), args, io.Discard) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := servicetest.Run(t, Spec(), args, io.Discard)
 
 	// A mesh member reaches gRPC over mutual TLS (waiting for the start).
 	callCtx, stop := context.WithTimeout(ctx, time.Minute)

@@ -39,7 +39,7 @@ import (
 	"github.com/pushmesh/pushmesh/servicekit/grpcclient"
 	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/proctest"
-	"github.com/pushmesh/pushmesh/servicekit/service"
+	"github.com/pushmesh/pushmesh/servicekit/service/servicetest"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig/tlstest"
 	trackingserver "github.com/pushmesh/pushmesh/trackingsvc/server"
@@ -48,20 +48,6 @@ import (
 // timeout bounds every wait of the test: generous, for a loaded 2-core
 // machine.
 const timeout = 2 * time.Minute
-
-// runService runs spec with args until the test ends, its logs in logs.
-func runService(t *testing.T, spec service.Spec, args []string, logs io.Writer) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- service.Run(ctx, spec, args, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: %v", spec.Name, err)
-		}
-	})
-}
 
 func TestJourneyOverMutualTLS(t *testing.T) {
 	pki := tlstest.NewCA(t, "mesh")
@@ -96,9 +82,9 @@ func TestJourneyOverMutualTLS(t *testing.T) {
 	if os.Getenv("PUSHMESH_E2E_LOG") != "" {
 		t.Cleanup(func() { fmt.Fprint(os.Stderr, logs.String()) })
 	}
-	runService(t, profileserver.Spec(), serve(profileAddr, profileCert), &logs)
-	runService(t, trackingserver.Spec(), append(serve(trackingAddr, trackingCert), "--http-listen="), &logs)
-	runService(t, deliveryserver.Spec(), append(serve(deliveryAddr, deliveryCert),
+	servicetest.Run(t, profileserver.Spec(), serve(profileAddr, profileCert), &logs)
+	servicetest.Run(t, trackingserver.Spec(), append(serve(trackingAddr, trackingCert), "--http-listen="), &logs)
+	servicetest.Run(t, deliveryserver.Spec(), append(serve(deliveryAddr, deliveryCert),
 		"--profile-addr", profileAddr, "--tracking-addr", trackingAddr,
 		"--peer-tls-ca", pki.CertFile, "--peer-tls-cert", deliveryClient.CertFile, "--peer-tls-key", deliveryClient.KeyFile,
 		"--apns-url", apnsEmu.URL(), "--fcm-endpoint", fcmEmu.URL()+"/v1", "--gateway-ca-file", gatewayCAFile,

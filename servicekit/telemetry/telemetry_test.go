@@ -3,9 +3,12 @@ package telemetry
 import (
 	"context"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
 )
 
 func TestSetupWithoutExporterStillPropagates(t *testing.T) {
@@ -58,4 +61,57 @@ func TestExportEnabled(t *testing.T) {
 			t.Errorf("endpoint=%q exporter=%q: got %v, want %v", tt.endpoint, tt.exporter, got, tt.want)
 		}
 	}
+}
+
+func TestMetricExportEnabled(t *testing.T) {
+	tests := []struct {
+		endpoint, metricsEndpoint, exporter, disabled string
+		want                                          bool
+	}{
+		{"", "", "", "", false},
+		{"http://127.0.0.1:4317", "", "", "", true},
+		{"", "http://127.0.0.1:4317", "", "", true},
+		{"http://127.0.0.1:4317", "", "none", "", false},
+		{"http://127.0.0.1:4317", "", "", "true", false},
+	}
+	for _, tt := range tests {
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tt.endpoint)
+		t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", tt.metricsEndpoint)
+		t.Setenv("OTEL_METRICS_EXPORTER", tt.exporter)
+		t.Setenv("OTEL_SDK_DISABLED", tt.disabled)
+		if got := metricExportEnabled(); got != tt.want {
+			t.Errorf("%+v: got %v, want %v", tt, got, tt.want)
+		}
+	}
+}
+
+func TestNoMetricExporterWithoutEndpoint(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
+	mp, err := newMeterProvider(context.Background(), resource.Empty())
+	if err != nil || mp != nil {
+		t.Fatalf("got provider %v, err %v; want none without an endpoint", mp, err)
+	}
+	shutdown, err := Setup(context.Background(), "testsvc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(context.Background())
+	if _, ok := otel.GetMeterProvider().(*sdkmetric.MeterProvider); ok {
+		t.Error("got an SDK meter provider installed without an endpoint, want the global no-op one kept")
+	}
+}
+
+func TestMetricExporterWithEndpoint(t *testing.T) {
+	// Nothing listens there: the exporter connects lazily, and the final
+	// export at shutdown fails, which is not what is tested.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_METRICS_EXPORTER", "")
+	mp, err := newMeterProvider(context.Background(), resource.Empty())
+	if err != nil || mp == nil {
+		t.Fatalf("got provider %v, err %v; want one exporting to the endpoint", mp, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_ = mp.Shutdown(ctx)
 }

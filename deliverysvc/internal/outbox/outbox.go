@@ -86,6 +86,10 @@ type Outbox struct {
 	wake    chan struct{}
 	full    chan struct{} // a BatchSize of records is waiting
 	waiting atomic.Int64  // records appended since the last round began
+	// backlog counts the records in the bucket: counted once by New, then
+	// kept by the writer (after a commit) and the forwarder (after a
+	// delete), so Backlog costs a load rather than a scan.
+	backlog atomic.Int64
 
 	mu     sync.RWMutex // held for reading by Append, for writing by Close
 	closed bool
@@ -102,7 +106,9 @@ type appendReq struct {
 }
 
 // New returns an outbox over bucket (which must exist) and starts its
-// writer. Call Start to forward.
+// writer. Call Start to forward. It counts the records left from an earlier
+// run, which reads the bucket once (a backlog of millions of records,
+// after a long outage of the remote, takes a second or two).
 func New(db *bolt.DB, bucket []byte, deliver Deliver, cfg Config) *Outbox {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 5000
@@ -137,6 +143,8 @@ func New(db *bolt.DB, bucket []byte, deliver Deliver, cfg Config) *Outbox {
 		full:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
+	// Before the writer starts, so no commit races the count.
+	o.backlog.Store(o.countReadable())
 	go o.writer()
 	return o
 }
@@ -204,6 +212,11 @@ func (o *Outbox) writer() {
 		}
 		linger.Stop()
 		err := o.write(group)
+		if err == nil {
+			// Before done: a caller that saw its records durable sees
+			// them in the backlog too.
+			o.backlog.Add(int64(n))
+		}
 		for _, req := range group {
 			req.done(err)
 		}
@@ -420,6 +433,7 @@ func (o *Outbox) drain(ctx context.Context) error {
 		}); err != nil {
 			return fmt.Errorf("outbox %s: delete forwarded records: %w", o.cfg.Name, err)
 		}
+		o.backlog.Add(-int64(len(records)))
 	}
 }
 
@@ -477,17 +491,50 @@ func (o *Outbox) next(skip map[string]bool) (tenantID string, keys, records [][]
 	return tenantID, keys, records, err
 }
 
-// Len counts the records waiting.
+// Len counts the records waiting by reading the bucket.
 func (o *Outbox) Len() (int, error) {
 	n := 0
 	err := o.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(o.bucket).ForEach(func(_, v []byte) error {
-			recs, err := splitRecords(v, nil)
-			n += len(recs)
+			c, err := countRecords(v)
+			n += c
 			return err
 		})
 	})
 	return n, err
+}
+
+// Backlog is the number of records waiting, without reading the bucket.
+func (o *Outbox) Backlog() int64 { return o.backlog.Load() }
+
+// countReadable counts the records the forwarder will forward (and then
+// subtract from the backlog): those of a corrupt value up to its corrupt
+// record, as next reads them.
+func (o *Outbox) countReadable() int64 {
+	var n int64
+	_ = o.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(o.bucket).ForEach(func(_, v []byte) error {
+			c, _ := countRecords(v)
+			n += int64(c)
+			return nil
+		})
+	})
+	return n
+}
+
+// countRecords counts the records of a stored value as splitRecords reads
+// them (up to a corrupt one), without collecting them.
+func countRecords(value []byte) (int, error) {
+	n := 0
+	for len(value) > 0 {
+		l, k := binary.Uvarint(value)
+		if k <= 0 || l > uint64(len(value)-k) {
+			return n, errors.New("corrupt outbox value")
+		}
+		n++
+		value = value[k+int(l):]
+	}
+	return n, nil
 }
 
 // Close stops the forwarder, then writes the appends already queued and

@@ -3,6 +3,7 @@ package outbox
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -136,6 +137,9 @@ func TestRemoteDownThenUp(t *testing.T) {
 	if n, err := o.Len(); err != nil || n != 100 {
 		t.Fatalf("while down: outbox holds %d (%v), want 100", n, err)
 	}
+	if n := o.Backlog(); n != 100 {
+		t.Errorf("while down: backlog %d, want 100", n)
+	}
 	// A restart while down loses nothing.
 	o.Close()
 	db.Close()
@@ -147,9 +151,15 @@ func TestRemoteDownThenUp(t *testing.T) {
 	if n, _ := o.Len(); n != 100 {
 		t.Fatalf("after restart: outbox holds %d, want 100", n)
 	}
+	if n := o.Backlog(); n != 100 {
+		t.Errorf("after restart: backlog %d, want 100 (counted from the bucket)", n)
+	}
 	r.setDown(false)
 	waitFor(t, "delivery after recovery", func() bool { return r.count() == 100 })
 	waitFor(t, "an empty outbox", func() bool { n, _ := o.Len(); return n == 0 })
+	if n := o.Backlog(); n != 0 {
+		t.Errorf("after recovery: backlog %d, want 0", n)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seen := map[string]bool{}
@@ -361,4 +371,44 @@ func TestOneTenantsFailuresDoNotHoldTheOthers(t *testing.T) {
 			t.Fatalf("acme record %d: got %q, want %q (in order)", i, rec, want)
 		}
 	}
+}
+
+// TestBacklogCountsWhatIsForwarded checks that the backlog counts a corrupt
+// value's records as the forwarder reads them, so it returns to zero once
+// the value is forwarded and deleted.
+func TestBacklogCountsWhatIsForwarded(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	// Two good records, then a length running past the value's end.
+	var v []byte
+	for _, rec := range []string{"r1", "r2"} {
+		v = binary.AppendUvarint(v, uint64(len(rec)))
+		v = append(v, rec...)
+	}
+	v = binary.AppendUvarint(v, 100)
+	v = append(v, "short"...)
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(buckets.TrackingOutbox)
+		if err := b.SetSequence(1); err != nil { // as an append would have
+			return err
+		}
+		return b.Put(binary.BigEndian.AppendUint64(boltdb.TenantPrefix("default"), 1), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := newRemote()
+	o := New(db, buckets.TrackingOutbox, r.deliver, fastConfig())
+	defer o.Close()
+	if n := o.Backlog(); n != 2 {
+		t.Fatalf("before forwarding: backlog %d, want the 2 readable records", n)
+	}
+	if err := o.Append(context.Background(), [][]byte{[]byte("r3")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := o.Backlog(); n != 3 {
+		t.Fatalf("after an append: backlog %d, want 3", n)
+	}
+	o.Start()
+	waitFor(t, "the records forwarded", func() bool { return r.count() == 3 })
+	waitFor(t, "a backlog of 0", func() bool { return o.Backlog() == 0 })
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
@@ -28,6 +30,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/gateway"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/grpcapi"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/journey"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/outbox"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/remote"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/secret"
@@ -120,6 +123,11 @@ type Config struct {
 	// stream over its bound is refused with ResourceExhausted.
 	MaxSendStreams  int
 	MaxWatchStreams int
+
+	// MeterProvider makes the service's metrics (see README "Metrics");
+	// nil: the global one, which telemetry.Setup sets up for the binary.
+	// In-process runs and tests give their own.
+	MeterProvider metric.MeterProvider
 }
 
 // DefaultStopTimeout is Config.StopTimeout's default.
@@ -317,6 +325,14 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 			return nil, err
 		}
 	}
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	mx, err := metrics.New(mp)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	gw, err := gateway.New(gateway.Config{
 		APNsURL:         cfg.APNsURL,
 		APNsSandboxURL:  cfg.APNsSandboxURL,
@@ -325,6 +341,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		Proxy:           cfg.GatewayProxy,
 		APNsConnections: cfg.APNsConnections,
 		Logger:          log,
+		Metrics:         mx,
 	})
 	if err != nil {
 		return nil, err
@@ -359,7 +376,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	profiles := profilev1.NewProfileServiceClient(profileConn)
 	tracking := trackingv1.NewTrackingServiceClient(trackingConn)
 
-	deps, closeDeps := dependencies(db, profiles, tracking, cfg.ForwardTimeout, log)
+	deps, backlogs, closeDeps := dependencies(db, profiles, tracking, cfg.ForwardTimeout, log)
 	var closeDepsOnce sync.Once
 	var closeDepsErr error
 	closeOutboxes := func() error {
@@ -369,7 +386,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	closers = append(closers, closeOutboxes)
 	deps.Apps = appService
 
-	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log}, deps)
+	pipeline := delivery.New(delivery.Config{MaxInFlight: int64(cfg.MaxInFlight), Logger: log, Metrics: mx}, deps)
 	deliveryv1.RegisterAppServiceServer(s, &grpcapi.AppServer{Apps: appService, Log: log})
 	perStream := cfg.MaxInFlightPerStream
 	if perStream <= 0 {
@@ -383,7 +400,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		Pipeline: pipeline, Log: log, MaxInFlightPerStream: int64(perStream), StallTimeout: cfg.SendStallTimeout,
 		MaxStreams: cfg.MaxSendStreams,
 	})
-	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log}, journey.NewStore(db),
+	journeys := journey.NewManager(journey.Config{MaxWindow: cfg.JourneyWindow, Logger: log, Metrics: mx}, journey.NewStore(db),
 		&remote.Audience{Client: profiles, Addr: cfg.ProfileAddr}, appService, pipeline, deps.Recorder)
 	closers = append(closers, func() error {
 		return stopJourneys(journeys, func() error {
@@ -396,6 +413,18 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		return nil, fmt.Errorf("resume journeys: %w", err)
 	}
 	deliveryv1.RegisterJourneyServiceServer(s, &grpcapi.JourneyServer{Journeys: journeys, Log: log, MaxWatches: cfg.MaxWatchStreams})
+	// Last, so that its closer runs first: the gauges read the store.
+	unobserve, err := mx.Observe(metrics.Sources{
+		InFlight:      pipeline.InFlight,
+		InFlightLimit: pipeline.MaxInFlight(),
+		Outboxes:      backlogs,
+		SuspendedApps: store.Suspended,
+		Journeys:      journeys.CountByState,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	closers = append(closers, unobserve)
 	return closeAll, nil
 }
 
@@ -455,21 +484,22 @@ func refIDs(refs []journey.Ref) []string {
 
 // dependencies builds the pipeline's stores and remote links over db: the
 // idempotency store, the tracking and feedback outboxes (forwarding
-// started) and the profile resolver. Apps is left for the caller. close
-// flushes and stops them.
-func dependencies(db *bolt.DB, profiles profilev1.ProfileServiceClient, tracking trackingv1.TrackingServiceClient, forwardTimeout time.Duration, log *slog.Logger) (delivery.Deps, func() error) {
+// started; backlogs reads them by name for the metrics) and the profile
+// resolver. Apps is left for the caller. close flushes and stops them.
+func dependencies(db *bolt.DB, profiles profilev1.ProfileServiceClient, tracking trackingv1.TrackingServiceClient, forwardTimeout time.Duration, log *slog.Logger) (deps delivery.Deps, backlogs map[string]func() int64, close func() error) {
 	trackingBox := outbox.New(db, buckets.TrackingOutbox, remote.Ingest(tracking, log), outbox.Config{Name: "tracking", Logger: log, DeliverTimeout: forwardTimeout})
 	feedbackBox := outbox.New(db, buckets.FeedbackOutbox, remote.ReportFeedback(profiles, log), outbox.Config{Name: "feedback", Logger: log, DeliverTimeout: forwardTimeout})
 	trackingBox.Start()
 	feedbackBox.Start()
 	dd := dedupe.Open(db, dedupe.Config{Logger: log})
-	deps := delivery.Deps{
+	deps = delivery.Deps{
 		Resolver: &remote.Profiles{Client: profiles},
 		Recorder: &remote.Tracking{Outbox: trackingBox},
 		Feedback: &remote.Feedback{Outbox: feedbackBox},
 		Dedupe:   dd,
 	}
-	return deps, func() error {
+	backlogs = map[string]func() int64{"tracking": trackingBox.Backlog, "feedback": feedbackBox.Backlog}
+	return deps, backlogs, func() error {
 		trackingBox.Close()
 		feedbackBox.Close()
 		return dd.Close()

@@ -13,6 +13,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/buckets"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/secret"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/boltdb"
@@ -343,4 +344,33 @@ func (s *Store) List(tenant string, after *delivery.AppKey, limit int) ([]App, b
 		apps = append(apps, app)
 	}
 	return apps, more, nil
+}
+
+// Suspended counts the suspended apps of every tenant by platform and
+// reason, for the apps-suspended gauge. It decodes only each app's state
+// and reason, never its sealed credentials: a scan of a few thousand
+// small records, once per metric collection.
+func (s *Store) Suspended() (map[metrics.SuspendedKey]int, error) {
+	out := map[metrics.SuspendedKey]int{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(buckets.Apps).ForEach(func(k, v []byte) error {
+			// tenant \x00 platform \x00 app id
+			parts := bytes.SplitN(k, []byte{0}, 3)
+			if len(parts) != 3 {
+				return nil
+			}
+			var rec struct {
+				State           State `json:"state"`
+				SuspendedReason int32 `json:"suspended_reason"`
+			}
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode app: %w", err)
+			}
+			if rec.State == StateSuspended {
+				out[metrics.SuspendedKey{Platform: platformFromSlug(string(parts[1])), Reason: commonv1.FailureReason(rec.SuspendedReason)}]++
+			}
+			return nil
+		})
+	})
+	return out, err
 }

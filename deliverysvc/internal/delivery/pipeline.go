@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
@@ -51,6 +52,8 @@ type Config struct {
 	Logger *slog.Logger
 	// TracerProvider makes the send spans; default the global one.
 	TracerProvider trace.TracerProvider
+	// Metrics counts sent and failed pushes; nil counts nothing.
+	Metrics *metrics.Metrics
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -105,6 +108,9 @@ type Pipeline struct {
 
 	jobs    chan *task   // admitted messages, taken by idle workers
 	workers atomic.Int64 // running workers
+	// inFlight is the weight admitted and not yet given back: what sem
+	// holds, which it does not tell (for the in-flight gauge).
+	inFlight atomic.Int64
 
 	// Failed writes of outcomes are retried per message; these keep a
 	// failing disk from logging a line per message and retry.
@@ -335,6 +341,7 @@ type task struct {
 // free gives back the task's in-flight weight and its place in the session,
 // once the message is answered.
 func (t *task) free() {
+	t.s.p.inFlight.Add(-t.weight)
 	t.s.p.sem.Release(t.weight)
 	if t.s.sem != nil {
 		t.s.sem.Release(t.weight)
@@ -355,8 +362,16 @@ func (s *Session) acquire(weight int64) error {
 		}
 		return err
 	}
+	s.p.inFlight.Add(weight)
 	return nil
 }
+
+// InFlight is the weight (pushes, counting a profile message not yet
+// resolved as 1) admitted and not yet answered, across all sessions.
+func (p *Pipeline) InFlight() int64 { return p.inFlight.Load() }
+
+// MaxInFlight is the pipeline's bound on InFlight.
+func (p *Pipeline) MaxInFlight() int64 { return p.cfg.MaxInFlight }
 
 // dispatch hands t to an idle worker, starts a worker if fewer than
 // Config.Workers run, or waits for one.
@@ -525,6 +540,7 @@ func (s *Session) run(j *task, completed func()) {
 	m := &j.msg
 	now := p.cfg.Now()
 	if err := ValidateMessage(m, "messages["+strconv.Itoa(j.index)+"]", now); err != nil {
+		p.cfg.Metrics.Failed(s.ctx, commonv1.Platform_PLATFORM_UNSPECIFIED, commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE, 1)
 		s.emit(Result{
 			IdempotencyKey: m.IdempotencyKey, MessageID: messageID(m), JourneyID: m.JourneyID,
 			Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_INVALID_MESSAGE,
@@ -691,6 +707,7 @@ func (mr *messageRun) send(completed func()) {
 func (mr *messageRun) finish(results []Result, last bool, then func()) {
 	p := mr.s.p
 	ctx := context.WithoutCancel(mr.ctx) // the pushes happened: record them even if the caller left
+	countResults(ctx, p.cfg.Metrics, results)
 	var record []Result
 	var dead []DeadToken
 	for i := range results {
@@ -1199,4 +1216,40 @@ func tokenProblem(t *Target) string {
 		}
 	}
 	return ""
+}
+
+// countResults adds results to the sent and failed counters. It makes one
+// Add per run of results sharing status, platform and reason (the results
+// of one app usually share all three), and allocates nothing: it runs for
+// every push. Exclusions are not pushes, and are not counted.
+func countResults(ctx context.Context, m *metrics.Metrics, results []Result) {
+	if m == nil {
+		return
+	}
+	type key struct {
+		status   Status
+		platform commonv1.Platform
+		reason   commonv1.FailureReason
+	}
+	var run key
+	var n int64
+	flush := func() {
+		switch run.status {
+		case StatusSent:
+			m.Sent(ctx, run.platform, n)
+		case StatusFailed:
+			m.Failed(ctx, run.platform, run.reason, n)
+		}
+	}
+	for i := range results {
+		r := &results[i]
+		k := key{r.Status, r.Target.Platform, r.Reason}
+		if k == run {
+			n++
+			continue
+		}
+		flush()
+		run, n = k, 1
+	}
+	flush()
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
 
@@ -113,7 +114,7 @@ func (g *Gateways) newAPNsClient(env commonv1.ApnsEnvironment, tok *token.Token)
 	// for transports it does not know (this wrapper); push sets a context
 	// deadline instead.
 	c.HTTPClient = &http.Client{
-		Transport: &retryAfterTransport{base: &h2Conn{t: g.h2, addr: hostPort(c.Host)}},
+		Transport: &retryAfterTransport{base: &h2Conn{t: g.h2, addr: hostPort(c.Host)}, metrics: g.cfg.Metrics},
 	}
 	return c
 }
@@ -380,13 +381,20 @@ func (r *retryAfter) value() time.Duration {
 }
 
 // retryAfterTransport records the Retry-After header of 429 and 5xx answers
-// for the request's push.
+// for the request's push, and each request's duration.
 type retryAfterTransport struct {
-	base *h2Conn
+	base    *h2Conn
+	metrics *metrics.Metrics
 }
 
 func (t *retryAfterTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
 	res, err := t.base.RoundTrip(req)
+	status := 0
+	if err == nil {
+		status = res.StatusCode
+	}
+	t.metrics.GatewayRequest(req.Context(), commonv1.Platform_PLATFORM_APNS, metrics.OutcomeOf(status, err), time.Since(start))
 	if err == nil && (res.StatusCode == http.StatusTooManyRequests || res.StatusCode >= 500) {
 		if ra, ok := req.Context().Value(retryAfterKey{}).(*retryAfter); ok {
 			ra.set(parseRetryAfter(res.Header, time.Now()))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 )
 
@@ -173,6 +174,7 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 	hc := &http.Client{Transport: &timeoutTransport{
 		base:      &oauth2.Transport{Source: gc.TokenSource, Base: transport},
 		deadlines: g.deadlines,
+		metrics:   g.cfg.Metrics,
 	}}
 	opts := []option.ClientOption{option.WithHTTPClient(hc)}
 	if g.cfg.FCMEndpoint != "" {
@@ -203,17 +205,29 @@ func (g *Gateways) newFCMClient(c *creds.FCM) (*fcmClient, error) {
 // request comes from an FCM chunk, whose context is deliberately not
 // cancellable (it mixes several callers' messages) and ends only at its
 // deadline, which is then later than the shared one.
+//
+// It also records each request's duration: firebase makes one request per
+// message (and one per retry of its own), which SendEach's answer does not
+// show.
 type timeoutTransport struct {
 	base      http.RoundTripper
 	deadlines *sharedDeadline
+	metrics   *metrics.Metrics
 }
 
 func (t *timeoutTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	shared, deadline := t.deadlines.get(time.Now())
-	if d, ok := req.Context().Deadline(); ok && !d.After(deadline) {
-		return t.base.RoundTrip(req)
+	start := time.Now()
+	shared, deadline := t.deadlines.get(start)
+	if d, ok := req.Context().Deadline(); !ok || d.After(deadline) {
+		req = req.WithContext(shared)
 	}
-	return t.base.RoundTrip(req.WithContext(shared))
+	res, err := t.base.RoundTrip(req)
+	status := 0
+	if err == nil {
+		status = res.StatusCode
+	}
+	t.metrics.GatewayRequest(req.Context(), commonv1.Platform_PLATFORM_FCM, metrics.OutcomeOf(status, err), time.Since(start))
+	return res, err
 }
 
 // checkFCMToken is a registration token no device has.

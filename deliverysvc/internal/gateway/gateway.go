@@ -28,6 +28,7 @@ import (
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/apps"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/creds"
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/writebatch"
 )
@@ -78,6 +79,9 @@ type Config struct {
 	Logger *slog.Logger
 	// TracerProvider makes the gateway spans; default the global one.
 	TracerProvider trace.TracerProvider
+	// Metrics records each gateway request's duration; nil records
+	// nothing.
+	Metrics *metrics.Metrics
 }
 
 // Gateways implements apps.Gateways.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/internal/delivery"
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
@@ -85,6 +86,8 @@ type Config struct {
 	SkipAudienceCount bool
 	Logger            *slog.Logger
 	Now               func() time.Time
+	// Metrics counts the journeys' sent pushes; nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // Manager publishes journeys and runs them.
@@ -216,6 +219,29 @@ func (m *Manager) start(ref Ref, j *deliveryv1.Journey, content *Content, parent
 		}()
 		r.run(ctx)
 	}()
+}
+
+// CountByState counts the journeys with a runner, by the state Get reports
+// for them: SCHEDULED or RUNNING, or CANCELLED, COMPLETED or FAILED while
+// one drains. It is for the journeys gauge.
+func (m *Manager) CountByState() map[deliveryv1.JourneyState]int {
+	m.mu.Lock()
+	runners := make([]*runner, 0, len(m.runners))
+	for _, r := range m.runners {
+		runners = append(runners, r)
+	}
+	m.mu.Unlock()
+	out := make(map[deliveryv1.JourneyState]int, 2)
+	for _, r := range runners {
+		r.mu.Lock()
+		state := r.journey.GetState()
+		if r.cancelAsked && !isFinal(state) {
+			state = deliveryv1.JourneyState_JOURNEY_STATE_CANCELLED // as snapshot says
+		}
+		r.mu.Unlock()
+		out[state]++
+	}
+	return out
 }
 
 func (m *Manager) runner(ref Ref) *runner {

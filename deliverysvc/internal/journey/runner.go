@@ -877,6 +877,9 @@ func (r *runner) onResult(res delivery.Result) {
 	if !ok {
 		return
 	}
+	if res.Status == delivery.StatusSent {
+		r.m.cfg.Metrics.JourneySent(context.Background(), res.Target.Platform, 1)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.window.byProfile[profileID]

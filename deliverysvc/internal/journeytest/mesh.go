@@ -21,6 +21,7 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -76,6 +77,9 @@ type Options struct {
 	// CountEventsOnly makes the tracking fake count events without keeping
 	// them (NewEventCounter): for benchmarks of large journeys.
 	CountEventsOnly bool
+	// MeterProvider receives an in-process deliverysvc's metrics; default
+	// the global provider.
+	MeterProvider metric.MeterProvider
 }
 
 // ChildCPUProfileEnv and ChildHeapProfileEnv name files where a child
@@ -187,6 +191,7 @@ func New(opts Options) (_ *Mesh, err error) {
 		APNsConnections: opts.APNsConnections,
 		MaxInFlight:     opts.MaxInFlight,
 		JourneyWindow:   opts.JourneyWindow,
+		MeterProvider:   opts.MeterProvider,
 	}
 	dconn, err := grpcclient.Dial(m.DeliveryAddr)
 	if err != nil {

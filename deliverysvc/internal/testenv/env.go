@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	"github.com/pushmesh/pushmesh/deliverysvc/server"
@@ -43,6 +44,9 @@ type Options struct {
 	FCMQuotaPerMinute int
 	// Logger receives deliverysvc's logs; default discard.
 	Logger *slog.Logger
+	// MeterProvider receives deliverysvc's metrics (e.g. a
+	// metrictest.New one); default the global provider.
+	MeterProvider metric.MeterProvider
 }
 
 // Env is deliverysvc with its gateways and neighbours, all in-process.
@@ -131,6 +135,7 @@ func New(opts Options) (_ *Env, err error) {
 
 		MaxInFlightPerStream: opts.MaxInFlightPerStream,
 		SendStallTimeout:     opts.SendStallTimeout,
+		MeterProvider:        opts.MeterProvider,
 	}
 	if err := e.StartService(); err != nil {
 		return nil, err

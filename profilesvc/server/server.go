@@ -113,7 +113,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
-	grpcapi.New(st, log).Register(s)
+	grpcapi.New(st, log, nil).Register(s)
 	return func() error {
 		return errors.Join(st.Close(), db.Close())
 	}, nil

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,6 +40,13 @@ func newEnv(t testing.TB, opts store.Options) *env {
 // newEnvLogging is newEnv with the service's log written to logs.
 func newEnvLogging(t testing.TB, opts store.Options, logs io.Writer) *env {
 	t.Helper()
+	return newEnvMetered(t, opts, logs, nil)
+}
+
+// newEnvMetered is newEnvLogging with the service's metrics going to mp
+// (nil: the global provider).
+func newEnvMetered(t testing.TB, opts store.Options, logs io.Writer, mp metric.MeterProvider) *env {
+	t.Helper()
 	db, err := boltdb.Open(t.TempDir(), "profilesvc.db")
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +61,7 @@ func newEnvLogging(t testing.TB, opts store.Options, logs io.Writer) *env {
 		db.Close()
 	})
 	conn := grpctest.Start(t, func(s *grpc.Server) {
-		grpcapi.New(st, slog.New(slog.NewTextHandler(logs, nil))).Register(s)
+		grpcapi.New(st, slog.New(slog.NewTextHandler(logs, nil)), mp).Register(s)
 	})
 	return &env{client: profilev1.NewProfileServiceClient(conn), db: db}
 }

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,13 +41,22 @@ var errorTable = []grpcserver.ErrorCode{
 // Server implements profilev1.ProfileServiceServer over a Store.
 type Server struct {
 	profilev1.UnimplementedProfileServiceServer
-	store *store.Store
-	log   *slog.Logger
+	store   *store.Store
+	log     *slog.Logger
+	metrics *metrics
 }
 
-// New returns the service.
-func New(st *store.Store, log *slog.Logger) *Server {
-	return &Server{store: st, log: log}
+// New returns the service. Its metrics go to mp; nil: the global meter
+// provider (which telemetry.Setup sets up for the binary).
+func New(st *store.Store, log *slog.Logger, mp metric.MeterProvider) *Server {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	m, err := newMetrics(mp)
+	if err != nil {
+		otel.Handle(err) // the instruments still work; only a bad name or unit errs
+	}
+	return &Server{store: st, log: log, metrics: m}
 }
 
 // Register registers the service on s.
@@ -171,6 +182,7 @@ func (s *Server) RegisterPushToken(ctx context.Context, req *profilev1.RegisterP
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
+	s.metrics.tokenRegistered(ctx, reg.Key.Platform, res.RegisterResult)
 	return &profilev1.RegisterPushTokenResponse{
 		Token:          tokenProto(&res.Token, false),
 		Outcome:        profilev1.RegistrationOutcome(res.Outcome),
@@ -196,9 +208,12 @@ func (s *Server) UnregisterPushToken(ctx context.Context, req *profilev1.Unregis
 	if err := v.Err(); err != nil {
 		return nil, s.status(ctx, err)
 	}
-	t, err := s.store.Unregister(ctx, k, reason)
+	t, deactivated, err := s.store.Unregister(ctx, k, reason)
 	if err != nil {
 		return nil, s.status(ctx, err)
+	}
+	if deactivated {
+		s.metrics.tokensDeactivated(ctx, k.Platform, reason, 1)
 	}
 	return &profilev1.UnregisterPushTokenResponse{Token: tokenProto(&t, false)}, nil
 }
@@ -245,7 +260,7 @@ func (s *Server) ImportTokens(stream grpc.ClientStreamingServer[profilev1.Import
 			break
 		}
 		if err != nil {
-			im.Abort()
+			s.metrics.imported(ctx, im.Abort())
 			return err
 		}
 		now := s.now()
@@ -254,13 +269,14 @@ func (s *Server) ImportTokens(stream grpc.ClientStreamingServer[profilev1.Import
 			if verr != nil {
 				im.Reject(index, verr.Field, verr.Description)
 			} else if err := im.Add(row); err != nil {
-				im.Abort()
+				s.metrics.imported(ctx, im.Abort())
 				return s.status(ctx, err)
 			}
 			index++
 		}
 	}
 	c, err := im.Finish()
+	s.metrics.imported(ctx, c) // batches written before an error stay written
 	if err != nil {
 		return s.status(ctx, err)
 	}
@@ -347,14 +363,14 @@ func (s *Server) QueryAudience(req *profilev1.QueryAudienceRequest, stream grpc.
 		return s.status(ctx, err)
 	}
 	q.Condition = cond
-	return s.status(ctx, streamAudience(ctx, s.store, q, stream))
+	return s.status(ctx, streamAudience(ctx, s.store, q, stream, s.metrics))
 }
 
 // streamAudience runs the query and sends its batches. Encoding members to
 // protobuf costs about as much as finding them, so a second goroutine
 // converts and sends each batch while the scan looks for the next one (at
 // most one batch waits between them, keeping memory bounded).
-func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, stream grpc.ServerStreamingServer[profilev1.QueryAudienceResponse]) error {
+func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, stream grpc.ServerStreamingServer[profilev1.QueryAudienceResponse], m *metrics) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	batches := make(chan *audience.Batch, 1)
@@ -368,6 +384,9 @@ func streamAudience(ctx context.Context, sc audience.Scanner, q audience.Query, 
 			var resp *profilev1.QueryAudienceResponse
 			if resp, err = audienceResponse(b); err == nil {
 				err = stream.Send(resp)
+			}
+			if err == nil {
+				m.streamed(ctx, len(resp.Members))
 			}
 			if err != nil {
 				cancel()
@@ -431,6 +450,7 @@ func (s *Server) ReportTokenFeedback(ctx context.Context, req *profilev1.ReportT
 	if err != nil {
 		return nil, s.status(ctx, err)
 	}
+	s.metrics.feedback(ctx, items, c)
 	return &profilev1.ReportTokenFeedbackResponse{
 		Deactivated: int32(c.Deactivated),
 		Unchanged:   int32(c.Unchanged),

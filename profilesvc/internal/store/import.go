@@ -214,11 +214,17 @@ func (im *Import) Finish() (ImportCounts, error) {
 	err := im.flush()
 	close(im.batches)
 	<-im.done
+	if err == nil {
+		err = im.firstErr()
+	}
+	return im.totals(), err
+}
+
+// totals sums the batches written and the rows rejected, once the writer
+// is done.
+func (im *Import) totals() ImportCounts {
 	im.mu.Lock()
 	counts := im.applied
-	if err == nil {
-		err = im.err
-	}
 	im.mu.Unlock()
 	counts.Rows = im.rows
 	// Rows rejected by validation and rows rejected as they were applied
@@ -227,7 +233,7 @@ func (im *Import) Finish() (ImportCounts, error) {
 	counts.RejectedRows = appendRejects(slices.Clone(im.rejects), counts.RejectedRows)
 	slices.SortStableFunc(counts.RejectedRows, func(a, b RejectedRow) int { return cmp.Compare(a.Index, b.Index) })
 	counts.RejectedRows = counts.RejectedRows[:min(len(counts.RejectedRows), MaxRejectedRows)]
-	return counts, err
+	return counts
 }
 
 // appendRejects appends rejected rows to dst, keeping at most
@@ -237,12 +243,14 @@ func appendRejects(dst, rows []RejectedRow) []RejectedRow {
 }
 
 // Abort stops the import after the batch being written; queued rows are
-// dropped.
-func (im *Import) Abort() {
+// dropped. It returns what was done by then: the batches written (they
+// stay) and the rows rejected.
+func (im *Import) Abort() ImportCounts {
 	im.pending = nil
 	im.fail(context.Canceled)
 	close(im.batches)
 	<-im.done
+	return im.totals()
 }
 
 func (im *Import) stopped() bool {

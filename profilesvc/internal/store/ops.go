@@ -110,13 +110,21 @@ func (s *Store) Register(ctx context.Context, ref profile.Ref, prefix string, re
 	return res, err
 }
 
-// Unregister deactivates a token.
-func (s *Store) Unregister(ctx context.Context, k profile.TokenKey, reason profile.InactiveReason) (t profile.Token, err error) {
+// Unregister deactivates a token; deactivated says it was active before
+// (an inactive token stays inactive, with its reason updated).
+func (s *Store) Unregister(ctx context.Context, k profile.TokenKey, reason profile.InactiveReason) (t profile.Token, deactivated bool, err error) {
 	err = s.mutate(ctx, func(ws *profile.Workset, _ *loader) error {
-		t, err = ws.Unregister(k, reason)
-		return err
+		before, found, err := ws.Token(k)
+		if err != nil {
+			return err
+		}
+		if t, err = ws.Unregister(k, reason); err != nil {
+			return err
+		}
+		deactivated = found && before.Active() && !t.Active()
+		return nil
 	})
-	return t, err
+	return t, deactivated, err
 }
 
 // FeedbackItem is one gateway verdict.
@@ -132,6 +140,8 @@ type FeedbackCounts struct {
 	Deactivated int
 	Unchanged   int
 	Unknown     int
+	// Outcomes holds what each item changed, in the items' order.
+	Outcomes []profile.FeedbackOutcome
 }
 
 // Feedback applies a batch of gateway verdicts in one transaction, reading
@@ -140,7 +150,7 @@ func (s *Store) Feedback(ctx context.Context, items []FeedbackItem) (counts Feed
 	ctx, span := s.tracer.Start(ctx, "store.feedback", trace.WithAttributes(attribute.Int("feedback.items", len(items))))
 	defer span.End()
 	err = s.mutate(ctx, func(ws *profile.Workset, ld *loader) error {
-		counts = FeedbackCounts{}
+		counts = FeedbackCounts{Outcomes: make([]profile.FeedbackOutcome, 0, len(items))}
 		keys := make([]profile.TokenKey, len(items))
 		ids := make([]profile.TokenID, len(items))
 		for i, it := range items {
@@ -157,6 +167,7 @@ func (s *Store) Feedback(ctx context.Context, items []FeedbackItem) (counts Feed
 			if err != nil {
 				return err
 			}
+			counts.Outcomes = append(counts.Outcomes, out)
 			switch out {
 			case profile.FeedbackDeactivated:
 				counts.Deactivated++

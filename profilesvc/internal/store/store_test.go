@@ -275,7 +275,7 @@ func TestEraseLeavesNoTrace(t *testing.T) {
 		}
 	}
 	for _, tok := range []string{"aa01", "aa02"} {
-		if _, err := st.Unregister(ctx, apns(tok), profile.ReasonUninstalled); !errors.Is(err, profile.ErrNotFound) {
+		if _, _, err := st.Unregister(ctx, apns(tok), profile.ReasonUninstalled); !errors.Is(err, profile.ErrNotFound) {
 			t.Errorf("token %s after erasure: got %v, want ErrNotFound", tok, err)
 		}
 	}
@@ -497,8 +497,9 @@ func TestFeedbackBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c != (FeedbackCounts{Deactivated: 1, Unchanged: 1, Unknown: 1}) {
-		t.Fatalf("got %+v, want 1 deactivated, 1 unchanged, 1 unknown", c)
+	want := []profile.FeedbackOutcome{profile.FeedbackDeactivated, profile.FeedbackUnchanged, profile.FeedbackUnknown}
+	if c.Deactivated != 1 || c.Unchanged != 1 || c.Unknown != 1 || !slices.Equal(c.Outcomes, want) {
+		t.Fatalf("got %+v, want 1 deactivated, 1 unchanged, 1 unknown, in the items' order", c)
 	}
 	ps, err := st.Get(ctx, cust("A"), "profile")
 	if err != nil || ps.ActiveTokens != 1 {

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
@@ -61,6 +63,9 @@ type Config struct {
 	SweepInterval time.Duration
 	// Now is the clock; time.Now when nil (tests inject their own).
 	Now func() time.Time
+	// MeterProvider makes the service's metrics (see README "Metrics");
+	// nil: the global one, which telemetry.Setup sets up for the binary.
+	MeterProvider metric.MeterProvider
 }
 
 // Defaults.
@@ -107,6 +112,13 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
+	mx, err := events.NewMetrics(cfg.MeterProvider)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	db, err := boltdb.Open(dataDir, "trackingsvc.db")
 	if err != nil {
 		return nil, err
@@ -118,7 +130,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 	}
 	log.Info("store open", "remembered_event_ids", st.RememberedIDs(), "dedupe_window", cfg.DedupeWindow, "retention", cfg.Retention)
 	api := &grpcapi.Server{
-		Ingester: &events.Ingester{Store: st, Retention: cfg.Retention, Now: cfg.Now},
+		Ingester: &events.Ingester{Store: st, Retention: cfg.Retention, Now: cfg.Now, Metrics: mx},
 		Store:    st,
 		Log:      log,
 	}

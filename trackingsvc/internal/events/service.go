@@ -30,6 +30,9 @@ type Ingester struct {
 	// of one whose id is forgotten, and would be counted twice.
 	Retention time.Duration
 	Now       func() time.Time
+	// Metrics counts ingested, duplicate and rejected events; nil counts
+	// nothing.
+	Metrics *Metrics
 }
 
 // Outcome is what one batch did.
@@ -63,6 +66,7 @@ func (in *Ingester) Ingest(ctx context.Context, tenant string, evs []*trackingv1
 		return Outcome{}, err
 	}
 	out.Accepted, out.Duplicates = int64(res.Accepted), int64(res.Duplicates)
+	in.Metrics.batch(ctx, good, res.New, res.Duplicates, out.Rejected)
 	for i, e := range good {
 		if res.New[i] && e.GetType() == trackingv1.EventType_EVENT_TYPE_OPENED && e.GetTraceparent() != "" {
 			linkOpen(ctx, e)

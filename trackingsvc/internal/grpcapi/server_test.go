@@ -46,6 +46,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvMetered(t, nil)
+}
+
+// newEnvMetered is newEnv with the ingester's metrics recorded in m (nil:
+// none).
+func newEnvMetered(t *testing.T, m *events.Metrics) *env {
+	t.Helper()
 	db, err := boltdb.Open(t.TempDir(), "trackingsvc.db")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +67,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e.store = st
 	e.api = &grpcapi.Server{
-		Ingester: &events.Ingester{Store: st, Retention: 30 * 24 * time.Hour, Now: clock},
+		Ingester: &events.Ingester{Store: st, Retention: 30 * 24 * time.Hour, Now: clock, Metrics: m},
 		Store:    st,
 		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

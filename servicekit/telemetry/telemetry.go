@@ -97,7 +97,7 @@ func newMeterProvider(ctx context.Context, res *resource.Resource) (*sdkmetric.M
 		// OTEL_METRIC_EXPORT_TIMEOUT (default 60 s and 30 s).
 		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)),
 	)
-	// go.memory.used, go.goroutine.count, go.schedule.duration…: what an
+	// go.memory.used, go.memory.gc.goal, go.goroutine.count…: what an
 	// operator checks first when a service slows down.
 	if err := runtime.Start(runtime.WithMeterProvider(mp)); err != nil {
 		return nil, errors.Join(fmt.Errorf("runtime metrics: %w", err), mp.Shutdown(ctx))

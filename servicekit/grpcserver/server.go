@@ -24,6 +24,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // DefaultShutdownTimeout bounds how long Serve waits for in-flight calls
@@ -190,7 +192,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(countStream(&s.running), recoverStream(log), tenantStream(s.drain)),
 	}
 	if cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(&handshakeLogger{TransportCredentials: credentials.NewTLS(cfg.TLS), log: log}))
+		opts = append(opts, grpc.Creds(&handshakeLogger{TransportCredentials: credentials.NewTLS(cfg.TLS), log: tlsconfig.NewRefusalLog(log)}))
 	}
 	opts = append(opts, cfg.limitOptions()...)
 	opts = append(opts, cfg.ServerOptions...)

@@ -4,10 +4,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 
 	"google.golang.org/grpc/credentials"
+
+	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
 )
 
 // tlsMode describes cfg for the "serving" log line.
@@ -25,10 +26,12 @@ func tlsMode(cfg *tls.Config) string {
 // handshakeLogger logs the TLS handshakes the server refuses. grpc-go only
 // reports them through its own logger, which is silent by default, so an
 // operator would otherwise never learn that a client came without a
-// certificate, with one from another CA, or in plaintext.
+// certificate, with one from another CA, or in plaintext. Within
+// tlsconfig.RefusalLog's bound: every connection can make a line, and
+// anyone who reaches the port can open connections.
 type handshakeLogger struct {
 	credentials.TransportCredentials
-	log *slog.Logger
+	log *tlsconfig.RefusalLog
 }
 
 func (h *handshakeLogger) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -36,9 +39,10 @@ func (h *handshakeLogger) ServerHandshake(conn net.Conn) (net.Conn, credentials.
 	out, info, err := h.TransportCredentials.ServerHandshake(counted)
 	switch {
 	case err == nil:
-	case errors.Is(err, io.EOF) && counted.read == 0:
-		// Closed before saying anything: a TCP probe (a load balancer's
-		// or the kubelet's health check), not worth a line each.
+	case counted.read == 0:
+		// Gone (closed, reset, timed out) before saying anything: a TCP
+		// probe (a load balancer's or the kubelet's health check) or a
+		// port scan, not worth a line each.
 	case errors.Is(err, io.EOF):
 		h.log.Warn("refused a TLS handshake", "remote", conn.RemoteAddr().String(), "err", err,
 			"hint", "the client hung up during the handshake: it may not trust this server's certificate, or lack the client certificate this server requires")

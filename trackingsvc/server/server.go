@@ -9,9 +9,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -151,7 +153,7 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 			ReadTimeout:       30 * time.Second,
 			WriteTimeout:      30 * time.Second,
 			IdleTimeout:       2 * time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			ErrorLog:          stdlog.New(&httpErrorLog{log: log, refusals: tlsconfig.NewRefusalLog(log)}, "", 0),
 			TLSConfig:         tlsconfig.WithoutClientCerts(cfg.HTTPTLS),
 		}
 		if httpSrv.TLSConfig != nil {
@@ -187,6 +189,25 @@ func Start(ctx context.Context, s *grpc.Server, dataDir string, cfg Config, log 
 		errs = append(errs, db.Close())
 		return errors.Join(errs...)
 	}, nil
+}
+
+// httpErrorLog writes the HTTP server's error lines as warnings, and the
+// TLS handshakes it refuses within tlsconfig.RefusalLog's bound: the SDK
+// endpoint faces the internet, where scanners, TCP health checks and
+// phones losing their network mid-handshake would write a line each.
+type httpErrorLog struct {
+	log      *slog.Logger
+	refusals *tlsconfig.RefusalLog
+}
+
+func (w *httpErrorLog) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	if strings.HasPrefix(msg, "http: TLS handshake error") {
+		w.refusals.Warn(msg)
+	} else {
+		w.log.Warn(msg)
+	}
+	return len(p), nil
 }
 
 // sweepLoop removes expired events at start and then every interval until

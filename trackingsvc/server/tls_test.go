@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,11 +13,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
 	"github.com/pushmesh/pushmesh/servicekit/grpctest"
+	"github.com/pushmesh/pushmesh/servicekit/logtest"
 	"github.com/pushmesh/pushmesh/servicekit/proctest"
 	"github.com/pushmesh/pushmesh/servicekit/service/servicetest"
 	"github.com/pushmesh/pushmesh/servicekit/tlsconfig"
@@ -92,4 +95,42 @@ func TestHTTPSEndpointWithoutClientCertificates(t *testing.T) {
 func trackingClient(t *testing.T, addr string, c tlsconfig.Client) trackingv1.TrackingServiceClient {
 	t.Helper()
 	return trackingv1.NewTrackingServiceClient(grpctest.DialTLS(t, addr, c))
+}
+
+// The HTTPS endpoint faces the internet: connections that are not TLS at all
+// make at most tlsconfig.RefusalLogBurst lines a minute, not one each.
+func TestHTTPSRefusedHandshakesDoNotFloodTheLog(t *testing.T) {
+	f := tlstest.New(t, "mesh")
+	grpcAddr, httpAddr := proctest.MustFreeAddr(t), proctest.MustFreeAddr(t)
+	logs := &logtest.Buffer{}
+	args := []string{"--listen", grpcAddr, "--http-listen", httpAddr, "--data-dir", t.TempDir(),
+		"--tls-cert", f.Server.CertFile, "--tls-key", f.Server.KeyFile}
+	ctx := servicetest.Run(t, Spec(), args, logs)
+	// gRPC serves once Start has returned, the HTTP endpoint listening.
+	callCtx, stop := context.WithTimeout(ctx, time.Minute)
+	defer stop()
+	health := healthpb.NewHealthClient(grpctest.DialTLS(t, grpcAddr, tlsconfig.Client{CAFile: f.CA.CertFile}))
+	if _, err := health.Check(callCtx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 3 * tlsconfig.RefusalLogBurst
+	for range n {
+		c, err := net.Dial("tcp", httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+		if _, err := c.Write(make([]byte, 8)); err != nil {
+			t.Fatal(err)
+		}
+		// The server logs its refusal, then closes the connection.
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	if got := strings.Count(logs.String(), "TLS handshake error"); got < 1 || got > tlsconfig.RefusalLogBurst {
+		t.Errorf("%d connections that are not TLS: got %d lines, want 1 to %d:\n%s", n, got, tlsconfig.RefusalLogBurst, logs.String())
+	}
 }

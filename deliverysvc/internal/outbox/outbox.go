@@ -87,8 +87,9 @@ type Outbox struct {
 	full    chan struct{} // a BatchSize of records is waiting
 	waiting atomic.Int64  // records appended since the last round began
 	// backlog counts the records in the bucket: counted once by New, then
-	// kept by the writer (after a commit) and the forwarder (after a
-	// delete), so Backlog costs a load rather than a scan.
+	// kept by the writer (around a commit) and the forwarder (after a
+	// delete), so Backlog costs a load rather than a scan. It is never
+	// below the truth.
 	backlog atomic.Int64
 
 	mu     sync.RWMutex // held for reading by Append, for writing by Close
@@ -211,11 +212,15 @@ func (o *Outbox) writer() {
 			}
 		}
 		linger.Stop()
+		// Counted before the commit, and taken back if it fails: once
+		// committed, the records can be forwarded and subtracted by the
+		// forwarder before this goroutine would get to add them, and the
+		// backlog would dip below the truth, even below zero. Before done
+		// too: a caller that saw its records durable sees them counted.
+		o.backlog.Add(int64(n))
 		err := o.write(group)
-		if err == nil {
-			// Before done: a caller that saw its records durable sees
-			// them in the backlog too.
-			o.backlog.Add(int64(n))
+		if err != nil {
+			o.backlog.Add(-int64(n))
 		}
 		for _, req := range group {
 			req.done(err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -411,4 +412,25 @@ func TestBacklogCountsWhatIsForwarded(t *testing.T) {
 	o.Start()
 	waitFor(t, "the records forwarded", func() bool { return r.count() == 3 })
 	waitFor(t, "a backlog of 0", func() bool { return o.Backlog() == 0 })
+}
+
+// A group whose commit fails is not left in the backlog (the writer counts
+// a group before its commit, so that the forwarder can never subtract
+// records not yet added).
+func TestBacklogUnchangedByAFailedCommit(t *testing.T) {
+	dir := t.TempDir()
+	openDB(t, dir).Close()
+	db, err := bolt.Open(filepath.Join(dir, "test.db"), 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	o := New(db, buckets.TrackingOutbox, newRemote().deliver, fastConfig())
+	defer o.Close()
+	if err := o.Append(context.Background(), [][]byte{[]byte("r1"), []byte("r2")}); err == nil {
+		t.Fatal("append to a read-only database: want an error")
+	}
+	if n := o.Backlog(); n != 0 {
+		t.Errorf("after a failed commit: backlog %d, want 0", n)
+	}
 }

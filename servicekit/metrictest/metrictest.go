@@ -13,6 +13,12 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
+// WaitTimeout bounds WaitValue and WaitCount. It is generous, for a loaded
+// 2-core machine under the race detector: an outbox whose remote was down
+// retries after a backoff of up to 10 s (outbox.Config.RetryMax's default)
+// before its backlog can drain.
+const WaitTimeout = time.Minute
+
 // Reader reads what a provider from New recorded.
 type Reader struct {
 	t      testing.TB
@@ -130,7 +136,7 @@ func (r *Reader) Attributes(name string) []attribute.Set {
 	return out
 }
 
-// WaitValue waits up to 10 seconds for Value(name, attrs...) to be want,
+// WaitValue waits up to WaitTimeout for Value(name, attrs...) to be want,
 // and fails the test with the last value if it never is: what is counted
 // after an RPC returns (outbox forwarding, say) comes a little later.
 func (r *Reader) WaitValue(name string, want int64, attrs ...attribute.KeyValue) {
@@ -146,7 +152,7 @@ func (r *Reader) WaitCount(name string, want uint64, attrs ...attribute.KeyValue
 
 func (r *Reader) wait(name string, attrs []attribute.KeyValue, want int64, get func() int64) {
 	r.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(WaitTimeout)
 	for {
 		got := get()
 		if got == want {

@@ -434,3 +434,30 @@ func TestBacklogUnchangedByAFailedCommit(t *testing.T) {
 		t.Errorf("after a failed commit: backlog %d, want 0", n)
 	}
 }
+
+// A value with no readable record at all (its first length runs past its
+// end) has nothing to forward; it is deleted, rather than stop the
+// forwarder before the records behind it, here another tenant's.
+func TestUnreadableValueDoesNotHoldUpTheQueue(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	v := append(binary.AppendUvarint(nil, 100), "short"...)
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(buckets.TrackingOutbox)
+		if err := b.SetSequence(1); err != nil { // as an append would have
+			return err
+		}
+		return b.Put(binary.BigEndian.AppendUint64(boltdb.TenantPrefix("acme"), 1), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := newRemote()
+	o := New(db, buckets.TrackingOutbox, r.deliver, fastConfig())
+	defer o.Close()
+	if err := o.Append(tenant.With(context.Background(), "beta"), [][]byte{[]byte("r1")}); err != nil {
+		t.Fatal(err)
+	}
+	o.Start()
+	waitFor(t, "beta's record forwarded", func() bool { return r.count() == 1 })
+	waitFor(t, "an empty outbox", func() bool { n, _ := o.Len(); return n == 0 && o.Backlog() == 0 })
+}

@@ -19,7 +19,6 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	deliveryv1 "github.com/pushmesh/pushmesh/gen/pushmesh/delivery/v1"
+	"github.com/pushmesh/pushmesh/servicekit/instruments"
 )
 
 // meterName is the instrumentation scope of every instrument here.
@@ -131,45 +131,35 @@ type Metrics struct {
 // New makes the instruments from mp (otel.GetMeterProvider() in the
 // service).
 func New(mp metric.MeterProvider) (*Metrics, error) {
-	meter := mp.Meter(meterName)
+	in := instruments.New(mp, meterName)
 	m := &Metrics{
-		meter:       meter,
+		meter:       in.Meter,
 		sentOpts:    make(map[commonv1.Platform][]metric.AddOption),
 		failedOpts:  make(map[platformReason][]metric.AddOption),
 		gatewayOpts: make(map[commonv1.Platform]*[numGatewayOutcomes][]metric.RecordOption),
 	}
-	var err, errs error
-	m.sent, err = meter.Int64Counter("pushmesh.notifications.sent", metric.WithUnit("{notification}"),
-		metric.WithDescription("Pushes a gateway (APNs or FCM) accepted."))
-	errs = errors.Join(errs, err)
-	m.failed, err = meter.Int64Counter("pushmesh.notifications.failed", metric.WithUnit("{notification}"),
-		metric.WithDescription("Pushes that failed for good (after any retries), by failure reason; cancellations included."))
-	errs = errors.Join(errs, err)
-	m.gatewayDuration, err = meter.Float64Histogram("pushmesh.gateway.request.duration", metric.WithUnit("s"),
-		metric.WithDescription("Duration of one HTTP request to APNs or FCM, until its response headers."),
+	m.sent = in.Counter("pushmesh.notifications.sent", "{notification}",
+		"Pushes a gateway (APNs or FCM) accepted.")
+	m.failed = in.Counter("pushmesh.notifications.failed", "{notification}",
+		"Pushes that failed for good (after any retries), by failure reason; cancellations included.")
+	m.gatewayDuration = in.Histogram("pushmesh.gateway.request.duration", "s",
+		"Duration of one HTTP request to APNs or FCM, until its response headers.",
 		// From a loopback emulator's sub-millisecond answers to a request
 		// timing out (30 s by default).
-		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-	errs = errors.Join(errs, err)
-	m.journeySent, err = meter.Int64Counter("pushmesh.journey.notifications.sent", metric.WithUnit("{notification}"),
-		metric.WithDescription("Pushes of journeys that a gateway accepted."))
-	errs = errors.Join(errs, err)
+		0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+	m.journeySent = in.Counter("pushmesh.journey.notifications.sent", "{notification}",
+		"Pushes of journeys that a gateway accepted.")
 
-	m.inFlight, err = meter.Int64ObservableGauge("pushmesh.delivery.in_flight", metric.WithUnit("{push}"),
-		metric.WithDescription("Pushes admitted to the send pipeline and not yet answered (Send streams and journeys)."))
-	errs = errors.Join(errs, err)
-	m.inFlightLimit, err = meter.Int64ObservableGauge("pushmesh.delivery.in_flight.limit", metric.WithUnit("{push}"),
-		metric.WithDescription("The pipeline's bound on pushes in flight (--max-in-flight)."))
-	errs = errors.Join(errs, err)
-	m.outboxBacklog, err = meter.Int64ObservableGauge("pushmesh.outbox.backlog", metric.WithUnit("{record}"),
-		metric.WithDescription("Records waiting in an outbox: send outcomes for trackingsvc (tracking), dead-token verdicts for profilesvc (feedback)."))
-	errs = errors.Join(errs, err)
-	m.appsSuspended, err = meter.Int64ObservableGauge("pushmesh.apps.suspended", metric.WithUnit("{app}"),
-		metric.WithDescription("Apps suspended because a gateway rejected their credentials, by reason."))
-	errs = errors.Join(errs, err)
-	m.journeys, err = meter.Int64ObservableGauge("pushmesh.journeys.active", metric.WithUnit("{journey}"),
-		metric.WithDescription("Journeys this deliverysvc is running, by state (scheduled, running; one cancelled or ended shows until it has drained)."))
-	errs = errors.Join(errs, err)
+	m.inFlight = in.Gauge("pushmesh.delivery.in_flight", "{push}",
+		"Pushes admitted to the send pipeline and not yet answered (Send streams and journeys).")
+	m.inFlightLimit = in.Gauge("pushmesh.delivery.in_flight.limit", "{push}",
+		"The pipeline's bound on pushes in flight (--max-in-flight).")
+	m.outboxBacklog = in.Gauge("pushmesh.outbox.backlog", "{record}",
+		"Records waiting in an outbox: send outcomes for trackingsvc (tracking), dead-token verdicts for profilesvc (feedback).")
+	m.appsSuspended = in.Gauge("pushmesh.apps.suspended", "{app}",
+		"Apps suspended because a gateway rejected their credentials, by reason.")
+	m.journeys = in.Gauge("pushmesh.journeys.active", "{journey}",
+		"Journeys this deliverysvc is running, by state (scheduled, running; one cancelled or ended shows until it has drained).")
 
 	for _, p := range platforms {
 		m.sentOpts[p] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(keyPlatform.String(PlatformName(p))))}
@@ -185,7 +175,7 @@ func New(mp metric.MeterProvider) (*Metrics, error) {
 		}
 		m.gatewayOpts[p] = &g
 	}
-	return m, errs
+	return m, in.Err
 }
 
 // platformOf maps a platform this build does not know to "unspecified", so

@@ -2,7 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"errors"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -11,6 +10,7 @@ import (
 	profilev1 "github.com/pushmesh/pushmesh/gen/pushmesh/profile/v1"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/profile"
 	"github.com/pushmesh/pushmesh/profilesvc/internal/store"
+	"github.com/pushmesh/pushmesh/servicekit/instruments"
 )
 
 // meterName is the instrumentation scope of profilesvc's instruments.
@@ -37,22 +37,17 @@ type metrics struct {
 }
 
 func newMetrics(mp metric.MeterProvider) (*metrics, error) {
-	meter := mp.Meter(meterName)
+	in := instruments.New(mp, meterName)
 	var m metrics
-	var err, errs error
-	m.registered, err = meter.Int64Counter("pushmesh.tokens.registered", metric.WithUnit("{token}"),
-		metric.WithDescription("RegisterPushToken calls, by platform and outcome (created, updated, moved, unchanged)."))
-	errs = errors.Join(errs, err)
-	m.deactivated, err = meter.Int64Counter("pushmesh.tokens.deactivated", metric.WithUnit("{token}"),
-		metric.WithDescription("Active tokens made inactive, by platform and reason: gateway feedback (unregistered, bad_token), UnregisterPushToken (uninstalled, stale…), a newer token of the same device (replaced)."))
-	errs = errors.Join(errs, err)
-	m.importRows, err = meter.Int64Counter("pushmesh.import.rows", metric.WithUnit("{row}"),
-		metric.WithDescription("ImportTokens rows, by outcome (created, updated, moved, unchanged, rejected), counted when the import ends."))
-	errs = errors.Join(errs, err)
-	m.members, err = meter.Int64Counter("pushmesh.audience.members", metric.WithUnit("{profile}"),
-		metric.WithDescription("Audience members streamed by QueryAudience."))
-	errs = errors.Join(errs, err)
-	return &m, errs
+	m.registered = in.Counter("pushmesh.tokens.registered", "{token}",
+		"RegisterPushToken calls, by platform and outcome (created, updated, moved, unchanged).")
+	m.deactivated = in.Counter("pushmesh.tokens.deactivated", "{token}",
+		"Active tokens made inactive, by platform and reason: gateway feedback (unregistered, bad_token), UnregisterPushToken (uninstalled, stale…), a newer token of the same device (replaced).")
+	m.importRows = in.Counter("pushmesh.import.rows", "{row}",
+		"ImportTokens rows, by outcome (created, updated, moved, unchanged, rejected), counted when the import ends.")
+	m.members = in.Counter("pushmesh.audience.members", "{profile}",
+		"Audience members streamed by QueryAudience.")
+	return &m, in.Err
 }
 
 func platformName(p profile.Platform) string { return p.String() } // apns, fcm, unspecified

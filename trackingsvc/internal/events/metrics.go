@@ -2,13 +2,13 @@ package events
 
 import (
 	"context"
-	"errors"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	trackingv1 "github.com/pushmesh/pushmesh/gen/pushmesh/tracking/v1"
+	"github.com/pushmesh/pushmesh/servicekit/instruments"
 )
 
 // meterName is the instrumentation scope of trackingsvc's instruments.
@@ -36,23 +36,19 @@ type Metrics struct {
 // NewMetrics makes the instruments from mp (otel.GetMeterProvider() in the
 // service).
 func NewMetrics(mp metric.MeterProvider) (*Metrics, error) {
-	meter := mp.Meter(meterName)
+	in := instruments.New(mp, meterName)
 	m := &Metrics{byType: make(map[trackingv1.EventType][]metric.AddOption)}
-	var err, errs error
-	m.ingested, err = meter.Int64Counter("pushmesh.events.ingested", metric.WithUnit("{event}"),
-		metric.WithDescription("Events stored (new event ids), by type: send outcomes from deliverysvc, engagement from apps."))
-	errs = errors.Join(errs, err)
-	m.rejected, err = meter.Int64Counter("pushmesh.events.rejected", metric.WithUnit("{event}"),
-		metric.WithDescription("Events refused by validation, by the field at fault."))
-	errs = errors.Join(errs, err)
-	m.duplicates, err = meter.Int64Counter("pushmesh.events.duplicates", metric.WithUnit("{event}"),
-		metric.WithDescription("Events whose id was already stored: retries and resends, not counted again."))
-	errs = errors.Join(errs, err)
+	m.ingested = in.Counter("pushmesh.events.ingested", "{event}",
+		"Events stored (new event ids), by type: send outcomes from deliverysvc, engagement from apps.")
+	m.rejected = in.Counter("pushmesh.events.rejected", "{event}",
+		"Events refused by validation, by the field at fault.")
+	m.duplicates = in.Counter("pushmesh.events.duplicates", "{event}",
+		"Events whose id was already stored: retries and resends, not counted again.")
 	for v, name := range trackingv1.EventType_name {
 		m.byType[trackingv1.EventType(v)] = []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(
 			keyEventType.String(strings.ToLower(strings.TrimPrefix(name, "EVENT_TYPE_")))))}
 	}
-	return m, errs
+	return m, in.Err
 }
 
 // batch counts what one Ingest did: the stored events of good (new[i]) by

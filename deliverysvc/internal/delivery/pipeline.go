@@ -518,6 +518,9 @@ func (s *Session) emitDuplicates(prev []Result) {
 }
 
 func (s *Session) emitCancelled(m *Message) {
+	// Counted as one failure of no platform, as an invalid message is: its
+	// tokens were never known.
+	s.p.cfg.Metrics.Failed(s.ctx, commonv1.Platform_PLATFORM_UNSPECIFIED, commonv1.FailureReason_FAILURE_REASON_CANCELLED, 1)
 	s.emit(Result{
 		IdempotencyKey: m.IdempotencyKey, MessageID: messageID(m), JourneyID: m.JourneyID,
 		Status: StatusFailed, Reason: commonv1.FailureReason_FAILURE_REASON_CANCELLED,

@@ -13,13 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"golang.org/x/time/rate"
 
+	"github.com/pushmesh/pushmesh/deliverysvc/internal/metrics"
 	commonv1 "github.com/pushmesh/pushmesh/gen/pushmesh/common/v1"
 	"github.com/pushmesh/pushmesh/servicekit/fault"
 	"github.com/pushmesh/pushmesh/servicekit/logtest"
+	"github.com/pushmesh/pushmesh/servicekit/metrictest"
 	"github.com/pushmesh/pushmesh/servicekit/tenant"
 )
 
@@ -399,6 +402,10 @@ func TestIdempotency(t *testing.T) {
 func TestCopiesTakeInFlightWeight(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.MaxInFlight = 4
+	mp, reader := metrictest.New(t)
+	if h.cfg.Metrics, _ = metrics.New(mp); h.cfg.Metrics == nil {
+		t.Fatal("no metrics")
+	}
 	sending := make(chan struct{}, 1)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
@@ -448,6 +455,12 @@ func TestCopiesTakeInFlightWeight(t *testing.T) {
 		if r.Reason != commonv1.FailureReason_FAILURE_REASON_CANCELLED {
 			t.Errorf("admitted copy of the timed-out session: got %v %v, want CANCELLED", r.Status, r.Reason)
 		}
+	}
+	// Never sent, they count as failures of no platform (their tokens were
+	// never known), as the metrics' documentation says cancellations do.
+	if got := reader.Value("pushmesh.notifications.failed", attribute.String("pushmesh.platform", "unspecified"),
+		attribute.String("pushmesh.failure_reason", "cancelled")); got != 3 {
+		t.Errorf("failed pushes counted as cancelled: got %d, want 3", got)
 	}
 
 	// Without a deadline Submit blocks, with at most three copies waiting

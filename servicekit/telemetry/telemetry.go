@@ -37,6 +37,18 @@ import (
 // global meter provider for service. The returned shutdown flushes pending
 // spans and metrics; main must call it before exiting so they are not lost.
 func Setup(ctx context.Context, service string) (shutdown func(context.Context) error, err error) {
+	return setup(ctx, service, true)
+}
+
+// SetupTracing is Setup without metrics, for a short-lived command
+// (pushctl): its traces join the services' (a journey's trace can start at
+// the command that published it), while Go runtime and RPC metrics of a
+// process that lives for one call would only add series nobody watches.
+func SetupTracing(ctx context.Context, service string) (shutdown func(context.Context) error, err error) {
+	return setup(ctx, service, false)
+}
+
+func setup(ctx context.Context, service string, withMetrics bool) (shutdown func(context.Context) error, err error) {
 	// Later detectors win: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
 	// override the service's own name.
 	res, err := resource.New(ctx,
@@ -57,9 +69,11 @@ func Setup(ctx context.Context, service string) (shutdown func(context.Context) 
 	} else if os.Getenv("OTEL_TRACES_SAMPLER") == "" {
 		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 	}
-	mp, err := newMeterProvider(ctx, res)
-	if err != nil {
-		return nil, err
+	var mp *sdkmetric.MeterProvider
+	if withMetrics {
+		if mp, err = newMeterProvider(ctx, res); err != nil {
+			return nil, err
+		}
 	}
 	tp := sdktrace.NewTracerProvider(opts...) // sampler from OTEL_TRACES_SAMPLER
 	otel.SetTracerProvider(tp)

@@ -115,3 +115,20 @@ func TestMetricExporterWithEndpoint(t *testing.T) {
 	defer cancel()
 	_ = mp.Shutdown(ctx)
 }
+
+// pushctl lives for one call: it exports traces with the services but no
+// metrics, even where the environment asks the services for them.
+func TestSetupTracingInstallsNoMeterProvider(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_METRICS_EXPORTER", "")
+	shutdown, err := SetupTracing(context.Background(), "pushctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	defer shutdown(ctx)
+	if _, ok := otel.GetMeterProvider().(*sdkmetric.MeterProvider); ok {
+		t.Error("SetupTracing installed an SDK meter provider")
+	}
+}

@@ -25,7 +25,7 @@ func main() {
 // set, so a journey's trace can start at the command that published it) and
 // runs the command.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	shutdown, err := telemetry.Setup(ctx, "pushctl")
+	shutdown, err := telemetry.SetupTracing(ctx, "pushctl")
 	if err != nil {
 		return fmt.Errorf("telemetry: %w", err)
 	}

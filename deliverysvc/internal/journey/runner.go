@@ -877,7 +877,7 @@ func (r *runner) onResult(res delivery.Result) {
 	if !ok {
 		return
 	}
-	if res.Status == delivery.StatusSent {
+	if res.Status == delivery.StatusSent && !res.Duplicate { // a duplicate repeats an earlier push's outcome
 		r.m.cfg.Metrics.JourneySent(context.Background(), res.Target.Platform, 1)
 	}
 	r.mu.Lock()

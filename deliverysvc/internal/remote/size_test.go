@@ -36,6 +36,17 @@ func openOutboxDB(t *testing.T) *bolt.DB {
 	return db
 }
 
+// startOutbox starts an outbox named name in bucket of a fresh data file,
+// forwarding with deliver and retrying quickly; the test closes it.
+func startOutbox(t *testing.T, bucket []byte, name string, deliver outbox.Deliver) *outbox.Outbox {
+	t.Helper()
+	box := outbox.New(openOutboxDB(t), bucket, deliver,
+		outbox.Config{Name: name, RetryInitial: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	box.Start()
+	t.Cleanup(box.Close)
+	return box
+}
+
 // longFCMToken is an FCM token deliverysvc accepts (at most 4,096 bytes of
 // letters, digits and -_:.), long as registration tokens go.
 func longFCMToken(i int) string {
@@ -69,10 +80,7 @@ func waitDrained(t *testing.T, box *outbox.Outbox, what string) {
 func TestOutboxForwardsBatchesOfLongEvents(t *testing.T) {
 	fake := &fakeTracking{}
 	conn := grpctest.Start(t, func(s *grpc.Server) { trackingv1.RegisterTrackingServiceServer(s, fake) })
-	box := outbox.New(openOutboxDB(t), buckets.TrackingOutbox, Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.DiscardHandler)),
-		outbox.Config{Name: "tracking", RetryInitial: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	box.Start()
-	t.Cleanup(box.Close)
+	box := startOutbox(t, buckets.TrackingOutbox, "tracking", Ingest(trackingv1.NewTrackingServiceClient(conn), slog.New(slog.DiscardHandler)))
 
 	const n = 5000 // the outbox's default batch
 	results := make([]delivery.Result, n)
@@ -112,10 +120,7 @@ func (f *feedbackProfiles) ReportTokenFeedback(_ context.Context, req *profilev1
 func TestOutboxForwardsFeedbackOnLongTokens(t *testing.T) {
 	fake := &feedbackProfiles{}
 	conn := grpctest.Start(t, func(s *grpc.Server) { profilev1.RegisterProfileServiceServer(s, fake) })
-	box := outbox.New(openOutboxDB(t), buckets.FeedbackOutbox, ReportFeedback(profilev1.NewProfileServiceClient(conn), slog.New(slog.DiscardHandler)),
-		outbox.Config{Name: "feedback", RetryInitial: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	box.Start()
-	t.Cleanup(box.Close)
+	box := startOutbox(t, buckets.FeedbackOutbox, "feedback", ReportFeedback(profilev1.NewProfileServiceClient(conn), slog.New(slog.DiscardHandler)))
 
 	const n = 5000
 	dead := make([]delivery.DeadToken, n)
